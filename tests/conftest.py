@@ -1,0 +1,79 @@
+"""Shared fixtures: a locally trained tokenizer and small corpora, so no test needs a network."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
+os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
+os.environ.setdefault('WANDB_MODE', 'disabled')
+os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+WORDS = (
+    'the model reads a page about rivers mountains cities music code python data training loss '
+    'token batch window prefix source domain wiki news forum recipe garden history science'
+).split()
+
+
+def synthetic_documents(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """``n`` small documents from four sites, each site with its own vocabulary habits."""
+    rng = random.Random(seed)
+    sites = ['https://en.wikipedia.org/wiki/', 'https://news.example.com/a/', 'http://forum.example.org/t/',
+             'https://docs.python.org/3/library/']
+    docs = []
+    for i in range(n):
+        site = i % len(sites)
+        words = [WORDS[(site * 5 + rng.randrange(8)) % len(WORDS)] for _ in range(rng.randrange(5, 60))]
+        docs.append({'text': ' '.join(words) + '.', 'url': f'{sites[site]}{i}'})
+    return docs
+
+
+@pytest.fixture(scope='session')
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 512-token byte-level BPE (GPT-2 style, ``<|endoftext|>`` as EOS) trained on the synthetic corpus."""
+    from meco_callbacks.tokenizer_training import train_bpe_tokenizer
+
+    texts = [d['text'] for d in synthetic_documents(400)] + ['URL: en.wikipedia.org\n\n', 'Hello, world! 123']
+    return train_bpe_tokenizer(texts, tmp_path_factory.mktemp('tokenizer'), vocab_size=512)
+
+
+@pytest.fixture(scope='session')
+def tokenizer(tokenizer_dir: Path):
+    """The session tokenizer, loaded through transformers as llm-foundry loads it."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+
+
+def write_documents_mds(out_dir: Path, docs: list[dict[str, str]], tokenizer, extra_columns: tuple[str, ...] = ()) -> Path:
+    """Write ``docs`` (``text``, ``url`` and ``extra_columns``) as a document MDS with its info file.
+
+    A minimal stand-in for ``convert/documents.py`` so that packer and loader tests do not depend on it.
+    """
+    import numpy as np
+    from streaming import MDSWriter
+
+    from meco_callbacks.fingerprint import tokenizer_info
+    from meco_callbacks.formats import DOCUMENT_COLUMNS, DOCUMENT_FORMAT, write_dataset_info
+
+    columns = dict(DOCUMENT_COLUMNS, **{name: 'str' for name in extra_columns})
+    tokens = 0
+    with MDSWriter(out=str(out_dir), columns=columns, size_limit=1 << 20) as writer:
+        for doc in docs:
+            ids = np.asarray(tokenizer(doc['text'], add_special_tokens=False)['input_ids'], dtype=np.uint32)
+            tokens += len(ids)
+            writer.write({'input_ids': ids, 'length': len(ids), 'url': doc['url'],
+                          **{name: doc[name] for name in extra_columns}})
+    write_dataset_info(out_dir, {
+        'format': DOCUMENT_FORMAT,
+        'tokenizer': tokenizer_info(tokenizer),
+        'stats': {'documents_read': len(docs), 'documents_written': len(docs), 'skipped': {}, 'tokens_written': tokens},
+    })
+    return out_dir
