@@ -38,6 +38,8 @@ fi
 marker="$target/.meco-project"
 want="$here $(sha256sum pyproject.toml | cut -c1-16)"
 if [ "$(cat "$marker" 2>/dev/null)" != "$want" ]; then
-  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+  log=$(mktemp)
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . >"$log" 2>&1 || { cat "$log"; exit 1; }
+  rm -f "$log"
   echo "$want" > "$marker"
 fi

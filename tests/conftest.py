@@ -77,3 +77,44 @@ def write_documents_mds(out_dir: Path, docs: list[dict[str, str]], tokenizer, ex
         'stats': {'documents_read': len(docs), 'documents_written': len(docs), 'skipped': {}, 'tokens_written': tokens},
     })
     return out_dir
+
+
+def write_packed_mds(out_dir: Path, rows: list[dict], max_seq_len: int, tokenizer) -> Path:
+    """Write hand-made packed rows (the columns of formats.PACKED_COLUMNS) and the packed info file."""
+    import numpy as np
+    from streaming import MDSWriter
+
+    from meco_callbacks.fingerprint import tokenizer_info
+    from meco_callbacks.formats import PACKED_COLUMNS, PACKED_FORMAT, write_dataset_info
+
+    with MDSWriter(out=str(out_dir), columns=PACKED_COLUMNS, size_limit=1 << 20) as writer:
+        for row in rows:
+            assert len(row['input_ids']) == max_seq_len == sum(row['segment_lengths'])
+            writer.write({
+                'input_ids': np.asarray(row['input_ids'], dtype=np.uint32),
+                'segment_lengths': np.asarray(row['segment_lengths'], dtype=np.uint32),
+                'continued': int(row.get('continued', 0)),
+                'urls': list(row['urls']),
+                'metadata': list(row.get('metadata') or [{} for _ in row['urls']]),
+            })
+    write_dataset_info(out_dir, {'format': PACKED_FORMAT, 'max_seq_len': max_seq_len,
+                                 'tokenizer': tokenizer_info(tokenizer), 'stats': {'rows': len(rows)}})
+    return out_dir
+
+
+def pack_texts(docs: list[dict[str, str]], tokenizer, max_seq_len: int) -> list[dict]:
+    """Pack ``docs`` (``text``, ``url``) into rows the way convert/pack.py does: doc + EOS, split across rows."""
+    rows, cur, segs, urls, continued = [], [], [], [], 0
+    for doc in docs:
+        ids = tokenizer(doc['text'], add_special_tokens=False)['input_ids'] + [tokenizer.eos_token_id]
+        while ids:
+            take = ids[:max_seq_len - len(cur)]
+            ids = ids[len(take):]
+            cur += take
+            segs.append(len(take))
+            urls.append(doc['url'])
+            if len(cur) == max_seq_len:
+                rows.append({'input_ids': cur, 'segment_lengths': segs, 'urls': urls, 'continued': continued})
+                continued = 1 if ids else 0
+                cur, segs, urls = [], [], []
+    return rows

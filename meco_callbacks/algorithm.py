@@ -1,0 +1,82 @@
+"""The ``metadata_conditioning`` algorithm: the model side of MeCo, acting on Composer events.
+
+At ``FIT_START`` it checks that the run can do what the loader promises (a MeCo train loader; a model that
+masks attention by ``sequence_id`` when the loader emits document ids, and not otherwise) and fails with
+the fix in the message instead of training something else silently. After every batch leaves the loader
+it logs the phase and how many tokens were metadata or were pushed off their row by prefixes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from composer.core import Algorithm, Event, State
+from composer.loggers import Logger
+
+from meco_callbacks.dataloader import MeCoDataLoader
+
+log = logging.getLogger(__name__)
+
+
+def find_meco_loader(state: State, role: str) -> MeCoDataLoader:
+    """The run's MeCo train loader, or a clear error naming what it is instead."""
+    loader = state.train_dataloader
+    if not isinstance(loader, MeCoDataLoader):
+        raise ValueError(f'{role} needs the MeCo train loader (train_loader.name: meco), but the train loader is '
+                         f'{type(loader).__name__}. Convert the corpus with convert/pack.py and use name: meco.')
+    return loader
+
+
+def model_uses_sequence_id(model: Any) -> bool | None:
+    """Whether the wrapped model masks attention by ``sequence_id``; None when it has no such switch."""
+    for module in model.modules():
+        if hasattr(module, 'attn_uses_sequence_id'):
+            return bool(module.attn_uses_sequence_id)
+    return None
+
+
+class MetadataConditioning(Algorithm):
+    """Validate the MeCo setup at fit start and log per-batch MeCo metrics (``meco/*``)."""
+
+    def __init__(self, check_document_masking: bool = True) -> None:
+        self.check_document_masking = check_document_masking
+
+    def match(self, event: Event, state: State) -> bool:
+        return event in (Event.FIT_START, Event.AFTER_DATALOADER)
+
+    def apply(self, event: Event, state: State, logger: Logger) -> None:
+        loader = find_meco_loader(state, 'the metadata_conditioning algorithm')
+        if event == Event.FIT_START:
+            self._check_model(state, loader)
+            return
+        injector = loader.injector
+        last = injector.stats.last
+        if not last:
+            return
+        tokens = max(last['tokens'], 1)
+        logger.log_metrics({
+            'meco/phase_conditioning': int(injector.enabled),
+            'meco/metadata_token_fraction': last['metadata_tokens'] / tokens,
+            'meco/dropped_token_fraction': last['dropped_tokens'] / tokens,
+            'meco/metadata_tokens_total': injector.stats.metadata_tokens,
+            'meco/dropped_tokens_total': injector.stats.dropped_tokens,
+        })
+
+    def _check_model(self, state: State, loader: MeCoDataLoader) -> None:
+        if not self.check_document_masking:
+            return
+        uses = model_uses_sequence_id(state.model)
+        wants = loader.injector.document_masking
+        if wants and uses is None:
+            raise ValueError(f'document masking is on (dataset.document_masking: true) but {type(state.model).__name__} '
+                             'cannot mask attention by sequence_id. Use an MPT model (name: meco_mpt_causal_lm) or set '
+                             'document_masking: false in the train_loader dataset block.')
+        if wants and not uses:
+            raise ValueError('document masking is on in the train loader but the model ignores sequence_id: set '
+                             'model.attn_config.attn_uses_sequence_id: true (or dataset.document_masking: false).')
+        if uses and not wants:
+            raise ValueError('the model masks attention by sequence_id (attn_uses_sequence_id: true) but the train '
+                             'loader emits none: set dataset.document_masking: true in the train_loader.')
+        log.info('metadata_conditioning: document masking %s, metadata kind %s, prefixes %s',
+                 'on' if wants else 'off', loader.metadata.kind, 'on' if loader.injector.enabled else 'off')

@@ -1,0 +1,78 @@
+"""The ``meco`` dataloader, registered in llm-foundry: packed rows in, MeCo training batches out.
+
+    train_loader:
+      name: meco
+      dataset: {local: /data/packed, shuffle: true, max_seq_len: 8192,
+                metadata: {kind: domain, template: "URL: {}\\n\\n", enabled: true, max_chars: 100},
+                document_masking: true}
+      drop_last: true
+      num_workers: 8
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from composer.core import DataSpec
+from torch.utils.data import DataLoader
+
+from meco_callbacks.collator import PackedCollator, PrefixInjector
+from meco_callbacks.dataset import MeCoPackedDataset, build_packed_dataset, check_packed_datasets
+from meco_callbacks.fingerprint import adds_bos_token
+from meco_callbacks.metadata import MetadataConfig
+
+log = logging.getLogger(__name__)
+
+
+class MeCoDataLoader(DataLoader):
+    """A torch DataLoader of packed batches that carries what the MeCo algorithm and callback act on."""
+
+    def __init__(self, dataset: MeCoPackedDataset, *, injector: PrefixInjector, metadata: MetadataConfig,
+                 dataset_config: Mapping[str, Any], **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self.injector = injector
+        self.metadata = metadata
+        self.dataset_config = dict(dataset_config)
+
+
+def build_meco_loader(tokenizer: Any, device_batch_size: int, dataset: Mapping[str, Any], drop_last: bool = True,
+                      num_workers: int = 0, pin_memory: bool = False, prefetch_factor: int | None = 2,
+                      persistent_workers: bool = True, timeout: int = 0) -> MeCoDataLoader:
+    """Build the loader from the YAML's ``dataset`` block and loader keys (see the module docstring)."""
+    if tokenizer is None:
+        raise ValueError('the meco dataloader needs the run\'s tokenizer (set `tokenizer:` in the YAML).')
+    if int(device_batch_size) != device_batch_size:
+        raise ValueError(f'device_batch_size must be a whole number of rows, got {device_batch_size}.')
+    config = dict(dataset)
+    metadata = MetadataConfig.from_dict(config.pop('metadata', None))
+    document_masking = bool(config.pop('document_masking', True))
+    if 'max_seq_len' not in config:
+        raise ValueError('the meco dataset block needs max_seq_len (the packed row length).')
+    max_seq_len = int(config['max_seq_len'])
+    check_packed_datasets(config, tokenizer, max_seq_len)
+    packed = build_packed_dataset(config, batch_size=int(device_batch_size))
+    injector = PrefixInjector(max_seq_len, enabled=metadata.enabled and metadata.active,
+                              document_masking=document_masking)
+    collator = PackedCollator(tokenizer, metadata, max_seq_len, adds_bos=adds_bos_token(tokenizer))
+    workers = {'prefetch_factor': prefetch_factor, 'persistent_workers': persistent_workers} if num_workers else {}
+    log.info('meco loader: metadata %s (%s), document masking %s, %d workers', metadata.kind,
+             'on' if injector.enabled else 'off', 'on' if document_masking else 'off', num_workers)
+    return MeCoDataLoader(packed, injector=injector, metadata=metadata, dataset_config=dict(dataset),
+                          batch_size=int(device_batch_size), collate_fn=collator, drop_last=drop_last,
+                          num_workers=num_workers, pin_memory=pin_memory, timeout=timeout, **workers)
+
+
+def meco_data_spec(loader: MeCoDataLoader) -> DataSpec:
+    """Wrap a loader so Composer injects prefixes per batch in the main process and counts tokens right."""
+    from llmfoundry.data.utils import get_tokens_per_batch_func
+
+    return DataSpec(dataloader=loader, batch_transforms=loader.injector,
+                    get_num_tokens_in_batch=get_tokens_per_batch_func())
+
+
+def build_meco_dataloader(tokenizer: Any, device_batch_size: int, dataset: Mapping[str, Any],
+                          **loader_kwargs: Any) -> DataSpec:
+    """llm-foundry's ``dataloaders`` entry ``meco``: the loader wrapped in its DataSpec."""
+    return meco_data_spec(build_meco_loader(tokenizer, device_batch_size, dataset, **loader_kwargs))

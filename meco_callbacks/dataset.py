@@ -1,0 +1,123 @@
+"""The packed MeCo dataset: a StreamingDataset whose rows are training sequences, checked against its tokenizer.
+
+One stored row is one training sequence, so Streaming's sample-exact resumption is batch-exact here.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from streaming import Stream, StreamingDataset
+
+from meco_callbacks.fingerprint import tokenizer_fingerprint
+from meco_callbacks.formats import DATASET_INFO_FILE, PACKED_FORMAT
+
+log = logging.getLogger(__name__)
+
+STREAMING_KEYS = frozenset(inspect.signature(StreamingDataset.__init__).parameters) - {'self'}
+
+
+class MeCoPackedDataset(StreamingDataset):
+    """Packed rows as dicts: ``input_ids`` (int64), ``segment_lengths``, ``continued``, ``urls``, ``metadata``."""
+
+    def __init__(self, max_seq_len: int, **streaming_kwargs: Any) -> None:
+        super().__init__(**streaming_kwargs)
+        self.max_seq_len = max_seq_len
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        sample = super().__getitem__(idx)
+        missing = [c for c in ('input_ids', 'segment_lengths', 'continued', 'urls', 'metadata') if c not in sample]
+        if missing:
+            raise ValueError(f'sample {idx} lacks column(s) {missing}: this is not a MeCo packed dataset. '
+                             'Build one with convert/documents.py then convert/pack.py.')
+        return {
+            'input_ids': np.asarray(sample['input_ids'], dtype=np.int64),
+            'segment_lengths': np.asarray(sample['segment_lengths'], dtype=np.int64),
+            'continued': int(sample['continued']),
+            'urls': sample['urls'],
+            'metadata': sample['metadata'],
+        }
+
+
+def build_packed_dataset(config: Mapping[str, Any], batch_size: int, replication: int | None = None) -> MeCoPackedDataset:
+    """Build the dataset from the loader's ``dataset`` block (llm-foundry's streaming keys plus ``max_seq_len``)."""
+    config = dict(config)
+    unknown = sorted(set(config) - STREAMING_KEYS - {'max_seq_len'})
+    if unknown:
+        raise ValueError(f'unknown key(s) {unknown} in the MeCo dataset config; it takes max_seq_len, metadata, '
+                         f'document_masking and StreamingDataset\'s keys: {sorted(STREAMING_KEYS)}.')
+    streams = config.pop('streams', None)
+    if isinstance(streams, Mapping):
+        streams = [Stream(**dict(stream)) for stream in streams.values()]
+    return MeCoPackedDataset(streams=streams, batch_size=batch_size, replication=replication, **config)
+
+
+def stream_locations(config: Mapping[str, Any]) -> list[tuple[str | None, str | None]]:
+    """The (remote, local) directories of every stream in a dataset block, ``split`` applied."""
+    split = config.get('split')
+    streams = config.get('streams')
+    entries: Sequence[Mapping[str, Any]] = list(streams.values()) if isinstance(streams, Mapping) else [config]
+    out = []
+    for entry in entries:
+        remote, local = entry.get('remote'), entry.get('local')
+        entry_split = entry.get('split', split)
+        if entry_split:
+            remote = os.path.join(remote, entry_split) if remote else None
+            local = os.path.join(local, entry_split) if local else None
+        out.append((remote, local))
+    return out
+
+
+def read_packed_info(remote: str | None, local: str | None) -> dict[str, Any] | None:
+    """A packed dataset's info file, from its local copy or fetched from its remote; None if neither has one."""
+    for directory in (local, remote):
+        if directory and '://' not in directory and os.path.isfile(os.path.join(directory, DATASET_INFO_FILE)):
+            with open(os.path.join(directory, DATASET_INFO_FILE)) as f:
+                return json.load(f)
+    if remote and '://' in remote:
+        from streaming.base.storage import download_file
+
+        with tempfile.TemporaryDirectory() as tmp:
+            target = os.path.join(tmp, DATASET_INFO_FILE)
+            try:
+                download_file(f'{remote.rstrip("/")}/{DATASET_INFO_FILE}', target, 60)
+            except Exception as err:  # the storage backends raise their own types
+                log.warning('could not fetch %s from %s (%s)', DATASET_INFO_FILE, remote, err)
+                return None
+            with open(target) as f:
+                return json.load(f)
+    return None
+
+
+def check_packed_datasets(config: Mapping[str, Any], tokenizer: Any, max_seq_len: int) -> list[dict[str, Any]]:
+    """Refuse datasets packed for another tokenizer or row length; return the infos that were found."""
+    want = tokenizer_fingerprint(tokenizer)
+    infos = []
+    for remote, local in stream_locations(config):
+        where = local or remote
+        info = read_packed_info(remote, local)
+        if info is None:
+            log.warning('%s has no %s: cannot verify its tokenizer or row length', where, DATASET_INFO_FILE)
+            continue
+        if info.get('format') != PACKED_FORMAT:
+            raise ValueError(f'{where} holds a {info.get("format")!r} dataset, not {PACKED_FORMAT!r}: '
+                             'pack document datasets with convert/pack.py before training.')
+        if int(info.get('max_seq_len', max_seq_len)) != max_seq_len:
+            raise ValueError(f'{where} was packed with max_seq_len {info["max_seq_len"]} but training uses '
+                             f'{max_seq_len}: repack with convert/pack.py --max-seq-len {max_seq_len} or change '
+                             'max_seq_len.')
+        have = (info.get('tokenizer') or {}).get('fingerprint')
+        if have and have != want:
+            raise ValueError(f'{where} was tokenized with {info["tokenizer"].get("name")!r} (fingerprint {have}) '
+                             f'but training uses {getattr(tokenizer, "name_or_path", "?")!r} (fingerprint {want}): '
+                             'token ids would mean different text. Train with the dataset\'s tokenizer or '
+                             're-convert the corpus with yours.')
+        infos.append(info)
+    return infos

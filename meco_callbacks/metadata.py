@@ -1,0 +1,137 @@
+"""Which metadata a document is conditioned on, and how it becomes a safe one-line prompt prefix.
+
+The paper's default is the URL's absolute domain (``en.wikipedia.org``); its ablations use the full URL,
+a hash of the domain, or a model-generated topic (a carried column here). Metadata is untrusted web text:
+it is normalised to one bounded line before it meets the template, so it can never add a line of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_TEMPLATE = 'URL: {}\n\n'
+DEFAULT_MAX_CHARS = 100
+
+# Second-level labels under which registrations happen one level deeper (example.co.uk, example.com.au).
+# A compact stand-in for the public-suffix list, which would need a download or a pinned snapshot.
+_SECOND_LEVEL_LABELS = frozenset({'ac', 'co', 'com', 'edu', 'gov', 'net', 'org', 'ne', 'or', 'go', 'gob', 'nic', 'mil'})
+_WHITESPACE = re.compile(r'\s+')
+_PLAIN_KINDS = ('domain', 'url', 'registered_domain', 'hash', 'none')
+
+
+def normalize_metadata(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> str:
+    """One line of at most ``max_chars``: control and format characters dropped, whitespace runs -> one space."""
+    kept = ''.join(' ' if ch.isspace() else ch for ch in text
+                   if ch.isspace() or unicodedata.category(ch) not in ('Cc', 'Cf', 'Cs', 'Co', 'Cn'))
+    return _WHITESPACE.sub(' ', kept).strip()[:max_chars].strip()
+
+
+def url_host(url: str, strip_www: bool = False) -> str:
+    """The URL's host, lower-cased, without scheme, credentials, port or path; '' when there is none."""
+    url = url.strip()
+    if '://' not in url and not url.startswith('//'):
+        url = '//' + url  # 'example.com/a' has no scheme but is still a host and a path
+    try:
+        host = urlsplit(url).hostname or ''
+    except ValueError:  # e.g. an unbalanced '[' in an IPv6-looking netloc
+        return ''
+    host = host.rstrip('.')
+    if strip_www and host.startswith('www.'):
+        host = host[4:]
+    return host
+
+
+def registered_domain(host: str) -> str:
+    """The registrable part of a host (``en.wikipedia.org`` -> ``wikipedia.org``, ``a.b.co.uk`` -> ``b.co.uk``).
+
+    IP addresses and single-label hosts (``localhost``) are returned as they are.
+    """
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    labels = host.split('.')
+    if len(labels) <= 2:
+        return host
+    keep = 3 if len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL_LABELS else 2
+    return '.'.join(labels[-keep:])
+
+
+def domain_hash(host: str) -> str:
+    """A stable 8-hex-digit hash of the host (the paper's "URL hash" ablation); '' for no host."""
+    return hashlib.sha256(host.encode('utf-8')).hexdigest()[:8] if host else ''
+
+
+@dataclass(frozen=True)
+class MetadataConfig:
+    """The YAML ``metadata`` block of the MeCo loader.
+
+    ``kind``: ``domain`` | ``url`` | ``registered_domain`` | ``hash`` | ``column:<name>`` | ``constant:<text>`` |
+    ``none``; ``template``: the prefix with one ``{}``; ``enabled``: inject prefixes (the cooldown callback
+    turns this off for the last phase); ``max_chars``: cap on the metadata string; ``strip_www``: drop a
+    leading ``www.`` from hosts.
+    """
+
+    kind: str = 'domain'
+    template: str = DEFAULT_TEMPLATE
+    enabled: bool = True
+    max_chars: int = DEFAULT_MAX_CHARS
+    strip_www: bool = False
+
+    def __post_init__(self) -> None:
+        if not (self.kind in _PLAIN_KINDS or self.kind.startswith(('column:', 'constant:'))):
+            raise ValueError(
+                f'metadata.kind {self.kind!r} is not known; use one of {", ".join(_PLAIN_KINDS)}, '
+                "'column:<name>' (a column carried in the packed dataset) or 'constant:<text>'.")
+        if self.kind in ('column:', 'constant:'):
+            raise ValueError(f'metadata.kind {self.kind!r} needs a name or text after the colon, e.g. column:topic.')
+        if self.template.count('{}') != 1 or self.template.replace('{}', '').count('{') + self.template.replace(
+                '{}', '').count('}'):
+            raise ValueError(f'metadata.template must contain exactly one "{{}}" and no other braces; got {self.template!r}.')
+        if not isinstance(self.max_chars, int) or self.max_chars < 1:
+            raise ValueError(f'metadata.max_chars must be a positive integer; got {self.max_chars!r}.')
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any] | None) -> MetadataConfig:
+        """Build from the YAML block, naming any unknown key (a typo must not silently change the recipe)."""
+        cfg = dict(cfg or {})
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f'unknown key(s) {unknown} in the metadata block; known keys: {sorted(known)}.')
+        return cls(**cfg)
+
+    @property
+    def active(self) -> bool:
+        """Whether this configuration can produce prefixes at all (``none`` never does)."""
+        return self.kind != 'none'
+
+    def metadata_for(self, url: str, columns: Mapping[str, Any] | None = None) -> str:
+        """The normalised metadata string of one document; '' means the document gets no prefix."""
+        kind = self.kind
+        if kind == 'none':
+            return ''
+        if kind.startswith('constant:'):
+            raw = kind[len('constant:'):]
+        elif kind.startswith('column:'):
+            value = (columns or {}).get(kind[len('column:'):])
+            raw = '' if value is None else str(value)
+        elif kind == 'url':
+            raw = url
+        else:
+            host = url_host(url, self.strip_www)
+            raw = {'domain': host, 'registered_domain': registered_domain(host) if host else '',
+                   'hash': domain_hash(host)}[kind]
+        return normalize_metadata(raw, self.max_chars)
+
+    def prefix_for(self, metadata: str) -> str:
+        """The prefix text for a metadata string ('' stays '': no prefix)."""
+        return self.template.format(metadata) if metadata else ''

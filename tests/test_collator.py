@@ -1,0 +1,128 @@
+"""The collator as a specification: exact tokens, labels, document ids and positions of collated rows."""
+
+import numpy as np
+import pytest
+
+from meco_callbacks.collator import IGNORE_INDEX, PackedCollator, PrefixInjector
+from meco_callbacks.metadata import MetadataConfig
+
+DOC_A = {'text': 'the model reads a page about rivers and mountains, then cities and music. ' * 4,
+         'url': 'https://a.example/x'}
+DOC_B = {'text': 'music code python data training loss token batch window prefix source domain wiki news. ' * 4,
+         'url': 'http://B.Example:8080/y'}
+
+
+def ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)['input_ids']
+
+
+def two_document_row(tokenizer):
+    """One packed row holding exactly DOC_A + EOS + DOC_B + EOS."""
+    a = ids(tokenizer, DOC_A['text']) + [tokenizer.eos_token_id]
+    b = ids(tokenizer, DOC_B['text']) + [tokenizer.eos_token_id]
+    sample = {'input_ids': np.array(a + b), 'segment_lengths': np.array([len(a), len(b)]), 'continued': 0,
+              'urls': [DOC_A['url'], DOC_B['url']], 'metadata': [{}, {}]}
+    return sample, a, b
+
+
+def collate(tokenizer, samples, enabled=True, masking=True, **metadata):
+    length = len(samples[0]['input_ids'])
+    collator = PackedCollator(tokenizer, MetadataConfig(**metadata), length, adds_bos=False)
+    injector = PrefixInjector(length, enabled=enabled, document_masking=masking)
+    return injector(collator(samples)), injector
+
+
+def test_collated_row_decodes_to_prefixed_documents_cut_to_max_seq_len(tokenizer):
+    sample, a, b = two_document_row(tokenizer)
+    batch, _ = collate(tokenizer, [sample])
+    pa, pb = ids(tokenizer, 'URL: a.example\n\n'), ids(tokenizer, 'URL: b.example\n\n')
+    expected = (pa + a + pb + b)[:len(a) + len(b)]
+    assert batch['input_ids'][0].tolist() == expected
+    assert tokenizer.decode(batch['input_ids'][0]).startswith(
+        'URL: a.example\n\n' + DOC_A['text'] + '<|endoftext|>URL: b.example\n\nmusic')
+
+
+def test_disabled_prefixes_give_the_plain_documents(tokenizer):
+    sample, a, b = two_document_row(tokenizer)
+    batch, injector = collate(tokenizer, [sample], enabled=False)
+    assert batch['input_ids'][0].tolist() == a + b
+    assert injector.stats.last['metadata_tokens'] == 0 and injector.stats.last['dropped_tokens'] == 0
+
+
+def test_labels_are_ignored_exactly_on_prefixes_and_document_starts(tokenizer):
+    sample, a, b = two_document_row(tokenizer)
+    batch, _ = collate(tokenizer, [sample])
+    pa, pb = len(ids(tokenizer, 'URL: a.example\n\n')), len(ids(tokenizer, 'URL: b.example\n\n'))
+    ignored = [i for i, v in enumerate(batch['labels'][0].tolist()) if v == IGNORE_INDEX]
+    assert ignored == list(range(pa)) + list(range(pa + len(a), pa + len(a) + pb))
+    plain, _ = collate(tokenizer, [sample], enabled=False)
+    assert [i for i, v in enumerate(plain['labels'][0].tolist()) if v == IGNORE_INDEX] == [0, len(a)]
+
+
+def test_sequence_ids_and_positions_restart_exactly_at_segment_starts(tokenizer):
+    sample, a, b = two_document_row(tokenizer)
+    batch, _ = collate(tokenizer, [sample])
+    first = len(ids(tokenizer, 'URL: a.example\n\n')) + len(a)
+    length = len(a) + len(b)
+    assert batch['sequence_id'][0].tolist() == [0] * first + [1] * (length - first)
+    assert batch['position_ids'][0].tolist() == list(range(first)) + list(range(length - first))
+
+
+def test_without_document_masking_no_sequence_ids_are_emitted(tokenizer):
+    sample, _, _ = two_document_row(tokenizer)
+    batch, _ = collate(tokenizer, [sample], masking=False)
+    assert set(batch) == {'input_ids', 'labels', 'attention_mask'}
+
+
+def test_every_metadata_token_pushes_one_document_token_off_the_row(tokenizer):
+    sample, _, _ = two_document_row(tokenizer)
+    batch, injector = collate(tokenizer, [sample, sample])
+    per_row = len(ids(tokenizer, 'URL: a.example\n\n')) + len(ids(tokenizer, 'URL: b.example\n\n'))
+    assert injector.stats.last['metadata_tokens'] == 2 * per_row
+    assert injector.stats.last['dropped_tokens'] == 2 * per_row
+    assert batch['input_ids'].shape == (2, len(sample['input_ids']))
+
+
+def test_a_continued_document_gets_its_prefix_again_and_keeps_its_first_label(tokenizer):
+    a = ids(tokenizer, DOC_A['text']) + [tokenizer.eos_token_id]
+    sample = {'input_ids': np.array(a[3:] + a[:3]), 'segment_lengths': np.array([len(a) - 3, 3]), 'continued': 1,
+              'urls': [DOC_A['url'], DOC_B['url']], 'metadata': [{}, {}]}
+    batch, _ = collate(tokenizer, [sample])
+    pa = ids(tokenizer, 'URL: a.example\n\n')
+    assert batch['input_ids'][0].tolist()[:len(pa) + 2] == pa + a[3:5]
+    labels = batch['labels'][0].tolist()
+    assert labels[:len(pa)] == [IGNORE_INDEX] * len(pa) and labels[len(pa)] == a[3]
+
+
+def test_the_metadata_kind_decides_the_prefix(tokenizer):
+    sample, a, _ = two_document_row(tokenizer)
+    sample['metadata'] = [{'topic': 'rivers'}, {'topic': 'music'}]
+    batch, _ = collate(tokenizer, [sample], kind='column:topic', template='Topic: {}\n')
+    assert tokenizer.decode(batch['input_ids'][0]).startswith('Topic: rivers\nthe model reads')
+
+
+def test_special_token_text_in_a_url_stays_text(tokenizer):
+    sample, _, _ = two_document_row(tokenizer)
+    sample['urls'] = ['https://x.example/<|endoftext|>', DOC_B['url']]
+    batch, _ = collate(tokenizer, [sample], kind='url')
+    first_segment = batch['input_ids'][0][batch['sequence_id'][0] == 0].tolist()
+    assert first_segment.count(tokenizer.eos_token_id) == 1  # only the document's own EOS
+
+
+def test_a_bos_stays_first_with_the_prefix_after_it(tokenizer):
+    bos = tokenizer.eos_token_id  # this tokenizer's BOS and EOS are the same token
+    doc = [bos] + ids(tokenizer, DOC_A['text']) + [tokenizer.eos_token_id]
+    sample = {'input_ids': np.array(doc), 'segment_lengths': np.array([len(doc)]), 'continued': 0,
+              'urls': [DOC_A['url']], 'metadata': [{}]}
+    collator = PackedCollator(tokenizer, MetadataConfig(), len(doc), adds_bos=True)
+    batch = PrefixInjector(len(doc), enabled=True, document_masking=True)(collator([sample]))
+    pa = ids(tokenizer, 'URL: a.example\n\n')
+    assert batch['input_ids'][0].tolist()[:len(pa) + 2] == [bos] + pa + doc[1:2]
+    assert batch['labels'][0].tolist()[:len(pa) + 2] == [IGNORE_INDEX] * (len(pa) + 1) + doc[1:2]
+
+
+def test_rows_of_the_wrong_length_are_a_clear_error(tokenizer):
+    sample, _, _ = two_document_row(tokenizer)
+    collator = PackedCollator(tokenizer, MetadataConfig(), len(sample['input_ids']) + 1, adds_bos=False)
+    with pytest.raises(ValueError, match='pack the dataset with convert/pack.py'):
+        collator([sample])
