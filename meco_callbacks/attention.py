@@ -1,0 +1,153 @@
+"""Document-masked causal attention on PyTorch flex attention, llm-foundry's attention implementation ``flex``.
+
+llm-foundry 0.22 masks documents either with flash-attn (not installable everywhere) or with ``torch``, which
+materialises a dense ``(batch, 1, seq, seq)`` bias and the full score matrix. Flex attention takes a sparse
+``BlockMask`` instead: blocks that cross a document boundary or lie above the diagonal are skipped, so document
+masking makes attention cheaper, not dearer. The model (``meco_callbacks.model``) builds the mask once per forward
+with :func:`build_document_block_mask` and hands it to every layer as ``attn_bias``; :func:`flex_attention_fn` is
+the per-layer function registered in ``llmfoundry.layers_registry.attention_implementations``.
+
+On the CPU flex attention runs eagerly (torch 2.7's Inductor cannot compile it there); on an accelerator it is
+compiled with ``torch.compile``, without which it would fall back to a dense reference implementation.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from typing import TYPE_CHECKING, Callable, Optional
+
+import torch
+
+try:  # Absent before torch 2.5; flex_attention_unavailable_reason() then says so when attn_impl: flex is asked for.
+    import torch.nn.attention.flex_attention as flex_api
+except ImportError:
+    flex_api = None
+
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
+
+FLEX_ATTN_IMPL = 'flex'
+_FLEX_MODULE = 'torch.nn.attention.flex_attention'
+
+
+def flex_attention_unavailable_reason() -> Optional[str]:
+    """Why this torch cannot run ``attn_impl: flex`` (``None`` when it can): flex attention with GQA needs torch >= 2.5."""
+    try:
+        module = importlib.import_module(_FLEX_MODULE)
+    except ImportError as err:
+        return f'torch {torch.__version__} has no {_FLEX_MODULE} ({err})'
+    if 'enable_gqa' not in inspect.signature(module.flex_attention).parameters:
+        return f'torch {torch.__version__} flex_attention has no enable_gqa (grouped-query attention)'
+    return None
+
+
+def _document_block_mask(
+    sequence_id: Optional[torch.Tensor],
+    key_is_token: Optional[torch.Tensor],
+    batch_size: int,
+    seq_len: int,
+    device: torch.device,
+) -> 'BlockMask':
+    """Evaluate the causal / same-document / non-padding rule block by block into a flex ``BlockMask``."""
+
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        allowed = q_idx >= kv_idx
+        if sequence_id is not None:
+            allowed = allowed & (sequence_id[b, q_idx] == sequence_id[b, kv_idx])
+        if key_is_token is not None:
+            allowed = allowed & key_is_token[b, kv_idx]
+        return allowed
+
+    per_row = sequence_id is not None or key_is_token is not None
+    return flex_api.create_block_mask(
+        mask_mod,
+        batch_size if per_row else None,
+        None,
+        seq_len,
+        seq_len,
+        device=device,
+    )
+
+
+@functools.cache
+def _compiled(fn: Callable) -> Callable:
+    """``fn`` compiled once per process (static shapes: a training run has one sequence length)."""
+    return torch.compile(fn, dynamic=False)
+
+
+def build_document_block_mask(
+    seq_len: int,
+    device: torch.device,
+    sequence_id: Optional[torch.Tensor] = None,
+    attention_mask: Optional[torch.Tensor] = None,
+) -> 'BlockMask':
+    """The ``BlockMask`` for one batch: causal, within each row's document (same ``sequence_id``), off padded keys.
+
+    ``sequence_id`` and ``attention_mask`` are ``[batch, seq_len]``; either may be ``None`` (no document structure,
+    no padding). Build it once per forward and share it across layers: it depends on the batch, not on the layer.
+    """
+    for name, tensor in (('sequence_id', sequence_id), ('attention_mask', attention_mask)):
+        if tensor is not None and (tensor.dim() != 2 or tensor.shape[-1] != seq_len):
+            raise ValueError(f'{name} must be [batch, {seq_len}] to mask a sequence of {seq_len} tokens; got '
+                             f'shape {tuple(tensor.shape)}.')
+    rows = [t.shape[0] for t in (sequence_id, attention_mask) if t is not None]
+    if len(set(rows)) > 1:
+        raise ValueError(f'sequence_id and attention_mask disagree on the batch size: {rows}.')
+    key_is_token = None if attention_mask is None else attention_mask.to(device=device, dtype=torch.bool)
+    if sequence_id is not None:
+        sequence_id = sequence_id.to(device)
+    build = _document_block_mask if torch.device(device).type == 'cpu' else _compiled(_document_block_mask)
+    return build(sequence_id, key_is_token, rows[0] if rows else 1, seq_len, torch.device(device))
+
+
+def flex_attention_fn(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    n_heads: int,
+    kv_n_heads: int,
+    past_key_value: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    softmax_scale: Optional[float] = None,
+    attn_bias: Optional['BlockMask'] = None,
+    key_padding_mask: Optional[torch.Tensor] = None,
+    is_causal: bool = True,
+    dropout_p: float = 0.0,
+    training: bool = False,
+    needs_weights: bool = False,
+    attn_logit_softcapping: Optional[float] = None,
+    sliding_window_size: int = -1,
+) -> tuple[torch.Tensor, None, None]:
+    """llm-foundry attention implementation ``flex``: ``[b, s, h*d]`` q/k/v in, ``[b, s, h*d]`` context out.
+
+    ``attn_bias`` must be the model's ``BlockMask`` (from :func:`build_document_block_mask`): it carries causality,
+    documents and padding. Key/value heads are shared across query groups by flex attention itself
+    (``enable_gqa``), never repeated in memory. Training-only: no KV cache, dropout or attention weights.
+    """
+    if not isinstance(attn_bias, flex_api.BlockMask):
+        raise TypeError(
+            f'attn_impl: flex needs the model to pass a flex BlockMask as attn_bias, got {type(attn_bias).__name__}. '
+            'Use the model `meco_mpt_causal_lm`, which builds it once per forward from sequence_id.')
+    unsupported = {
+        'past_key_value (KV cache / generation)': past_key_value is not None,
+        'key_padding_mask (padding belongs in the BlockMask)': key_padding_mask is not None,
+        'is_causal=False': not is_causal,
+        'attention dropout (attn_pdrop)': dropout_p > 0.0 and training,
+        'needs_weights (output_attentions)': needs_weights,
+        'attn_logit_softcapping': attn_logit_softcapping is not None,
+        'sliding_window_size': sliding_window_size != -1,
+    }
+    asked = [name for name, is_asked in unsupported.items() if is_asked]
+    if asked:
+        raise NotImplementedError(
+            f'attn_impl: flex does not support {", ".join(asked)}. Use attn_impl: torch for this, or export the '
+            'model to plain MPT (MeCoMPTForCausalLM.to_mpt()) for generation.')
+
+    batch, seq_len = query.shape[:2]
+    q = query.view(batch, seq_len, n_heads, -1).transpose(1, 2)
+    k = key.view(batch, seq_len, kv_n_heads, -1).transpose(1, 2)
+    v = value.view(batch, seq_len, kv_n_heads, -1).transpose(1, 2)
+    kernel = flex_api.flex_attention if query.device.type == 'cpu' else _compiled(flex_api.flex_attention)
+    out = kernel(q, k, v, block_mask=attn_bias, scale=softmax_scale, enable_gqa=kv_n_heads != n_heads)
+    return out.transpose(1, 2).reshape(batch, seq_len, -1), None, None

@@ -1,0 +1,195 @@
+"""``meco_mpt_causal_lm``: llm-foundry's MPT that also runs ``attn_impl: flex``, document-masked flex attention.
+
+MPT in llm-foundry 0.22 accepts only ``attn_impl`` ``torch`` or ``flash`` and gives document structure to
+attention as a dense ``(batch, 1, seq, seq)`` bias. These subclasses accept ``flex``: the backbone builds one flex
+``BlockMask`` per forward from ``sequence_id`` (and the padding mask) and passes it to every layer in place of the
+bias, which is never built on this path. RoPE positions come from the batch's ``position_ids`` when present
+(``rope_impl: hf``), so they restart at each document. With ``attn_impl: torch`` or ``flash`` these classes behave
+exactly like llm-foundry's MPT. Saving (``save_pretrained``, which llm-foundry's ``hf_checkpointer`` calls) writes a
+plain MPT with ``attn_impl: torch`` that loads wherever MPT loads.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Optional, Union
+
+import torch
+from llmfoundry.layers_registry import attention_implementations
+from llmfoundry.models.layers.attention import GroupedQueryAttention, is_flash_v2_installed
+from llmfoundry.models.mpt import ComposerMPTCausalLM, MPTConfig, MPTForCausalLM, MPTModel
+
+from meco_callbacks.attention import FLEX_ATTN_IMPL, build_document_block_mask, flex_attention_unavailable_reason
+
+__all__ = ['MeCoMPTConfig', 'MeCoMPTModel', 'MeCoMPTForCausalLM', 'MeCoMPTCausalLM']
+
+
+class MeCoMPTConfig(MPTConfig):
+    """``MPTConfig`` that also accepts ``attn_config.attn_impl: flex``; every other setting is MPT's own.
+
+    ``model_type`` stays ``mpt``, so llm-foundry treats it as MPT (its ``hf_checkpointer`` resets ``attn_impl`` to
+    ``torch`` on export).
+    """
+
+    def _validate_config(self) -> None:
+        """MPT's validation, with ``flex`` checked here and everything else checked by MPT as for ``torch``."""
+        attn_impl = self.attn_config.get('attn_impl', 'flash')
+        if attn_impl != FLEX_ATTN_IMPL:
+            if (self.attn_config.get('attn_uses_sequence_id') and attn_impl == 'flash' and
+                    not is_flash_v2_installed(v2_version='v2.1.2')):
+                raise ValueError(
+                    'model.attn_config.attn_uses_sequence_id: true (document masking) with attn_impl: flash needs '
+                    'flash-attn >= 2.1.2, which is not installed. Set model.attn_config.attn_impl: flex '
+                    '(document-masked flex attention), or torch (dense mask, slow and memory-hungry at long sequences).')
+            super()._validate_config()
+            return
+        reason = flex_attention_unavailable_reason()
+        if reason is not None:
+            raise ValueError(f'model.attn_config.attn_impl: flex is unavailable: {reason}. Flex attention needs '
+                             'torch >= 2.5; upgrade torch or set model.attn_config.attn_impl: torch.')
+        self.attn_config['attn_impl'] = 'torch'
+        try:
+            super()._validate_config()
+        finally:
+            self.attn_config['attn_impl'] = FLEX_ATTN_IMPL
+        self._reject_settings_flex_lacks()
+
+    def _reject_settings_flex_lacks(self) -> None:
+        """Fail on MPT settings the flex path does not implement, naming each YAML key."""
+        attn = self.attn_config
+        lacking = {
+            'attn_config.alibi: true': attn['alibi'],
+            'attn_config.sliding_window_size != -1': attn['sliding_window_size'] != -1,
+            'attn_config.attn_logit_softcapping': attn['attn_logit_softcapping'] is not None,
+            'attn_config.attn_pdrop > 0': attn['attn_pdrop'] > 0,
+            'attn_config.rope_impl other than hf': attn['rope'] and attn['rope_impl'] != 'hf',
+            'use_cache: true (KV cache)': bool(self.use_cache),
+        }
+        asked = [setting for setting, is_set in lacking.items() if is_set]
+        if asked:
+            raise ValueError(f'model.attn_config.attn_impl: flex does not support {", ".join(asked)}; drop '
+                             f'{"them" if len(asked) > 1 else "it"} or use attn_impl: torch.')
+
+    def to_mpt_config(self) -> MPTConfig:
+        """This config as a plain llm-foundry ``MPTConfig`` with ``attn_impl: torch``, ``init_device: cpu``: what export loads."""
+        values = copy.deepcopy(self.to_dict())
+        values['attn_config']['attn_impl'] = 'torch'
+        values['init_device'] = 'cpu'
+        return MPTConfig.from_dict(values)
+
+
+class MeCoMPTModel(MPTModel):
+    """MPT backbone that, with ``attn_impl: flex``, gives every layer one ``BlockMask`` per forward, not a dense bias."""
+
+    def __init__(self, config: MPTConfig) -> None:
+        if config.attn_config['attn_impl'] != FLEX_ATTN_IMPL:
+            super().__init__(config)
+            return
+        # MPTModel.__init__ knows only torch and flash (it sizes the dense bias for them). Build as torch, which has
+        # the same parameters (an attention implementation has none), then point every attention layer at flex.
+        config.attn_config['attn_impl'] = 'torch'
+        try:
+            super().__init__(config)
+        finally:
+            config.attn_config['attn_impl'] = FLEX_ATTN_IMPL
+        self.attn_impl = FLEX_ATTN_IMPL
+        self.attn_bias_shape = None
+        flex = attention_implementations.get(FLEX_ATTN_IMPL)
+        for module in self.modules():
+            if isinstance(module, GroupedQueryAttention):
+                module.attn_impl = FLEX_ATTN_IMPL
+                module.attn_fn = flex
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[list[tuple[torch.FloatTensor]]] = None,
+        attention_mask: Optional[torch.ByteTensor] = None,
+        sequence_id: Optional[torch.LongTensor] = None,
+        return_dict: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        use_cache: Optional[bool] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+    ) -> Any:
+        """MPT's forward; with ``flex`` a missing ``attention_mask`` becomes all ones, which sizes the block mask."""
+        if self.attn_impl == FLEX_ATTN_IMPL and attention_mask is None:
+            tokens = input_ids if input_ids is not None else inputs_embeds
+            if tokens is not None:
+                attention_mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return super().forward(
+            input_ids=input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            sequence_id=sequence_id,
+            return_dict=return_dict,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            use_cache=use_cache,
+            inputs_embeds=inputs_embeds,
+            position_ids=position_ids,
+        )
+
+    @torch.no_grad()
+    def _attn_bias(
+        self,
+        device: torch.device,
+        dtype: torch.dtype,
+        attention_mask: Optional[torch.ByteTensor] = None,
+        sequence_id: Optional[torch.LongTensor] = None,
+    ) -> tuple[Any, Optional[torch.ByteTensor]]:
+        """MPT calls this once per forward; with ``flex`` it returns the batch's ``BlockMask`` (padding included)."""
+        if self.attn_impl != FLEX_ATTN_IMPL:
+            return super()._attn_bias(device, dtype, attention_mask=attention_mask, sequence_id=sequence_id)
+        assert attention_mask is not None  # forward() fills it in for flex
+        block_mask = build_document_block_mask(
+            attention_mask.shape[-1],
+            device,
+            sequence_id=sequence_id if self.attn_uses_sequence_id else None,
+            attention_mask=attention_mask,
+        )
+        return block_mask, None
+
+
+class MeCoMPTForCausalLM(MPTForCausalLM):
+    """``MPTForCausalLM`` on :class:`MeCoMPTModel`; saves itself as plain MPT (``attn_impl: torch``)."""
+
+    config_class = MeCoMPTConfig
+
+    @property
+    def backbone_model_class(self) -> type[MPTModel]:
+        """The backbone that knows ``attn_impl: flex``."""
+        return MeCoMPTModel
+
+    def to_mpt(self) -> MPTForCausalLM:
+        """A plain llm-foundry ``MPTForCausalLM`` (``attn_impl: torch``) sharing these weights: for export and generation."""
+        config = self.config.to_mpt_config()
+        config.init_device = 'meta'
+        mpt = MPTForCausalLM(config)
+        config.init_device = 'cpu'
+        mpt.load_state_dict(self.state_dict(), assign=True)
+        return mpt.train(self.training)
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs: Any) -> None:
+        """Save as plain MPT (:meth:`to_mpt`), so the checkpoint needs neither flex attention nor this package."""
+        self.to_mpt().save_pretrained(save_directory, **kwargs)
+
+
+class MeCoMPTCausalLM(ComposerMPTCausalLM):
+    """Composer wrapper of :class:`MeCoMPTForCausalLM`, registered in llm-foundry as ``meco_mpt_causal_lm``.
+
+    Takes ``mpt_causal_lm``'s YAML keys; ``attn_config.attn_impl`` may also be ``flex``. The batch's ``sequence_id``
+    and ``position_ids`` reach the model as in llm-foundry.
+    """
+
+    @property
+    def model_class(self) -> type[MPTForCausalLM]:
+        """The Hugging Face model this wraps."""
+        return MeCoMPTForCausalLM
+
+    @property
+    def config_class(self) -> type[MPTConfig]:
+        """The config class that accepts ``flex``."""
+        return MeCoMPTConfig

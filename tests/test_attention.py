@@ -1,0 +1,279 @@
+"""Document-masked flex attention and the ``meco_mpt_causal_lm`` model, checked on the CPU against dense references."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+import torch
+import torch.nn.attention.flex_attention as flex_api
+import torch.nn.functional as F
+from llmfoundry.layers_registry import attention_implementations
+from llmfoundry.models.layers.attention import GroupedQueryAttention
+from llmfoundry.models.mpt import MPTForCausalLM, modeling_mpt
+from llmfoundry.registry import models
+from llmfoundry.utils.builders import build_composer_model
+
+from meco_callbacks.attention import build_document_block_mask, flex_attention_fn
+from meco_callbacks.model import MeCoMPTCausalLM
+
+SEQ_LEN = 40
+VOCAB = 97
+# Row 0 packs documents A (16 tokens) and B (24 tokens); row 1 is one 40-token document.
+DOC_A, DOC_B = 16, 24
+SEQUENCE_ID = torch.tensor([[0] * DOC_A + [1] * DOC_B, [0] * SEQ_LEN])
+POSITION_IDS = torch.stack([torch.cat([torch.arange(DOC_A), torch.arange(DOC_B)]), torch.arange(SEQ_LEN)])
+
+
+def model_config(attn_impl: str = 'flex', uses_sequence_id: bool = True, **attn_overrides: Any) -> dict[str, Any]:
+    """The recipe's Llama-shaped MPT YAML at toy size: d_model 64, 2 layers, 4 query heads sharing 2 KV heads."""
+    attn_config = {
+        'attn_impl': attn_impl,
+        'attn_type': 'grouped_query_attention',
+        'kv_n_heads': 2,
+        'rope': True,
+        'rope_impl': 'hf',
+        'rope_theta': 500000,
+        'attn_uses_sequence_id': uses_sequence_id,
+        **attn_overrides,
+    }
+    return {
+        'd_model': 64,
+        'n_heads': 4,
+        'n_layers': 2,
+        'max_seq_len': 64,
+        'vocab_size': VOCAB,
+        'no_bias': True,
+        'norm_type': 'rmsnorm',
+        'tie_word_embeddings': False,
+        'ffn_config': {'ffn_type': 'mptglu', 'ffn_hidden_size': 96},
+        'attn_config': attn_config,
+        'loss_fn': 'torch_crossentropy',
+        'init_device': 'cpu',
+    }
+
+
+def build(cfg: dict[str, Any], name: str = 'meco_mpt_causal_lm', seed: int = 0) -> Any:
+    """Build a Composer model through llm-foundry's model registry, as the train script does."""
+    torch.manual_seed(seed)
+    return build_composer_model(name=name, cfg=cfg, tokenizer=None)
+
+
+def packed_batch(seed: int = 1, with_documents: bool = True) -> dict[str, torch.Tensor]:
+    """A MeCo loader batch: [2, 40] tokens, unshifted labels, all-ones mask, and the document structure."""
+    input_ids = torch.randint(0, VOCAB, (2, SEQ_LEN), generator=torch.Generator().manual_seed(seed))
+    batch = {'input_ids': input_ids, 'labels': input_ids.clone(), 'attention_mask': torch.ones_like(input_ids)}
+    if with_documents:
+        batch.update(sequence_id=SEQUENCE_ID.clone(), position_ids=POSITION_IDS.clone())
+    return batch
+
+
+def dense_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, kv_n_heads: int, scale: float,
+                    allowed: torch.Tensor) -> torch.Tensor:
+    """SDPA with an explicit ``[b, 1, s, s]`` boolean mask and K/V repeated per query group: the slow, obvious way."""
+    b, s, _ = q.shape
+    qh = q.view(b, s, n_heads, -1).transpose(1, 2)
+    kh = k.view(b, s, kv_n_heads, -1).transpose(1, 2).repeat_interleave(n_heads // kv_n_heads, dim=1)
+    vh = v.view(b, s, kv_n_heads, -1).transpose(1, 2).repeat_interleave(n_heads // kv_n_heads, dim=1)
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=allowed[:, None], scale=scale)
+    return out.transpose(1, 2).reshape(b, s, -1)
+
+
+@pytest.mark.parametrize('kv_n_heads', [4, 2], ids=['mha', 'gqa'])
+@pytest.mark.parametrize('structure', ['causal', 'documents', 'documents+padding'])
+def test_flex_attention_matches_dense_mask_sdpa_forward_and_backward(kv_n_heads: int, structure: str) -> None:
+    n_heads, head_dim, scale = 4, 8, 0.3
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, SEQ_LEN, n_heads * head_dim, generator=gen, requires_grad=True)
+    k = torch.randn(2, SEQ_LEN, kv_n_heads * head_dim, generator=gen, requires_grad=True)
+    v = torch.randn(2, SEQ_LEN, kv_n_heads * head_dim, generator=gen, requires_grad=True)
+    sequence_id = SEQUENCE_ID if structure != 'causal' else None
+    attention_mask = torch.ones(2, SEQ_LEN, dtype=torch.bool)
+    if structure == 'documents+padding':
+        attention_mask[1, -6:] = False
+    allowed = torch.ones(SEQ_LEN, SEQ_LEN, dtype=torch.bool).tril().expand(2, -1, -1)
+    if sequence_id is not None:
+        allowed = allowed & (sequence_id[:, :, None] == sequence_id[:, None, :])
+    allowed = allowed & attention_mask[:, None, :]
+
+    block_mask = build_document_block_mask(SEQ_LEN, torch.device('cpu'), sequence_id=sequence_id,
+                                           attention_mask=None if structure != 'documents+padding' else attention_mask)
+    out, weights, cache = flex_attention_fn(q, k, v, n_heads=n_heads, kv_n_heads=kv_n_heads, softmax_scale=scale,
+                                            attn_bias=block_mask)
+    grad_out = torch.randn(out.shape, generator=gen)
+    flex_grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    ref = dense_reference(q, k, v, n_heads, kv_n_heads, scale, allowed)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), grad_out)
+
+    assert weights is None and cache is None
+    assert out.shape == (2, SEQ_LEN, n_heads * head_dim)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for name, got, want in zip('qkv', flex_grads, ref_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=f'd{name} differs')
+
+
+def test_flex_model_equals_torch_model_with_sequence_id_forward_and_backward() -> None:
+    flex, dense = build(model_config('flex')), build(model_config('torch'))
+    dense.load_state_dict(flex.state_dict())
+    batch = packed_batch()
+
+    flex_out, dense_out = flex(batch), dense(batch)
+    flex.loss(flex_out, batch).backward()
+    dense.loss(dense_out, batch).backward()
+
+    torch.testing.assert_close(flex_out.logits, dense_out.logits, atol=1e-5, rtol=1e-5)
+    for (name, p_flex), p_dense in zip(flex.named_parameters(), dense.parameters()):
+        torch.testing.assert_close(p_flex.grad, p_dense.grad, atol=1e-5, rtol=1e-4, msg=f'grad of {name} differs')
+
+
+def test_torch_attn_impl_on_meco_model_is_exactly_llm_foundry_mpt() -> None:
+    ours, mpt = build(model_config('torch')), build(model_config('torch'), name='mpt_causal_lm')
+    mpt.load_state_dict(ours.state_dict())
+    batch = packed_batch()
+
+    assert torch.equal(ours(batch).logits, mpt(batch).logits)
+
+
+@pytest.mark.parametrize('uses_sequence_id, b_must_stay', [(True, True), (False, False)],
+                         ids=['document-masking', 'control-without-masking'])
+def test_perturbing_document_a_leaves_document_b_logits_unchanged(uses_sequence_id: bool, b_must_stay: bool) -> None:
+    model = build(model_config('flex', uses_sequence_id=uses_sequence_id)).eval()
+    batch = packed_batch(with_documents=uses_sequence_id)
+    perturbed = {key: value.clone() for key, value in batch.items()}
+    perturbed['input_ids'][0, :DOC_A] = (batch['input_ids'][0, :DOC_A] + 1) % VOCAB
+
+    with torch.no_grad():
+        logits, perturbed_logits = model(batch).logits, model(perturbed).logits
+
+    assert not torch.allclose(logits[0, :DOC_A], perturbed_logits[0, :DOC_A])
+    assert torch.allclose(logits[0, DOC_A:], perturbed_logits[0, DOC_A:], atol=1e-6, rtol=0) == b_must_stay
+    assert torch.equal(logits[1], perturbed_logits[1])
+
+
+def test_document_b_packed_after_a_gets_the_logits_of_b_alone() -> None:
+    model = build(model_config('flex')).eval()
+    batch = packed_batch()
+    alone = {'input_ids': batch['input_ids'][:1, DOC_A:], 'position_ids': torch.arange(DOC_B)[None],
+             'sequence_id': torch.zeros(1, DOC_B, dtype=torch.long)}
+
+    with torch.no_grad():
+        packed_b, alone_b = model(batch).logits[0, DOC_A:], model(alone).logits[0]
+
+    torch.testing.assert_close(packed_b, alone_b, atol=1e-5, rtol=1e-5)
+
+
+def test_batch_position_ids_set_the_rope_positions() -> None:
+    # Without document masking B sees A, so restarting B's positions at 0 changes B's relative distances to A.
+    model = build(model_config('flex', uses_sequence_id=False)).eval()
+    batch = packed_batch(with_documents=False)
+
+    with torch.no_grad():
+        default = model(batch).logits
+        restarted = model({**batch, 'position_ids': POSITION_IDS}).logits
+
+    assert torch.equal(default[:, :DOC_A], restarted[:, :DOC_A])
+    assert not torch.allclose(default[0, DOC_A:], restarted[0, DOC_A:], atol=1e-3)
+
+
+def test_block_mask_is_built_once_per_forward_and_shared_by_all_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = build(model_config('flex'))
+    calls = {'create_block_mask': 0, 'flex_attention': 0}
+    for name in calls:
+        real = getattr(flex_api, name)
+
+        def counted(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(flex_api, name, counted)
+    batch = packed_batch()
+
+    model.loss(model(batch), batch).backward()
+
+    assert calls == {'create_block_mask': 1, 'flex_attention': 2}
+
+
+@pytest.mark.parametrize('attn_impl, dense_bias_builds', [('flex', 0), ('torch', 1)])
+def test_only_torch_builds_the_dense_sequence_id_bias(monkeypatch: pytest.MonkeyPatch, attn_impl: str,
+                                                      dense_bias_builds: int) -> None:
+    model = build(model_config(attn_impl))
+    builds = []
+    real = modeling_mpt.apply_sequence_id
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        bias = real(*args, **kwargs)
+        builds.append(tuple(bias.shape))
+        return bias
+
+    monkeypatch.setattr(modeling_mpt, 'apply_sequence_id', counted)
+
+    model(packed_batch())
+
+    assert len(builds) == dense_bias_builds
+    assert builds == [(2, 1, SEQ_LEN, SEQ_LEN)] * dense_bias_builds
+
+
+def test_flex_and_the_model_are_registered_in_llm_foundry() -> None:
+    assert attention_implementations.get('flex') is flex_attention_fn
+    assert models.get('meco_mpt_causal_lm') is MeCoMPTCausalLM
+
+
+def test_flex_requested_where_torch_has_no_flex_attention_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, 'torch.nn.attention.flex_attention', None)  # what torch < 2.5 looks like
+
+    with pytest.raises(ValueError, match=r'attn_impl: flex is unavailable: torch .* has no torch\.nn\.attention\.'
+                                         r'flex_attention.*set model\.attn_config\.attn_impl: torch'):
+        build(model_config('flex'))
+
+
+def test_document_masking_on_flash_without_flash_attn_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r'attn_uses_sequence_id: true .* attn_impl: flash needs flash-attn >= 2\.1\.2'
+                                         r'.*Set model\.attn_config\.attn_impl: flex'):
+        build(model_config('flash'))
+
+
+@pytest.mark.parametrize('override, named', [
+    ({'alibi': True, 'rope': False}, 'attn_config.alibi: true'),
+    ({'sliding_window_size': 8}, 'attn_config.sliding_window_size'),
+    ({'attn_pdrop': 0.1}, 'attn_config.attn_pdrop > 0'),
+    ({'attn_logit_softcapping': 30.0}, 'attn_config.attn_logit_softcapping'),
+])
+def test_settings_flex_does_not_implement_are_rejected_by_name(override: dict[str, Any], named: str) -> None:
+    with pytest.raises(ValueError, match=rf'attn_impl: flex does not support {named}'):
+        build(model_config('flex', **override))
+
+
+def test_flex_in_a_model_that_passes_no_block_mask_is_a_clear_error() -> None:
+    attention = GroupedQueryAttention(d_model=32, n_heads=4, kv_n_heads=2, attn_impl='flex')
+
+    with pytest.raises(TypeError, match=r'needs the model to pass a flex BlockMask .* got NoneType.*meco_mpt_causal_lm'):
+        attention(torch.randn(1, 8, 32), attn_bias=None)
+
+
+def test_save_pretrained_writes_plain_mpt_with_torch_attention_and_the_same_outputs(tmp_path: Path) -> None:
+    model = build(model_config('flex')).eval()
+    batch = packed_batch(with_documents=False)
+    inputs = {'input_ids': batch['input_ids'], 'attention_mask': batch['attention_mask']}
+
+    model.model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / 'config.json').read_text())
+    exported = MPTForCausalLM.from_pretrained(tmp_path).eval()
+
+    assert (saved['model_type'], saved['attn_config']['attn_impl'], saved['init_device']) == ('mpt', 'torch', 'cpu')
+    assert type(exported) is MPTForCausalLM
+    with torch.no_grad():
+        torch.testing.assert_close(exported(**inputs).logits, model.model(**inputs).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_to_mpt_shares_the_weights_and_keeps_document_masking_configured() -> None:
+    model = build(model_config('flex'))
+    mpt = model.model.to_mpt()
+    config: Optional[dict[str, Any]] = mpt.config.attn_config
+
+    assert type(mpt) is MPTForCausalLM and mpt.training
+    assert config is not None and config['attn_impl'] == 'torch' and config['attn_uses_sequence_id'] is True
+    assert mpt.lm_head.weight.data_ptr() == model.model.lm_head.weight.data_ptr()
+    assert not any(t.is_meta for t in [*mpt.parameters(), *mpt.buffers()])
