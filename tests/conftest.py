@@ -118,3 +118,31 @@ def pack_texts(docs: list[dict[str, str]], tokenizer, max_seq_len: int) -> list[
                 continued = 1 if ids else 0
                 cur, segs, urls = [], [], []
     return rows
+
+
+TINY_MODEL = ['model.d_model=64', 'model.n_heads=2', 'model.n_layers=2', 'model.attn_config.kv_n_heads=1']
+
+
+@pytest.fixture(scope='session')
+def tiny_packed(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
+    """A packed dataset (rows of 64 tokens) of the synthetic corpus, for training runs."""
+    out = tmp_path_factory.mktemp('packed')
+    return write_packed_mds(out, pack_texts(synthetic_documents(1500, seed=1), tokenizer, 64), 64, tokenizer)
+
+
+def train_tiny(run_dir: Path, data: Path, tokenizer_dir: Path, *overrides: str) -> list[dict]:
+    """Train yamls/tiny-cpu.yaml in this process through llm-foundry, recording every batch; returns the records."""
+    import recorder
+    from llmfoundry.command_utils import train_from_yaml
+    from streaming.base.util import clean_stale_shared_memory
+
+    recorder.register()
+    clean_stale_shared_memory()
+    records = run_dir / f'records-{len(list(run_dir.glob("records-*.jsonl")))}.jsonl'
+    train_from_yaml(str(REPO_ROOT / 'yamls' / 'tiny-cpu.yaml'), [
+        f'variables.data={data}', f'variables.tokenizer={tokenizer_dir}', 'variables.max_seq_len=64',
+        f'callbacks.batch_recorder.path={records}', f'save_folder={run_dir}/checkpoints', 'save_overwrite=true',
+        'console_log_interval=100ba', 'python_log_level=warning', 'global_train_batch_size=4',
+        'device_train_microbatch_size=4', *TINY_MODEL, *overrides])
+    clean_stale_shared_memory()
+    return recorder.read_records(records)

@@ -1,0 +1,112 @@
+"""The ``meco_cooldown`` callback: the last part of training on plain documents, inside one run.
+
+The phase of a batch is a function of the step alone: a batch is conditioned (prefixes injected) while the
+run's time, in ``max_duration``'s unit, is before the boundary, and plain from the boundary on. The callback
+sets it on the train loader's injector before every batch, in the main process, where injection happens;
+so prefetched batches cannot leak a phase, and a resumed run (whose step comes from the checkpoint and
+whose data position comes from Streaming) sees exactly the batches of an uninterrupted one. The data stream
+itself continues where it is, so no sample is repeated or skipped; model, optimizer and LR schedule are
+untouched (the schedule simply continues, as in the paper).
+
+    callbacks:
+      meco_cooldown:
+        cooldown: 0.1          # the last 10% of max_duration; or
+        # boundary: 36000ba    # an absolute time in max_duration's unit (ba, tok or sp)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from composer.core import Callback, State, Time, TimeUnit
+from composer.loggers import Logger
+
+from meco_callbacks.algorithm import find_meco_loader
+
+log = logging.getLogger(__name__)
+
+_COMPARABLE_UNITS = (TimeUnit.BATCH, TimeUnit.TOKEN, TimeUnit.SAMPLE)
+
+
+def cooldown_boundary(max_duration: Time, cooldown: float | None = None, boundary: str | None = None) -> Time:
+    """The time at which cooldown starts, in ``max_duration``'s unit; a clear error for anything ambiguous."""
+    if max_duration.unit not in _COMPARABLE_UNITS:
+        raise ValueError(f'meco_cooldown needs max_duration in batches, tokens or samples (ba, tok, sp) to place '
+                         f'the boundary on an exact batch; got {max_duration}.')
+    if boundary is not None:
+        if cooldown is not None:
+            raise ValueError('meco_cooldown takes either cooldown (a fraction) or boundary (a time), not both.')
+        point = Time.from_timestring(str(boundary))
+        if point.unit != max_duration.unit:
+            raise ValueError(f'meco_cooldown boundary {boundary} is in {point.unit.value} but max_duration '
+                             f'{max_duration} is in {max_duration.unit.value}: give it in the same unit.')
+        if not 0 < point.value < max_duration.value:
+            raise ValueError(f'meco_cooldown boundary {boundary} must lie inside the run (0, {max_duration}).')
+        return point
+    fraction = 0.1 if cooldown is None else float(cooldown)
+    if not 0 < fraction < 1:
+        raise ValueError(f'meco_cooldown cooldown must be a fraction in (0, 1) of max_duration; got {cooldown}. '
+                         'To train without cooldown, leave the callback out.')
+    value = round(max_duration.value * (1 - fraction))
+    if not 0 < value < max_duration.value:
+        raise ValueError(f'cooldown {fraction} of max_duration {max_duration} leaves no batch on one side.')
+    return Time(value, max_duration.unit)
+
+
+class MeCoCooldown(Callback):
+    """Switch the MeCo train loader from conditioned to plain batches at an exact, resumable boundary."""
+
+    def __init__(self, cooldown: float | None = None, boundary: str | None = None) -> None:
+        if cooldown is not None and boundary is not None:
+            raise ValueError('meco_cooldown takes either cooldown (a fraction) or boundary (a time), not both.')
+        self.cooldown = cooldown
+        self.boundary_spec = boundary
+        self.boundary: Time | None = None
+        self.switched_at_batch: int | None = None
+        self._loaded_switch: int | None = None
+
+    def in_cooldown(self, state: State) -> bool:
+        """Whether the batch about to be drawn belongs to the cooldown phase."""
+        assert self.boundary is not None
+        return state.timestamp.get(self.boundary.unit).value >= self.boundary.value
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        loader = find_meco_loader(state, 'the meco_cooldown callback')
+        if not loader.metadata.enabled or not loader.metadata.active:
+            raise ValueError('meco_cooldown switches metadata off, but the train loader never turns it on '
+                             f'(metadata kind {loader.metadata.kind!r}, enabled {loader.metadata.enabled}): '
+                             'remove the callback for a baseline run, or enable metadata.')
+        assert state.max_duration is not None
+        self.boundary = cooldown_boundary(state.max_duration, self.cooldown, self.boundary_spec)
+        now = state.timestamp.get(self.boundary.unit).value
+        if self._loaded_switch is not None and now < self.boundary.value:
+            raise ValueError(f'the checkpoint was already in cooldown (since batch {self._loaded_switch}) but the '
+                             f'configured boundary {self.boundary} lies ahead: prefixes would come back. Use the '
+                             'cooldown/boundary and max_duration the run started with.')
+        self.switched_at_batch = self._loaded_switch
+        logger.log_hyperparameters({'meco/cooldown_boundary': str(self.boundary)})
+        log.info('meco_cooldown: conditioning until %s, plain documents from then to %s', self.boundary,
+                 state.max_duration)
+        self._set_phase(state, logger)
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        self._set_phase(state, logger)
+
+    def _set_phase(self, state: State, logger: Logger) -> None:
+        """Decide the next batch's phase (Composer has already counted the batches done so far)."""
+        loader = find_meco_loader(state, 'the meco_cooldown callback')
+        cooling = self.in_cooldown(state)
+        loader.injector.enabled = not cooling
+        if cooling and self.switched_at_batch is None:
+            self.switched_at_batch = int(state.timestamp.batch)
+            log.info('meco_cooldown: switched to plain documents at batch %d (%s)', self.switched_at_batch,
+                     self.boundary)
+            logger.log_metrics({'meco/cooldown_start_batch': self.switched_at_batch})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {'boundary': None if self.boundary is None else str(self.boundary),
+                'switched_at_batch': self.switched_at_batch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._loaded_switch = state.get('switched_at_batch')
