@@ -11,11 +11,15 @@ import pytest
 import torch
 import torch.nn.attention.flex_attention as flex_api
 import torch.nn.functional as F
+from composer import Trainer
+from llmfoundry.callbacks import HuggingFaceCheckpointer
 from llmfoundry.layers_registry import attention_implementations
 from llmfoundry.models.layers.attention import GroupedQueryAttention
 from llmfoundry.models.mpt import MPTForCausalLM, modeling_mpt
 from llmfoundry.registry import models
 from llmfoundry.utils.builders import build_composer_model
+from torch.utils.data import DataLoader
+from transformers import AutoModelForCausalLM
 
 from meco_callbacks.attention import build_document_block_mask, flex_attention_fn
 from meco_callbacks.model import MeCoMPTCausalLM
@@ -29,7 +33,7 @@ POSITION_IDS = torch.stack([torch.cat([torch.arange(DOC_A), torch.arange(DOC_B)]
 
 
 def model_config(attn_impl: str = 'flex', uses_sequence_id: bool = True, **attn_overrides: Any) -> dict[str, Any]:
-    """The recipe's Llama-shaped MPT YAML at toy size: d_model 64, 2 layers, 4 query heads sharing 2 KV heads."""
+    """The recipe's Llama-shaped MPT YAML (RoPE, SwiGLU, RMSNorm, GQA) at toy size: d_model 64, 2 layers, 4/2 heads."""
     attn_config = {
         'attn_impl': attn_impl,
         'attn_type': 'grouped_query_attention',
@@ -49,7 +53,7 @@ def model_config(attn_impl: str = 'flex', uses_sequence_id: bool = True, **attn_
         'no_bias': True,
         'norm_type': 'rmsnorm',
         'tie_word_embeddings': False,
-        'ffn_config': {'ffn_type': 'mptglu', 'ffn_hidden_size': 96},
+        'ffn_config': {'ffn_type': 'mptglu', 'ffn_act_fn': {'name': 'silu'}, 'ffn_hidden_size': 96},
         'attn_config': attn_config,
         'loss_fn': 'torch_crossentropy',
         'init_device': 'cpu',
@@ -253,19 +257,30 @@ def test_flex_in_a_model_that_passes_no_block_mask_is_a_clear_error() -> None:
         attention(torch.randn(1, 8, 32), attn_bias=None)
 
 
-def test_save_pretrained_writes_plain_mpt_with_torch_attention_and_the_same_outputs(tmp_path: Path) -> None:
-    model = build(model_config('flex')).eval()
-    batch = packed_batch(with_documents=False)
-    inputs = {'input_ids': batch['input_ids'], 'attention_mask': batch['attention_mask']}
+def test_training_then_hf_checkpointer_exports_plain_mpt_with_the_same_outputs(tmp_path: Path) -> None:
+    model = build(model_config('flex'))
+    rows = [{key: value[i] for key, value in packed_batch(seed=seed).items()} for seed in (1, 2) for i in (0, 1)]
+    trainer = Trainer(
+        model=model,
+        train_dataloader=DataLoader(rows, batch_size=2),
+        max_duration='2ba',
+        optimizers=torch.optim.AdamW(model.parameters(), lr=1e-3),
+        callbacks=[HuggingFaceCheckpointer(save_folder=str(tmp_path), save_interval='2ba')],
+        progress_bar=False,
+    )
 
-    model.model.save_pretrained(tmp_path)
-    saved = json.loads((tmp_path / 'config.json').read_text())
-    exported = MPTForCausalLM.from_pretrained(tmp_path).eval()
-
-    assert (saved['model_type'], saved['attn_config']['attn_impl'], saved['init_device']) == ('mpt', 'torch', 'cpu')
-    assert type(exported) is MPTForCausalLM
+    trainer.fit()
+    export_dir = tmp_path / 'huggingface' / 'ba2'
+    saved = json.loads((export_dir / 'config.json').read_text())
+    exported = AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True).eval()
+    input_ids = packed_batch(seed=3)['input_ids']
     with torch.no_grad():
-        torch.testing.assert_close(exported(**inputs).logits, model.model(**inputs).logits, atol=1e-5, rtol=1e-5)
+        expected = model.model.eval()(input_ids=input_ids).logits
+        got = exported(input_ids=input_ids).logits
+
+    assert (saved['model_type'], saved['attn_config']['attn_impl']) == ('mpt', 'torch')
+    assert saved['auto_map']['AutoModelForCausalLM'] == 'modeling_mpt.MPTForCausalLM'
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_to_mpt_shares_the_weights_and_keeps_document_masking_configured() -> None:
