@@ -250,6 +250,12 @@ def test_settings_flex_does_not_implement_are_rejected_by_name(override: dict[st
         build(model_config('flex', **override))
 
 
+def test_sequence_id_of_another_length_than_the_tokens_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r'sequence_id must be \[batch, 40\] to mask a sequence of 40 tokens; got '
+                                         r'shape \(2, 39\)'):
+        build_document_block_mask(SEQ_LEN, torch.device('cpu'), sequence_id=SEQUENCE_ID[:, 1:])
+
+
 def test_flex_in_a_model_that_passes_no_block_mask_is_a_clear_error() -> None:
     attention = GroupedQueryAttention(d_model=32, n_heads=4, kv_n_heads=2, attn_impl='flex')
 
