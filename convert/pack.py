@@ -50,7 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help='tokenizer path or hub name; required when the documents have no meco_dataset.json '
                              '(e.g. the MeCo release), else checked against the recorded fingerprint')
     parser.add_argument('--num-workers', type=int, default=1,
-                        help='processes decoding documents; the output is identical for any number (default 1)')
+                        help='processes that read documents and write rows; the output is byte-identical for '
+                             'any number (default 1)')
     parser.add_argument('--metadata-columns', default=None,
                         help='comma-separated extra columns to carry per segment (default: all extra columns; '
                              'an empty string carries none)')

@@ -5,11 +5,12 @@ always), and the stream is cut into rows. A document longer than the rest of a r
 rows; each row records its segments' lengths, URLs and metadata, so the collator can insert a prefix before
 every segment and rebuild ``sequence_id`` at load time (formats.py describes the columns).
 
-Parallel design: the document dataset is split into contiguous ranges of rows whose plan depends only on
-the dataset (never on the number of workers). Worker processes read and decode the ranges into token
-streams; the calling process is the single writer and consumes the ranges strictly in plan order, so the
-rows, the shard files and the index are byte-identical to a serial run. Cutting rows does not depend on
-where ranges begin or end, only on the order of the documents.
+Parallel design (output byte-identical for any number of workers): the documents are split into contiguous
+ranges by a plan that depends only on the dataset. Pass 1 measures each range's stream length (tokens with
+BOS/EOS, after skips), which fixes where every row begins. Pass 2 gives each range a part: the rows that
+begin inside it, written by one worker into its own MDS part (reading a little into the next ranges to
+finish its last row). The parts are joined in plan order into one index. Reading, cutting and writing all
+run in the workers; the serial run executes the same plan in-process.
 """
 
 from __future__ import annotations
@@ -17,21 +18,20 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import os
 import shutil
 import time
-from collections import Counter, deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from streaming import MDSWriter
 from streaming.base.compression import decompress
-from streaming.base.format import reader_from_json
-from streaming.base.format.mds import MDSReader
+from streaming.base.format.mds.encodings import mds_decode
 from tqdm import tqdm
 
 from meco_callbacks.fingerprint import tokenizer_info
@@ -46,7 +46,11 @@ METADATA_ENCODINGS = frozenset({
     'str', 'int', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16', 'uint32', 'uint64',
     'float16', 'float32', 'float64', 'str_int', 'str_float', 'str_decimal',
 })
-DEFAULT_DOCUMENTS_PER_TASK = 4096
+# Fixed-width integer encodings (a ``length`` column), read for a whole range at once.
+INTEGER_ENCODINGS = {'int': np.int64, 'int64': np.int64, 'uint64': np.uint64, 'int32': np.int32, 'uint32': np.uint32,
+                     'int16': np.int16, 'uint16': np.uint16}
+DEFAULT_DOCUMENTS_PER_TASK = 16384  # about one 64 MB shard of web documents
+READ_AHEAD_DOCUMENTS = 256  # documents read at a time past a part's own range to finish its last row
 SKIP_EMPTY = 'empty_document'
 SKIP_LENGTH_MISMATCH = 'length_column_mismatch'
 SKIP_DROPPED_TAIL = 'in_dropped_last_partial_row'
@@ -73,6 +77,39 @@ class DocumentRange:
     metadata_columns: tuple[str, ...]
     special: SpecialTokens
     vocab_size: int | None
+
+
+@dataclass(frozen=True)
+class RangeMeasure:
+    """Pass 1's result for a range: its stream length and what its documents amount to."""
+
+    stream_tokens: int  # tokens of the kept documents with their BOS/EOS: the range's share of the rows
+    document_tokens: int
+    documents_read: int
+    documents_kept: int
+    skipped: dict[str, int]
+
+
+@dataclass(frozen=True)
+class PartTask:
+    """Pass 2's unit of work: write ``rows`` rows, the first beginning ``skip`` tokens into ``documents``."""
+
+    out: str
+    documents: DocumentRange
+    skip: int
+    rows: int
+    read_ahead: tuple[DocumentRange, ...]  # the following ranges the last row may reach into
+    max_seq_len: int
+    compression: str | None
+
+
+@dataclass(frozen=True)
+class PartStats:
+    """What a part holds: rows, segments, and how many segments continue a document from the row before."""
+
+    rows: int
+    segments: int
+    continued_segments: int
 
 
 @dataclass
@@ -166,50 +203,50 @@ def plan_ranges(dataset: DocumentDataset, documents_per_task: int, special: Spec
     return ranges
 
 
+def measure_range(task: DocumentRange) -> RangeMeasure:
+    """Pass 1: a range's stream length and document counts, from the sample layout alone (no token copies)."""
+    layout = _decode_layout(task)
+    counts = layout.token_counts[layout.kept]
+    return RangeMeasure(stream_tokens=int(counts.sum()) + len(counts) * (1 + (task.special.bos is not None)),
+                        document_tokens=int(counts.sum()), documents_read=layout.documents_read,
+                        documents_kept=len(counts), skipped=layout.skipped)
+
+
 def read_range(task: DocumentRange) -> DocumentChunk:
-    """Decode a range's documents and lay the kept ones end to end as ``[BOS] doc EOS``; skips are counted."""
-    reader = reader_from_json(task.directory, None, task.shard)
-    assert isinstance(reader, MDSReader)
-    samples = _sample_bytes(task, reader)
+    """Decode a range's documents and lay the kept ones end to end as ``[BOS] doc EOS``; skips are counted.
+
+    Columns are located for all documents at once from the MDS sample layout (numpy, no per-token work);
+    Python touches each document only to copy its tokens and decode its URL and metadata strings.
+    """
+    layout = _decode_layout(task)
+    blob, spans, kept = layout.blob, layout.spans, layout.kept
     dtype = TOKEN_ENCODINGS[task.token_dtype]
-    eos = np.array([task.special.eos], dtype)
-    bos = None if task.special.bos is None else np.array([task.special.bos], dtype)
-    parts: list[np.ndarray] = []
-    lengths: list[int] = []
-    urls: list[str] = []
-    metadata: list[dict[str, str]] = []
-    kept: list[int] = []  # each kept document's index in the range
-    skipped: Counter[str] = Counter()
-    document_tokens = 0
-    for position, data in enumerate(samples):
-        sample = reader.decode_sample(data)
-        ids = sample['input_ids']
-        if 'length' in sample and int(sample['length']) != len(ids):
-            skipped[SKIP_LENGTH_MISMATCH] += 1
-            continue
-        if len(ids) == 0:
-            skipped[SKIP_EMPTY] += 1
-            continue
-        if bos is not None:
-            parts.append(bos)
-        parts += (ids, eos)
-        lengths.append(len(ids) + 1 + (bos is not None))
-        document_tokens += len(ids)
-        kept.append(position)
-        urls.append(sample['url'])
-        metadata.append({name: _as_text(sample[name]) for name in task.metadata_columns})
-    tokens = np.concatenate(parts) if parts else np.empty(0, dtype)
-    _check_token_ids(tokens, np.asarray(lengths, np.int64), kept, task)
-    return DocumentChunk(tokens=tokens.astype(np.uint32, copy=False), lengths=np.asarray(lengths, np.int64),
-                         urls=urls, metadata=metadata, documents_read=len(samples), document_tokens=document_tokens,
-                         skipped=dict(skipped))
+    counts = layout.token_counts[kept]
+    bos = task.special.bos is not None
+    lengths = counts + 1 + bos
+    starts = np.cumsum(lengths) - lengths
+    tokens = np.empty(int(lengths.sum()), dtype)
+    if bos:
+        tokens[starts] = task.special.bos
+    tokens[starts + lengths - 1] = task.special.eos
+    for source, size, target in zip(layout.token_starts[kept].tolist(), counts.tolist(), (starts + bos).tolist()):
+        tokens[target:target + size] = np.frombuffer(blob, dtype, size, source)
+    _check_token_ids(tokens, lengths, kept, task)
+    url_starts, url_sizes = (column[kept].tolist() for column in spans['url'])
+    urls = [blob[start:start + size].decode('utf-8') for start, size in zip(url_starts, url_sizes)]
+    columns = [_column_texts(blob, spans[name], kept, layout.encodings[name]) for name in task.metadata_columns]
+    metadata = [dict(zip(task.metadata_columns, values)) for values in zip(*columns)] if columns \
+        else [{} for _ in range(len(kept))]
+    return DocumentChunk(tokens=tokens.astype(np.uint32, copy=False), lengths=lengths.astype(np.int64), urls=urls,
+                         metadata=metadata, documents_read=layout.documents_read, document_tokens=int(counts.sum()),
+                         skipped=layout.skipped)
 
 
 class RowPacker:
-    """Cuts the document stream into rows of exactly ``max_seq_len`` tokens and records each row's segments.
+    """Cuts a document stream into rows of exactly ``max_seq_len`` tokens and records each row's segments.
 
-    Feed chunks in order with ``add``; tokens that do not fill a last row stay pending and are what ``finish``
-    reports as dropped. The rows depend only on the documents' order, not on how they are chunked.
+    ``extend`` appends documents, ``discard`` drops tokens from the front (a part starting mid-document),
+    ``take_rows`` cuts the complete rows. The rows depend only on the documents' order, not on the chunking.
     """
 
     def __init__(self, max_seq_len: int) -> None:
@@ -218,52 +255,108 @@ class RowPacker:
         self.segments = 0
         self.continued_segments = 0
         self._tokens = np.empty(0, np.uint32)
-        self._lengths = np.empty(0, np.int64)  # pending documents' tokens not yet written
-        self._written = 0  # tokens of the first pending document already written in earlier rows
+        self._lengths = np.empty(0, np.int64)  # pending documents' tokens not yet cut
+        self._consumed = 0  # tokens of the first pending document already cut or discarded
         self._urls: list[str] = []
         self._metadata: list[dict[str, str]] = []
 
-    def add(self, chunk: DocumentChunk) -> Iterator[dict[str, Any]]:
-        """Yield every row completed by the chunk's documents, as packed-MDS samples."""
+    def extend(self, chunk: DocumentChunk) -> None:
+        """Append a chunk's documents to the pending stream."""
+        self._tokens = np.concatenate([self._tokens, chunk.tokens])
+        self._lengths = np.concatenate([self._lengths, chunk.lengths])
+        self._urls += chunk.urls
+        self._metadata += chunk.metadata
+
+    def discard(self, count: int) -> None:
+        """Drop the first ``count`` pending tokens; a document cut here continues in the next row."""
+        self._drop(count)
+
+    def take_rows(self, limit: int) -> list[dict[str, Any]]:
+        """Cut up to ``limit`` complete rows from the front of the pending stream, as packed-MDS samples."""
         size = self.max_seq_len
-        tokens = np.concatenate([self._tokens, chunk.tokens])
-        lengths = np.concatenate([self._lengths, chunk.lengths])
-        urls = self._urls + chunk.urls
-        metadata = self._metadata + chunk.metadata
-        ends = np.cumsum(lengths)
-        starts = ends - lengths
-        if len(starts):
-            starts[0] -= self._written
-        num_rows = len(tokens) // size
+        num_rows = min(limit, len(self._tokens) // size)
+        ends, starts = self._bounds()
         row_starts = np.arange(num_rows, dtype=np.int64) * size
         firsts = np.searchsorted(ends, row_starts, side='right')
         lasts = np.searchsorted(ends, row_starts + size - 1, side='right') + 1
+        rows = []
         for lo, first, last in zip(row_starts.tolist(), firsts.tolist(), lasts.tolist()):
-            hi = lo + size
-            segment_lengths = np.minimum(ends[first:last], hi) - np.maximum(starts[first:last], lo)
+            segment_lengths = np.minimum(ends[first:last], lo + size) - np.maximum(starts[first:last], lo)
             continued = int(starts[first] < lo)
-            self.rows += 1
             self.segments += last - first
             self.continued_segments += continued
-            yield {
-                'input_ids': tokens[lo:hi],
+            rows.append({
+                'input_ids': self._tokens[lo:lo + size],
                 'segment_lengths': segment_lengths.astype(np.uint32),
                 'continued': continued,
-                'urls': urls[first:last],
-                'metadata': metadata[first:last],
-            }
-        cut = num_rows * size
-        pending = int(np.searchsorted(ends, cut, side='right'))
-        self._tokens = tokens[cut:].copy()
-        self._written = max(0, cut - int(starts[pending])) if pending < len(ends) else 0
-        self._lengths = ends[pending:] - np.maximum(starts[pending:], cut)
-        self._urls = urls[pending:]
-        self._metadata = metadata[pending:]
+                'urls': self._urls[first:last],
+                'metadata': self._metadata[first:last],
+            })
+        self.rows += num_rows
+        self._drop(num_rows * size)
+        return rows
 
-    def finish(self) -> tuple[int, int]:
-        """``(tokens, documents)`` left in the last partial row: dropped; the documents are those never written."""
-        documents = len(self._lengths) - (1 if self._written else 0)
-        return len(self._tokens), documents
+    def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pending documents' end and start positions in the pending stream (the first may start before 0)."""
+        ends = np.cumsum(self._lengths)
+        starts = ends - self._lengths
+        if len(starts):
+            starts[0] -= self._consumed
+        return ends, starts
+
+    def _drop(self, count: int) -> None:
+        ends, starts = self._bounds()
+        first = int(np.searchsorted(ends, count, side='right'))
+        self._consumed = max(0, count - int(starts[first])) if first < len(ends) else 0
+        self._lengths = ends[first:] - np.maximum(starts[first:], count)
+        self._tokens = self._tokens[count:].copy()
+        self._urls = self._urls[first:]
+        self._metadata = self._metadata[first:]
+
+
+def plan_parts(ranges: list[DocumentRange], measures: list[RangeMeasure], max_seq_len: int,
+               parts_dir: Path, compression: str | None) -> list[PartTask]:
+    """Give each range the rows that begin inside it; ranges where no row begins get no part."""
+    ends = np.cumsum([measure.stream_tokens for measure in measures], dtype=np.int64)
+    starts = ends - np.asarray([measure.stream_tokens for measure in measures], np.int64)
+    total_rows = int(ends[-1]) // max_seq_len if len(ends) else 0
+    parts = []
+    for k, (begin, end) in enumerate(zip(starts.tolist(), ends.tolist())):
+        first_row = -(-begin // max_seq_len)
+        stop_row = min(-(-end // max_seq_len), total_rows)
+        if stop_row <= first_row:
+            continue
+        needed = stop_row * max_seq_len  # the stream position the last row reaches
+        last = k if end >= needed else int(np.searchsorted(ends, needed, side='left'))
+        parts.append(PartTask(out=str(parts_dir / f'part.{len(parts):05d}'), documents=ranges[k],
+                              skip=first_row * max_seq_len - begin, rows=stop_row - first_row,
+                              read_ahead=tuple(ranges[k + 1:last + 1]), max_seq_len=max_seq_len,
+                              compression=compression))
+    return parts
+
+
+def write_part(task: PartTask) -> PartStats:
+    """Pass 2: cut and write one part's rows, reading into the following ranges only as far as its last row."""
+    packer = RowPacker(task.max_seq_len)
+    with MDSWriter(out=task.out, columns=PACKED_COLUMNS, compression=task.compression) as writer:
+        packer.extend(read_range(task.documents))
+        packer.discard(task.skip)
+        for row in packer.take_rows(task.rows):
+            writer.write(row)
+        for following in task.read_ahead:
+            raw = _raw_shard_path(following.directory, following.shard).is_file()
+            step = READ_AHEAD_DOCUMENTS if raw else following.end - following.begin
+            for begin in range(following.begin, following.end, step):
+                if packer.rows == task.rows:
+                    break
+                piece = replace(following, begin=begin, end=min(begin + step, following.end),
+                                first_document=following.first_document + begin - following.begin)
+                packer.extend(read_range(piece))
+                for row in packer.take_rows(task.rows - packer.rows):
+                    writer.write(row)
+    if packer.rows != task.rows:
+        raise RuntimeError(f'internal error: part {task.out} cut {packer.rows} rows, planned {task.rows}.')
+    return PartStats(rows=packer.rows, segments=packer.segments, continued_segments=packer.continued_segments)
 
 
 def pack_documents(documents_dir: str | Path, out_dir: str | Path, max_seq_len: int, tokenizer: Any = None,
@@ -275,7 +368,7 @@ def pack_documents(documents_dir: str | Path, out_dir: str | Path, max_seq_len: 
     ``tokenizer`` (a path, hub name or loaded tokenizer) is required when the documents carry no info file
     (e.g. the MeCo authors' release) and must match the recorded fingerprint when they do. ``out_dir`` is
     written in a temporary sibling and renamed when complete; one that holds a different dataset is refused
-    unless ``overwrite``. ``num_workers`` processes decode documents; the output does not depend on it.
+    unless ``overwrite``. ``num_workers`` processes read, cut and write; the output does not depend on it.
     """
     if max_seq_len < 1:
         raise ValueError(f'max_seq_len must be at least 1, got {max_seq_len}.')
@@ -309,7 +402,7 @@ def pack_documents(documents_dir: str | Path, out_dir: str | Path, max_seq_len: 
         shutil.rmtree(staging)
     started = time.perf_counter()
     try:
-        stats = _write_rows(ranges, staging, max_seq_len, num_workers, progress, compression, dataset.num_documents)
+        stats = _pack(ranges, staging, max_seq_len, num_workers, progress, compression)
         if stats['rows'] == 0:
             raise ValueError(f'{documents} holds {stats["tokens_dropped"]} tokens (BOS/EOS included), fewer than '
                              f'one row of max_seq_len={max_seq_len}: nothing to train on. Use a smaller '
@@ -324,9 +417,9 @@ def pack_documents(documents_dir: str | Path, out_dir: str | Path, max_seq_len: 
         out.unlink()
     staging.rename(out)
     seconds = time.perf_counter() - started
-    logger.info('Packed %d documents (%d skipped: %s) into %d rows of %d tokens in %s: %.0f documents/s, '
-                '%.0f tokens/s; %d tokens dropped at the end.', stats['documents_packed'],
-                sum(stats['skipped'].values()), stats['skipped'], stats['rows'], max_seq_len, out,
+    logger.info('Packed %d documents (%d skipped: %s) into %d rows of %d tokens in %s with %d worker(s): '
+                '%.0f documents/s, %.0f tokens/s; %d tokens dropped at the end.', stats['documents_packed'],
+                sum(stats['skipped'].values()), stats['skipped'], stats['rows'], max_seq_len, out, num_workers,
                 stats['documents_read'] / seconds, stats['tokens'] / seconds, stats['tokens_dropped'])
     return stats
 
@@ -358,79 +451,86 @@ def resolve_tokenizer(documents_dir: Path, doc_info: dict[str, Any] | None, toke
     return {**given, **recorded} if recorded is not None else given
 
 
-def _write_rows(ranges: list[DocumentRange], staging: Path, max_seq_len: int, num_workers: int, progress: bool,
-                compression: str | None, num_documents: int) -> dict[str, Any]:
-    """Read the ranges (in worker processes when ``num_workers`` > 1), pack them in order, write the rows."""
-    packer = RowPacker(max_seq_len)
-    documents_read = 0
-    document_tokens = 0
-    special_tokens = 0
+def _pack(ranges: list[DocumentRange], staging: Path, max_seq_len: int, num_workers: int, progress: bool,
+          compression: str | None) -> dict[str, Any]:
+    """Run both passes (in worker processes when ``num_workers`` > 1), join the parts, and total the stats."""
+    with _task_map(num_workers) as run:
+        measured = run(measure_range, ranges)
+        measures = []
+        with tqdm(total=sum(task.end - task.begin for task in ranges), unit='doc', desc='measuring',
+                  disable=not progress) as bar:
+            for measure in measured:
+                measures.append(measure)
+                bar.update(measure.documents_read)
+        parts = plan_parts(ranges, measures, max_seq_len, staging / 'parts', compression)
+        written = run(write_part, parts)
+        part_stats = []
+        with tqdm(total=sum(part.rows for part in parts), unit='row', desc='packing', disable=not progress) as bar:
+            for stats in written:
+                part_stats.append(stats)
+                bar.update(stats.rows)
+                bar.set_postfix(tokens_per_s=f'{bar.n * max_seq_len / max(bar.format_dict["elapsed"], 1e-9):.3g}')
+    _join_parts(staging, [Path(part.out) for part in parts])
+    rows = sum(stats.rows for stats in part_stats)
+    segments = sum(stats.segments for stats in part_stats)
+    continued = sum(stats.continued_segments for stats in part_stats)
+    stream_tokens = sum(measure.stream_tokens for measure in measures)
+    document_tokens = sum(measure.document_tokens for measure in measures)
     skipped: Counter[str] = Counter()
-    # Worker processes are forked before the writer's and tqdm's threads exist.
-    with _OrderedChunks(ranges, num_workers) as chunks, \
-            MDSWriter(out=str(staging), columns=PACKED_COLUMNS, compression=compression) as writer, \
-            tqdm(total=num_documents, unit='doc', desc='packing', disable=not progress) as bar:
-        started = time.perf_counter()
-        for chunk in chunks:
-            for row in packer.add(chunk):
-                writer.write(row)
-            documents_read += chunk.documents_read
-            document_tokens += chunk.document_tokens
-            special_tokens += len(chunk.tokens) - chunk.document_tokens
-            skipped.update(chunk.skipped)
-            bar.update(chunk.documents_read)
-            elapsed = max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix(rows=packer.rows, tokens_per_s=f'{packer.rows * max_seq_len / elapsed:.3g}')
-    tokens_dropped, documents_dropped = packer.finish()
-    if documents_dropped:
-        skipped[SKIP_DROPPED_TAIL] += documents_dropped
+    for measure in measures:
+        skipped.update(measure.skipped)
+    # Documents whose every token falls in the dropped last partial row were never written.
+    skipped[SKIP_DROPPED_TAIL] = sum(measure.documents_kept for measure in measures) - (segments - continued)
     return {
-        'rows': packer.rows,
-        'tokens': packer.rows * max_seq_len,
-        'documents_read': documents_read,
-        'documents_packed': packer.segments - packer.continued_segments,
-        'skipped': dict(sorted(skipped.items())),
-        'segments': packer.segments,
-        'continued_segments': packer.continued_segments,
+        'rows': rows,
+        'tokens': rows * max_seq_len,
+        'documents_read': sum(measure.documents_read for measure in measures),
+        'documents_packed': segments - continued,
+        'skipped': {reason: count for reason, count in sorted(skipped.items()) if count},
+        'segments': segments,
+        'continued_segments': continued,
         'document_tokens': document_tokens,
-        'special_tokens': special_tokens,
-        'tokens_dropped': tokens_dropped,
+        'special_tokens': stream_tokens - document_tokens,
+        'tokens_dropped': stream_tokens - rows * max_seq_len,
     }
 
 
-class _OrderedChunks:
-    """Context manager yielding the ranges' chunks in plan order: read here, or by a bounded process pool."""
+@contextmanager
+def _task_map(num_workers: int) -> Iterator[Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]]:
+    """An order-preserving ``map``: in this process, or over a pool of ``num_workers`` processes.
 
-    def __init__(self, ranges: list[DocumentRange], num_workers: int) -> None:
-        self.ranges = ranges
-        self.num_workers = num_workers
-        self.pool: ProcessPoolExecutor | None = None
-        self.pending: deque[Future[DocumentChunk]] = deque()
+    Workers are forked (where the platform can) when the first tasks are submitted, before tqdm's or any
+    writer's threads exist in this process.
+    """
+    if num_workers == 1:
+        yield map
+        return
+    method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn'
+    pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context(method))
+    try:
+        yield lambda function, tasks: pool.map(function, tasks)
+    finally:  # on an error, tasks not yet started are dropped rather than run to completion
+        pool.shutdown(wait=True, cancel_futures=True)
 
-    def __enter__(self) -> Iterator[DocumentChunk]:
-        if self.num_workers == 1 or len(self.ranges) == 1:
-            return map(read_range, self.ranges)
-        self.pool = ProcessPoolExecutor(self.num_workers, mp_context=multiprocessing.get_context('fork'))
-        tasks = iter(self.ranges)
-        window = 2 * self.num_workers  # bounds memory: at most this many decoded chunks wait for the writer
-        for task in tasks:
-            self.pending.append(self.pool.submit(read_range, task))
-            if len(self.pending) == window:
-                break
-        return self._drain(tasks)
 
-    def _drain(self, tasks: Iterator[DocumentRange]) -> Iterator[DocumentChunk]:
-        assert self.pool is not None
-        while self.pending:
-            chunk = self.pending.popleft().result()
-            task = next(tasks, None)
-            if task is not None:
-                self.pending.append(self.pool.submit(read_range, task))
-            yield chunk
-
-    def __exit__(self, *exc: object) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+def _join_parts(staging: Path, part_dirs: list[Path]) -> None:
+    """Move the parts' shards into ``staging`` under one numbering, in order, and write the joint index."""
+    shards = []
+    for part_dir in part_dirs:
+        for shard in json.loads((part_dir / 'index.json').read_text())['shards']:
+            old_name = shard['raw_data']['basename']
+            new_name = f'shard.{len(shards):05d}.mds'
+            for key in ('raw_data', 'zip_data'):
+                if shard.get(key):
+                    basename = shard[key]['basename']
+                    shard[key]['basename'] = new_name + basename[len(old_name):]
+                    if (part_dir / basename).is_file():
+                        (part_dir / basename).rename(staging / shard[key]['basename'])
+            shards.append(shard)
+    staging.mkdir(parents=True, exist_ok=True)
+    # The index as MDSWriter writes it, so the joint dataset reads like a single writer's.
+    (staging / 'index.json').write_text(json.dumps({'version': 2, 'shards': shards}, sort_keys=True))
+    shutil.rmtree(staging / 'parts', ignore_errors=True)
 
 
 def _check_output_dir(out: Path, documents: Path, info: dict[str, Any], overwrite: bool) -> None:
@@ -469,28 +569,120 @@ def _raw_shard_path(directory: str, shard: dict[str, Any]) -> Path:
     return Path(directory) / shard['raw_data']['basename']
 
 
-def _sample_bytes(task: DocumentRange, reader: MDSReader) -> list[bytes]:
-    """The encoded samples ``[begin, end)`` of the task's shard, read from the raw file or the decompressed one."""
+def _range_bytes(task: DocumentRange) -> tuple[bytes, np.ndarray]:
+    """The bytes holding samples ``[begin, end)`` of the task's shard, and the samples' offsets into them.
+
+    An MDS shard starts with its sample count and the uint32 byte offsets of its samples; a shard stored only
+    compressed is decompressed whole.
+    """
     raw = _raw_shard_path(task.directory, task.shard)
+    count = task.end - task.begin
     if raw.is_file():
         with open(raw, 'rb', 0) as f:
             f.seek(4 * (1 + task.begin))
-            offsets = np.frombuffer(f.read(4 * (task.end - task.begin + 1)), np.uint32).astype(np.int64)
+            offsets = np.frombuffer(f.read(4 * (count + 1)), np.uint32).astype(np.int64)
             f.seek(int(offsets[0]))
             blob = f.read(int(offsets[-1] - offsets[0]))
-        offsets -= offsets[0]
-    else:
-        zip_info = task.shard.get('zip_data')
-        if not zip_info or not (Path(task.directory) / zip_info['basename']).is_file():
-            raise FileNotFoundError(f'shard {raw} is missing (neither its raw nor its compressed file is there).')
-        data = decompress(reader.compression, (Path(task.directory) / zip_info['basename']).read_bytes())
-        offsets = np.frombuffer(data, np.uint32, count=task.end - task.begin + 1, offset=4 * (1 + task.begin))
-        blob = data
-    bounds = offsets.tolist()
-    return [blob[bounds[i]:bounds[i + 1]] for i in range(task.end - task.begin)]
+        return blob, offsets - offsets[0]
+    zip_info = task.shard.get('zip_data')
+    if not zip_info or not (Path(task.directory) / zip_info['basename']).is_file():
+        raise FileNotFoundError(f'shard {raw} is missing (neither its raw nor its compressed file is there).')
+    blob = decompress(task.shard['compression'], (Path(task.directory) / zip_info['basename']).read_bytes())
+    offsets = np.frombuffer(blob, np.uint32, count=count + 1, offset=4 * (1 + task.begin)).astype(np.int64)
+    return blob, offsets
 
 
-def _check_token_ids(tokens: np.ndarray, lengths: np.ndarray, kept: list[int], task: DocumentRange) -> None:
+def _column_spans(blob: bytes, offsets: np.ndarray, shard: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each column's ``(starts, sizes)`` in ``blob`` for every sample, from the MDS sample layout.
+
+    An MDS sample is the uint32 sizes of its variable-size columns, then the columns' bytes in order.
+    """
+    column_sizes = shard['column_sizes']
+    variable = sum(size is None for size in column_sizes)
+    begins = offsets[:-1]
+    head = np.frombuffer(blob, np.uint8)[(begins[:, None] + np.arange(4 * variable))]
+    variable_sizes = np.ascontiguousarray(head).view(np.uint32).astype(np.int64)  # (samples, variable)
+    position = begins + 4 * variable
+    spans = {}
+    k = 0
+    for name, size in zip(shard['column_names'], column_sizes):
+        if size is None:
+            sizes = variable_sizes[:, k]
+            k += 1
+        else:
+            sizes = np.full(len(begins), size, np.int64)
+        spans[name] = (position, sizes)
+        position = position + sizes
+    if not np.array_equal(position, offsets[1:]):
+        raise ValueError(f'shard {shard["raw_data"]["basename"]}: sample sizes disagree with the columns '
+                         f'{shard["column_names"]}; the shard is corrupt or not MDS.')
+    return spans
+
+
+def _array_spans(blob: bytes, starts: np.ndarray, sizes: np.ndarray, itemsize: int,
+                 task: DocumentRange) -> tuple[np.ndarray, np.ndarray]:
+    """Where each 1-D MDS ndarray's values start and how many there are (after its ndim/shape header)."""
+    header = np.frombuffer(blob, np.uint8)[starts].astype(np.int64)
+    not_1d = np.flatnonzero(header >> 2 != 1)
+    if len(not_1d):
+        raise ValueError(f'document {task.first_document + int(not_1d[0])} of {task.directory}: input_ids is a '
+                         f'{int(header[not_1d[0]] >> 2)}-D array; documents hold 1-D token arrays.')
+    shape_bytes = 1 << (header & 3)
+    return starts + 1 + shape_bytes, (sizes - 1 - shape_bytes) // itemsize
+
+
+def _column_integers(blob: bytes, span: tuple[np.ndarray, np.ndarray], encoding: str) -> np.ndarray:
+    """An integer column's values for every sample (e.g. ``length``): fixed-width ones read at once."""
+    starts, sizes = span
+    width = INTEGER_ENCODINGS.get(encoding)
+    if width is None:
+        return np.array([int(mds_decode(encoding, blob[a:a + b])) for a, b in zip(starts.tolist(), sizes.tolist())],
+                        np.int64)
+    raw = np.frombuffer(blob, np.uint8)[starts[:, None] + np.arange(np.dtype(width).itemsize)]
+    return np.ascontiguousarray(raw).view(width)[:, 0].astype(np.int64)
+
+
+def _column_texts(blob: bytes, span: tuple[np.ndarray, np.ndarray], kept: np.ndarray, encoding: str) -> list[str]:
+    """A metadata column's values as text for the kept samples."""
+    starts, sizes = (column[kept].tolist() for column in span)
+    if encoding == 'str':
+        return [blob[a:a + b].decode('utf-8') for a, b in zip(starts, sizes)]
+    return [str(mds_decode(encoding, blob[a:a + b])) for a, b in zip(starts, sizes)]
+
+
+@dataclass
+class _RangeLayout:
+    """Where a range's columns lie in its bytes, which documents are kept, and why the others were skipped."""
+
+    blob: bytes
+    spans: dict[str, tuple[np.ndarray, np.ndarray]]
+    encodings: dict[str, str]
+    token_starts: np.ndarray
+    token_counts: np.ndarray
+    kept: np.ndarray
+    documents_read: int
+    skipped: dict[str, int]
+
+
+def _decode_layout(task: DocumentRange) -> _RangeLayout:
+    """Locate every document's columns in the range's bytes and decide which documents are kept."""
+    blob, offsets = _range_bytes(task)
+    count = len(offsets) - 1
+    spans = _column_spans(blob, offsets, task.shard)
+    encodings = dict(zip(task.shard['column_names'], task.shard['column_encodings']))
+    itemsize = np.dtype(TOKEN_ENCODINGS[task.token_dtype]).itemsize
+    token_starts, token_counts = _array_spans(blob, *spans['input_ids'], itemsize, task)
+    lengths_agree = (_column_integers(blob, spans['length'], encodings['length']) == token_counts
+                     if 'length' in spans else np.ones(count, bool))
+    empty = token_counts == 0
+    skipped = {SKIP_LENGTH_MISMATCH: int(np.count_nonzero(~lengths_agree)),
+               SKIP_EMPTY: int(np.count_nonzero(empty & lengths_agree))}
+    return _RangeLayout(blob=blob, spans=spans, encodings=encodings, token_starts=token_starts,
+                        token_counts=token_counts, kept=np.flatnonzero(lengths_agree & ~empty), documents_read=count,
+                        skipped={reason: n for reason, n in skipped.items() if n})
+
+
+def _check_token_ids(tokens: np.ndarray, lengths: np.ndarray, kept: np.ndarray, task: DocumentRange) -> None:
     """Fail on a token id the tokenizer cannot have: negative (int32 data) or beyond its vocabulary."""
     if not len(tokens):
         return
@@ -506,7 +698,3 @@ def _check_token_ids(tokens: np.ndarray, lengths: np.ndarray, kept: list[int], t
     raise ValueError(f'document {document} of {task.directory} has token id {int(tokens[bad])}, outside the '
                      f'tokenizer\'s vocabulary of {limit} ids: the documents were made with another tokenizer. '
                      f'Pass the one that produced them with --tokenizer.')
-
-
-def _as_text(value: Any) -> str:
-    return value if isinstance(value, str) else str(value)

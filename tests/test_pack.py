@@ -98,6 +98,20 @@ def test_a_document_longer_than_a_row_spans_rows_marked_continued(tmp_path: Path
     assert [row['urls'] for row in rows] == [[URL_B], [URL_B], [URL_B, URL_A]]
 
 
+def test_documents_of_every_size_class_are_read_exactly(tmp_path: Path, tokenizer) -> None:
+    # MDS stores an array's shape in 1, 2 or 4 bytes depending on its length; each width must decode exactly.
+    E = tokenizer.eos_token_id
+    rng = np.random.default_rng(0)
+    documents = [{'input_ids': rng.integers(1, 300, size).tolist(), 'url': f'https://x.example/{size}'}
+                 for size in (1, 255, 256, 65_535, 65_536, 70_001)]
+    docs = write_token_documents(tmp_path / 'docs', documents, tokenizer)
+    stats = pack_documents(docs, tmp_path / 'packed', max_seq_len=1000, progress=False)
+    stream = np.concatenate([row['input_ids'] for row in read_rows(tmp_path / 'packed')])
+    expected = np.concatenate([np.append(np.asarray(doc['input_ids'], np.uint32), E) for doc in documents])
+    assert stats['rows'] == len(expected) // 1000
+    assert stream.tolist() == expected[:len(stream)].tolist()
+
+
 def test_each_segment_carries_its_documents_metadata_and_a_continued_segment_repeats_it(tmp_path: Path,
                                                                                          tokenizer) -> None:
     extra = {URL_A: ('a.example', 'rivers'), URL_B: ('b.example', 'music'), URL_C: ('c.example', 'code')}
@@ -260,6 +274,10 @@ def test_documents_entirely_in_the_dropped_last_partial_row_are_counted_skips(tm
     assert stats['skipped'] == {'in_dropped_last_partial_row': 2}
 
 
+def row_fields(row: dict[str, Any]) -> tuple:
+    return (row['input_ids'].tolist(), row['segment_lengths'].tolist(), row['continued'], row['urls'], row['metadata'])
+
+
 def files_of(directory: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
 
@@ -280,7 +298,26 @@ def test_rows_do_not_depend_on_how_documents_are_split_into_tasks(tmp_path: Path
     one_per_task = pack_documents(docs, tmp_path / 'one', max_seq_len=16, documents_per_task=1, progress=False)
     all_in_one = pack_documents(docs, tmp_path / 'all', max_seq_len=16, progress=False)
     assert one_per_task == all_in_one
-    assert files_of(tmp_path / 'one') == files_of(tmp_path / 'all')
+    # Shard boundaries follow the plan's parts; the rows themselves must not.
+    assert len(json.loads((tmp_path / 'one' / 'index.json').read_text())['shards']) > 1
+    assert [row_fields(row) for row in read_rows(tmp_path / 'one')] == \
+        [row_fields(row) for row in read_rows(tmp_path / 'all')]
+
+
+@pytest.mark.parametrize('compression', [None, 'zstd'])
+def test_a_row_reaching_far_into_the_next_ranges_is_completed_exactly(tmp_path: Path, tokenizer,
+                                                                     compression: str | None) -> None:
+    # 1000 one-token documents (2 tokens with EOS) in ranges of 300: the only 1500-token row starts in the
+    # first range and reaches 450 documents into the following ones, read a few hundred at a time.
+    E = tokenizer.eos_token_id
+    documents = [{'input_ids': [1 + i % 300], 'url': f'https://x.example/{i}'} for i in range(1000)]
+    docs = write_token_documents(tmp_path / 'docs', documents, tokenizer, compression=compression)
+    stats = pack_documents(docs, tmp_path / 'packed', max_seq_len=1500, documents_per_task=300, progress=False)
+    rows = read_rows(tmp_path / 'packed')
+    assert len(rows) == stats['rows'] == 1
+    assert rows[0]['input_ids'].tolist() == [token for i in range(750) for token in (1 + i % 300, E)]
+    assert rows[0]['urls'] == [f'https://x.example/{i}' for i in range(750)]
+    assert stats['documents_packed'] == 750 and stats['skipped'] == {'in_dropped_last_partial_row': 250}
 
 
 def test_compressed_document_shards_pack_like_uncompressed_ones(tmp_path: Path, tokenizer) -> None:
