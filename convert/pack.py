@@ -24,7 +24,8 @@ row continues in the next row(s), where its segment is marked as continued. Each
 input_ids, segment_lengths (summing to --max-seq-len), continued (1 when its first segment continues a
 document), urls (one per segment) and metadata (the extra columns, one dict per segment). A continued
 segment repeats its document's URL and metadata, so the loader can give it its prefix again. The last
-partial row is dropped and counted. Empty documents are counted skips.
+partial row is dropped and counted. Empty documents, and documents whose length column disagrees with
+their input_ids, are counted skips; a token id outside the tokenizer's vocabulary is an error.
 
 The MeCo URL prefix is not written here: the training loader inserts it, so one packed dataset serves the
 baseline, MeCo and every metadata ablation. The stats (rows, tokens, documents, segments, continued
