@@ -16,6 +16,7 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -145,30 +146,33 @@ def load_tokenizer(name_or_path: str) -> Any:
     return tokenizer
 
 
-def build_tokenizer_backend(tokenizer: Any, backend: str = 'auto', sample_texts: Sequence[str] = ()) -> TokenizerBackend:
+def build_tokenizer_backend(tokenizer: Any, backend: str = 'auto', sample_texts: Sequence[str] = (),
+                            num_threads: int = 1) -> TokenizerBackend:
     """The backend to tokenize with: ``hf``, ``tiktoken`` (verified, or a BackendError), or ``auto``.
 
     ``auto`` uses tiktoken when it can express the tokenizer and reproduces its ids on the hard strings and on
-    ``sample_texts`` (a sample of the real input); otherwise Hugging Face, logging the reason.
+    ``sample_texts`` (a sample of the real input); otherwise Hugging Face, logging the reason. Verification
+    runs on ``num_threads`` threads.
     """
     if backend not in BACKENDS:
         raise BackendError(f'unknown tokenizer backend {backend!r}; choose one of {", ".join(BACKENDS)}')
     if backend == 'hf':
         return HuggingFaceBackend(tokenizer, 'hf was requested')
-    reference = HuggingFaceBackend(tokenizer, 'reference')
+    reference = HuggingFaceBackend(tokenizer, 'the reference for verification')
     try:
-        encoding, style = tiktoken_encoding_for(tokenizer)
-        hard = hard_strings_for(tokenizer)
-        mismatch = (first_mismatch(encoding, reference, hard, 'hard string')
-                    or first_mismatch(encoding, reference, sample_texts, 'sample text'))
+        spec = _spec(tokenizer)
+        encoding, style = _encoding_from_spec(spec)
+        hard = _hard_strings_from_spec(spec)
+        mismatch = (first_mismatch(encoding, reference, hard, 'hard string', num_threads)
+                    or first_mismatch(encoding, reference, sample_texts, 'sample text', num_threads))
         if mismatch:
             raise BackendError(mismatch)
     except BackendError as error:
         if backend == 'tiktoken':
             raise BackendError(f'tiktoken cannot stand in for this tokenizer: {error}') from None
-        reason = f'tiktoken fell back to hf: {error}'
-        log.warning('Tokenizer backend: %s', reason)
-        return HuggingFaceBackend(tokenizer, reason)
+        reference.reason = f'tiktoken fell back to hf: {error}'
+        log.warning('Tokenizer backend: %s', reference.reason)
+        return reference
     sample_chars = sum(len(text) for text in sample_texts)
     reason = (f'tiktoken ({style} regex) matched hf on {len(hard)} hard strings and {len(sample_texts)} sample '
               f'texts ({sample_chars} characters)')
@@ -183,9 +187,22 @@ def tiktoken_encoding_for(tokenizer: Any) -> tuple[Any, str]:
     a pre-tokenizer that is not one regex plus byte-level mapping, non-special added tokens (matched inside
     text), missing byte tokens, or merges whose order differs from the token ids (tiktoken merges by id).
     """
+    return _encoding_from_spec(_spec(tokenizer))
+
+
+def hard_strings_for(tokenizer: Any) -> list[str]:
+    """The built-in hard strings plus the tokenizer's own special and added tokens, alone and inside text."""
+    return _hard_strings_from_spec(_spec(tokenizer))
+
+
+def _spec(tokenizer: Any) -> dict[str, Any]:
+    """The tokenizer's full ``tokenizer.json`` description."""
+    return json.loads(_backend_tokenizer(tokenizer).to_str())
+
+
+def _encoding_from_spec(spec: dict[str, Any]) -> tuple[Any, str]:
     import tiktoken
 
-    spec = json.loads(_backend_tokenizer(tokenizer).to_str())
     model = spec['model']
     _check_bpe_model(model, spec.get('normalizer'))
     pattern, style = _pre_tokenizer_regex(spec)
@@ -199,25 +216,26 @@ def tiktoken_encoding_for(tokenizer: Any) -> tuple[Any, str]:
     return tiktoken.Encoding(f'meco-{style}', pat_str=pattern, mergeable_ranks=ranks, special_tokens={}), style
 
 
-def hard_strings_for(tokenizer: Any) -> list[str]:
-    """The built-in hard strings plus the tokenizer's own special and added tokens, alone and inside text."""
-    spec = json.loads(_backend_tokenizer(tokenizer).to_str())
+def _hard_strings_from_spec(spec: dict[str, Any]) -> list[str]:
     own = [token['content'] for token in spec.get('added_tokens') or []]
     return list(HARD_STRINGS) + own + [f'before {token} after{token}' for token in own]
 
 
-def first_mismatch(encoding: Any, reference: TokenizerBackend, texts: Sequence[str], kind: str) -> str | None:
+def first_mismatch(encoding: Any, reference: TokenizerBackend, texts: Sequence[str], kind: str,
+                   num_threads: int = 1) -> str | None:
     """Describe the first of ``texts`` whose tiktoken ids differ from the reference's, or None when all agree."""
-    for start in range(0, len(texts), 256):
-        chunk = list(texts[start:start + 256])
-        expected = reference.encode_batch(chunk)
-        for offset, (text, want) in enumerate(zip(chunk, expected)):
+    def check(start: int) -> str | None:
+        chunk = list(texts[start:start + 16])
+        for offset, (text, want) in enumerate(zip(chunk, reference.encode_batch(chunk))):
             got = encoding.encode_ordinary(text)
             if got != want:
                 at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
                 return (f'ids differ from hf on {kind} #{start + offset} {_preview(text)} at token {at}: '
                         f'tiktoken {got[at:at + 4]} vs hf {want[at:at + 4]}')
-    return None
+        return None
+
+    with ThreadPoolExecutor(max(1, num_threads)) as pool:  # both tokenizers release the GIL
+        return next((found for found in pool.map(check, range(0, len(texts), 16)) if found), None)
 
 
 def _backend_tokenizer(tokenizer: Any) -> Any:

@@ -1,0 +1,205 @@
+"""Corpus conversion speed (stage 1): MeCo's converter against llm-foundry's and the MeCo authors' methods.
+
+On the same JSON Lines input, tokenizer and number of workers, side by side in one run:
+
+  (a) llm-foundry 0.22 ``convert_dataset_json`` (it has no tokenize-without-concatenation mode, so
+      ``concat_tokens=2048`` with ``<|endoftext|>`` between documents; it ignores ``num_workers``),
+  (b) the MeCo authors' method: tiktoken ``encode`` one document at a time in a process pool of N, each
+      process writing its own MDS (their ``mds_tokenize_per_document.py``, without Llama-3's character loop),
+  (c) ours, ``convert/documents.py`` with the Hugging Face backend,
+  (d) ours with ``auto`` (the verified tiktoken backend here),
+  (e) the raw limit: tiktoken batch encoding of the same texts in memory with N threads, no reading or writing.
+
+Every tokens/s figure is the corpus's document tokens over the method's wall time (the best of --repeats
+rounds, each round running every method once, so that load from other processes hits all of them), so
+ratios are speed ratios. With no arguments it writes about 20 MB of Python sources (standard library, then site-packages) as JSON
+Lines in 8 files and trains a 32k byte-level BPE on them. Goals on 2 workers: (d)/(a) >= 5, (d)/(b) >= 1,
+(d)/(e) >= 0.8. The last line is (d)/(a).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import shutil
+import sysconfig
+import tempfile
+import time
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger('bench.convert')
+
+
+def build_corpus(out_dir: Path, megabytes: float, files: int = 8) -> list[Path]:
+    """Python sources as JSON Lines documents (text + a GitHub-style URL), about ``megabytes`` in ``files`` files."""
+    roots = [sysconfig.get_paths()['stdlib'], sysconfig.get_paths()['purelib']]
+    budget = int(megabytes * 1e6)
+    docs: list[dict[str, str]] = []
+    for root in roots:
+        for path in sorted(glob.glob(os.path.join(root, '**', '*.py'), recursive=True)):
+            if budget <= 0:
+                break
+            try:
+                text = Path(path).read_text(encoding='utf-8')
+            except (UnicodeDecodeError, OSError):
+                continue
+            if text.strip():
+                relative = os.path.relpath(path, root).replace(os.sep, '/').replace(' ', '%20')
+                docs.append({'text': text, 'url': f'https://github.com/example/python/blob/main/{relative}'})
+                budget -= len(text.encode('utf-8'))
+    out_dir.mkdir(parents=True)
+    paths = [out_dir / f'part-{i:02d}.jsonl' for i in range(files)]
+    for i, path in enumerate(paths):
+        with open(path, 'w') as out:
+            for doc in docs[i::files]:
+                out.write(json.dumps(doc) + '\n')
+    log.info('Built %d documents (%.1f MB of text) in %d files under %s.', len(docs),
+             sum(len(d['text'].encode()) for d in docs) / 1e6, files, out_dir)
+    return paths
+
+
+def read_documents(paths: list[Path]) -> list[dict[str, Any]]:
+    return [json.loads(line) for path in paths for line in open(path, encoding='utf-8')]
+
+
+def run_llm_foundry(paths: list[Path], tokenizer_dir: str, out: Path, workers: int) -> None:
+    """(a): llm-foundry's JSON converter over the input directory."""
+    from llmfoundry.command_utils import convert_dataset_json
+
+    convert_dataset_json(path=str(paths[0].parent), out_root=str(out), compression=None, concat_tokens=2048,
+                         split='train', tokenizer=tokenizer_dir, eos_text='<|endoftext|>', num_workers=workers)
+
+
+_AUTHORS_STATE: dict[str, Any] = {}
+
+
+def _authors_worker(job: tuple[int, int, int]) -> int:
+    """One process of the authors' method: parse, encode one document at a time, write its own MDS."""
+    import numpy as np
+    from streaming import MDSWriter
+
+    worker, start, stop = job
+    lines, encoding, out = _AUTHORS_STATE['lines'], _AUTHORS_STATE['encoding'], _AUTHORS_STATE['out']
+    columns = {'input_ids': 'ndarray:uint32', 'length': 'uint32', 'url': 'str'}
+    tokens = 0
+    with MDSWriter(columns=columns, out=os.path.join(out, f'0-{worker}'), compression=None) as writer:
+        for line in lines[start:stop]:
+            item = json.loads(line)
+            ids = encoding.encode(item['text'], allowed_special=set(), disallowed_special=())
+            writer.write({'input_ids': np.array(ids, dtype=np.uint32), 'length': len(ids), 'url': item['url']})
+            tokens += len(ids)
+    return tokens
+
+
+def run_authors_method(paths: list[Path], tokenizer_dir: str, out: Path, workers: int) -> None:
+    """(b): load the tiktoken encoding, read all lines into memory, split them into N contiguous ranges, a pool of N."""
+    from transformers import AutoTokenizer
+
+    from meco_callbacks.tokenization import tiktoken_encoding_for
+
+    encoding, _ = tiktoken_encoding_for(AutoTokenizer.from_pretrained(tokenizer_dir))
+    lines = [line for path in paths for line in open(path, encoding='utf-8')]
+    _AUTHORS_STATE.update(lines=lines, encoding=encoding, out=str(out))
+    per_worker = len(lines) // workers
+    jobs = [(i, i * per_worker, len(lines) if i == workers - 1 else (i + 1) * per_worker) for i in range(workers)]
+    with get_context('fork').Pool(workers) as pool:
+        pool.map(_authors_worker, jobs)
+
+
+def run_ours(paths: list[Path], tokenizer_dir: str, out: Path, workers: int, backend: str) -> Any:
+    """(c) and (d): MeCo's converter, end to end (verification, conversion, merge)."""
+    from meco_callbacks.documents import convert_documents
+
+    return convert_documents([str(p) for p in paths], out, tokenizer_dir, tokenizer_backend=backend,
+                             num_workers=workers, progress=False)
+
+
+def run_raw_tiktoken(texts: list[str], encoding: Any, workers: int) -> int:
+    """(e): the tokenizer alone, batch-encoding in-memory texts with N threads."""
+    return sum(len(ids) for ids in encoding.encode_ordinary_batch(texts, num_threads=workers))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line: input, tokenizer and workers, all with defaults that run as is."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--input', nargs='*', default=None,
+                        help='JSON Lines files with text and url (default: build ~--megabytes of Python sources)')
+    parser.add_argument('--tokenizer', default=None,
+                        help='Hugging Face tokenizer directory (default: a 32k byte-level BPE trained on the input)')
+    parser.add_argument('--num-workers', type=int, default=2, help='workers for every method (default 2)')
+    parser.add_argument('--megabytes', type=float, default=20, help='size of the built input (default 20)')
+    parser.add_argument('--repeats', type=int, default=2, help='rounds of all methods; the best time counts (default 2)')
+    parser.add_argument('--work-dir', default=None, help='where inputs and outputs go (default: a temporary dir)')
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Build or take the input, run (a)-(e), print the table, the stage shares and the ratios ((d)/(a) last)."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix='bench-convert-'))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ['HF_DATASETS_CACHE'] = str(work / 'hf-cache')  # llm-foundry's JSON load must not hit a cache
+    paths = [Path(p) for p in args.input] if args.input else build_corpus(work / 'input', args.megabytes)
+    documents = read_documents(paths)
+    texts = [doc['text'] for doc in documents]
+    tokenizer_dir = args.tokenizer
+    if tokenizer_dir is None:
+        from meco_callbacks.tokenizer_training import train_bpe_tokenizer
+
+        tokenizer_dir = str(train_bpe_tokenizer(texts, work / 'tokenizer', vocab_size=32000))
+    from transformers import AutoTokenizer
+
+    from meco_callbacks.tokenization import tiktoken_encoding_for
+
+    encoding, _ = tiktoken_encoding_for(AutoTokenizer.from_pretrained(tokenizer_dir))
+    workers = args.num_workers
+    methods = {
+        '(a) llm-foundry convert_dataset_json': lambda out: run_llm_foundry(paths, tokenizer_dir, out, workers),
+        '(b) authors: tiktoken per document, pool': lambda out: run_authors_method(paths, tokenizer_dir, out, workers),
+        '(c) ours, hf backend': lambda out: run_ours(paths, tokenizer_dir, out, workers, 'hf'),
+        '(d) ours, auto backend': lambda out: run_ours(paths, tokenizer_dir, out, workers, 'auto'),
+        '(e) raw tiktoken batch, in memory': lambda out: run_raw_tiktoken(texts, encoding, workers),
+    }
+    seconds: dict[str, float] = {}
+    reports: dict[str, Any] = {}
+    for round_ in range(args.repeats):
+        for label, run in methods.items():
+            out = work / f'{label[1]}-{round_}'
+            began = time.perf_counter()
+            result = run(out)
+            spent = time.perf_counter() - began
+            log.info('%s: %.2fs', label, spent)
+            if spent < seconds.get(label, float('inf')):
+                seconds[label] = spent
+                reports[label[1]] = result
+            shutil.rmtree(out, ignore_errors=True)
+
+    stats = reports['d'].info['stats']
+    tokens, docs = stats['tokens_written'], stats['documents_written']
+    print(f'\n{len(documents)} documents, {tokens:,} tokens, {workers} workers; backend of (d): '
+          f'{reports["d"].tokenizer_backend}')
+    print(f'{"method":44} {"seconds":>8} {"documents/s":>12} {"tokens/s":>12}')
+    for label, spent in seconds.items():
+        print(f'{label:44} {spent:8.2f} {docs / spent:12,.0f} {tokens / spent:12,.0f}')
+    for key in ('c', 'd'):
+        report = reports[key]
+        total = sum(report.stage_seconds.values()) or 1.0
+        shares = ', '.join(f'{stage} {100 * s / total:.0f}%' for stage, s in report.stage_seconds.items())
+        print(f'({key}): {report.convert_seconds:.2f}s of {report.wall_seconds:.2f}s converting units '
+              f'({tokens / report.convert_seconds:,.0f} tokens/s), the rest loading, planning, verifying, merging; '
+              f'worker CPU time by stage: {shares}')
+    rate = {label[:3]: tokens / spent for label, spent in seconds.items()}
+    print(f'(c)/(a) = {rate["(c)"] / rate["(a)"]:.2f}')
+    print(f'(d)/(b) = {rate["(d)"] / rate["(b)"]:.2f}  (goal >= 1.0)')
+    print(f'(d)/(e) = {rate["(d)"] / rate["(e)"]:.2f}  (goal >= 0.8)')
+    print(f'(d)/(a) = {rate["(d)"] / rate["(a)"]:.2f}  (goal >= 5)')
+
+
+if __name__ == '__main__':
+    main()
