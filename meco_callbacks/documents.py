@@ -354,9 +354,9 @@ class _UnitContext:
     unit_count: int
 
 
-def convert_unit(unit: Unit, context: _UnitContext,
-                 on_progress: Callable[[int, int, int], None] = lambda size, docs, tokens: None,
-                 heartbeat: Callable[[], None] = lambda: None) -> dict[str, float]:
+def _convert_unit(unit: Unit, context: _UnitContext,
+                  on_progress: Callable[[int, int, int], None] = lambda size, docs, tokens: None,
+                  heartbeat: Callable[[], None] = lambda: None) -> dict[str, float]:
     """Convert one unit into its own MDS directory, renamed into place when complete; returns CPU seconds per stage.
 
     ``on_progress(bytes, documents, tokens)`` is called after each written batch; ``heartbeat`` once per batch.
@@ -467,7 +467,7 @@ def _run_units(units: list[Unit], context: _UnitContext, num_workers: int, progr
     try:
         if pool is None:
             for unit in units:
-                for stage, spent in convert_unit(unit, context, advance).items():
+                for stage, spent in _convert_unit(unit, context, advance).items():
                     seconds[stage] += spent
         else:
             for stage, spent in pool.run(advance).items():
@@ -508,7 +508,7 @@ class _WorkerPool:
         while (index := self.tasks.get()) is not None:
             self.events.put(('start', index, os.getpid()))
             try:
-                seconds = convert_unit(self.units[index], self.context, on_progress, heartbeat)
+                seconds = _convert_unit(self.units[index], self.context, on_progress, heartbeat)
             except BaseException:
                 self.events.put(('error', index, traceback.format_exc()))
                 return

@@ -131,7 +131,7 @@ def find_sources(inputs: Sequence[str], fields: FieldMapping, require_url: bool 
     found = Discovery()
     seen: set[str] = set()
     for pattern in inputs:
-        paths = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        paths = sorted(glob.glob(pattern, recursive=True)) if any(c in pattern for c in '*?[') else [pattern]
         if not paths:
             raise InputError(f'input pattern {pattern!r} matches no files')
         for path in paths:
@@ -242,8 +242,9 @@ class UnitReader:
             yield self._record(item)
 
     def _columns(self) -> list[str]:
+        """Top-level columns a lookup may need: the path itself (a name with dots) and its first part."""
         paths = [self.fields.text, self.fields.url, *self.metadata_columns.values()]
-        return list(dict.fromkeys(path.split('.', 1)[0] for path in paths))
+        return list(dict.fromkeys(name for path in paths for name in (path, path.split('.', 1)[0])))
 
     def _rows(self, table: Any) -> Iterator[Record | Skip]:
         names = set(table.column_names)
