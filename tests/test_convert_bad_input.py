@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import synthetic_documents
+from test_tokenization import merges_into_eos_tokenizer
 
 from meco_callbacks.documents import DocumentPolicy, convert_documents
 from meco_callbacks.formats import read_dataset_info
@@ -190,3 +191,15 @@ def test_text_that_tokenizes_to_nothing_is_a_counted_skip(tmp_path):
     info = read_dataset_info(tmp_path / 'out')
     assert info['tokenizer_backend'] == 'hf'
     assert info['stats']['skipped'] == {'no_tokens': 1}
+
+
+def test_text_that_the_tokenizer_merges_into_a_special_token_is_skipped(tmp_path):
+    # Even split_special_tokens cannot stop this tokenizer's merges from rebuilding <|endoftext|> from its text.
+    tokenizer = merges_into_eos_tokenizer(tmp_path / 'tokenizer')
+    source = tmp_path / 'docs.jsonl'
+    source.write_bytes(record(text='a page <|endoftext|> about rivers', url='https://a.org') + b'\n' + GOOD_LINE + b'\n')
+    convert([source], tmp_path / 'out', tokenizer)
+    info = read_dataset_info(tmp_path / 'out')
+    assert info['tokenizer_backend'] == 'hf'
+    assert info['stats']['skipped'] == {'special_token_ids': 1}
+    assert urls_written(tmp_path / 'out') == [GOOD['url']]

@@ -187,6 +187,26 @@ def test_non_special_added_tokens_are_not_expressible(tokenizer, tmp_path):
         tiktoken_encoding_for(extended)
 
 
+def merges_into_eos_tokenizer(out_dir: Path):
+    """A byte-level BPE whose whitespace-only split lets training merge the literal EOS text into the EOS token."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r'\S+|\s+'), behavior='isolated'),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator([f'a page {EOS} about rivers'] * 20, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=[EOS], show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return _wrap(backend, out_dir, eos_token=EOS)
+
+
+def test_merges_that_rebuild_a_special_token_are_not_expressible(tmp_path):
+    tokenizer = merges_into_eos_tokenizer(tmp_path)
+    assert tokenizer(EOS, add_special_tokens=False, split_special_tokens=True)['input_ids'] == [tokenizer.eos_token_id]
+    with pytest.raises(BackendError, match="makes the added token '<\\|endoftext\\|>', so its text can become its id"):
+        tiktoken_encoding_for(tokenizer)
+
+
 def test_unknown_backend_name_is_refused(tokenizer):
     with pytest.raises(BackendError, match="unknown tokenizer backend 'fast'; choose one of auto, hf, tiktoken"):
         build_tokenizer_backend(tokenizer, 'fast')
