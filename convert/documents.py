@@ -31,19 +31,23 @@ Tokenization: document text always stays text (a literal <|endoftext|> never bec
 --tokenizer-backend auto runs tiktoken when it reproduces the Hugging Face ids exactly, checked on built-in
 hard strings and a sample of this input, else the Hugging Face tokenizer (the reason is logged and recorded).
 
-Work is cut into units of --unit-mb of input. Each unit is written under OUTPUT.partial and renamed when
-done, so an interrupted run resumes when run again with the same arguments, and any --num-workers or job
-split gives byte-identical output. OUTPUT.partial is renamed to OUTPUT at the end.
+Work is cut into units of at most --unit-mb of input (1/64 of a small input, at least 1 MB; a compressed
+or JSON-array file is one unit). Each unit is written under OUTPUT.partial and renamed when done, so an
+interrupted run resumes when run again with the same arguments, and any --num-workers or job split gives
+byte-identical output. OUTPUT.partial is renamed to OUTPUT at the end.
 """
 
 EPILOG = """\
 examples:
-  # DCLM-style shards: text + url at the top level
-  python convert/documents.py 'dclm/global-shard_01_of_10/**/*.jsonl.zst' --output data/dclm-docs \\
+  # DCLM-baseline shards: text and url at the top level
+  python convert/documents.py 'dclm-baseline/global-shard_01_of_10/**/*.jsonl.zst' --output data/dclm-docs \\
       --tokenizer meta-llama/Meta-Llama-3-8B --num-workers 16
-  # FineWeb Parquet, URL nested under metadata, two extra columns carried along
+  # FineWeb Parquet, two extra columns carried along
   python convert/documents.py 'fineweb/data/CC-MAIN-2024-10/*.parquet' --output data/fineweb-docs \\
-      --tokenizer meta-llama/Meta-Llama-3-8B --url-field metadata.url --metadata-fields language,metadata.dump
+      --tokenizer meta-llama/Meta-Llama-3-8B --metadata-fields dump,language_score
+  # Dolma-style JSON Lines with the URL nested under metadata
+  python convert/documents.py 'dolma/c4-*.json.gz' --output data/dolma-c4-docs --tokenizer gpt2 \\
+      --url-field metadata.url --metadata-fields source
   # many machines: each runs its part, then one merges
   python convert/documents.py 'c4/*.json.gz' --output data/c4-docs --tokenizer gpt2 --job-index $I --num-jobs 8
   python convert/merge.py --output data/c4-docs
@@ -75,7 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--job-index', type=int, default=0, help='this machine\'s part, 0 .. --num-jobs - 1')
     parser.add_argument('--num-jobs', type=int, default=1,
                         help='split the units over this many jobs; merge with convert/merge.py when all are done')
-    parser.add_argument('--unit-mb', type=float, default=64, help='input megabytes per unit of work (default 64)')
+    parser.add_argument('--unit-mb', type=float, default=64,
+                        help='largest unit of work in input megabytes; also the resume granularity (default 64)')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace a different dataset at --output (once the new one is complete) and discard '
                              'a different conversion in progress')
@@ -102,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, ConversionError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f'interrupted: finished units are kept in {args.output}.partial; run the same command again to resume',
+              file=sys.stderr)
+        return 130
     print(json.dumps(report.info if report.info is not None else
                      {'part': args.job_index, 'of': args.num_jobs, 'units_converted': report.units_converted}, indent=2))
     return 0

@@ -644,8 +644,10 @@ def _replace(output: Path, partial: Path, plan_id: str, overwrite: bool) -> None
     _finished_dataset(output, plan_id, overwrite)
     if output.is_dir() and not any(output.iterdir()):
         output.rmdir()
+    retired = output.with_name(output.name + '.replaced')
+    if retired.is_dir():  # left by a run killed in the middle of replacing
+        shutil.rmtree(retired)
     if output.exists():
-        retired = output.with_name(output.name + '.replaced')
         output.rename(retired)
         partial.rename(output)
         if retired.is_dir():
