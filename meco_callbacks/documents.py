@@ -566,8 +566,8 @@ def _plan(sources: list[Source], unreadable: dict[str, str], units: list[Unit], 
     index = {source: i for i, source in enumerate(sources)}
     plan = {
         'format': DOCUMENT_FORMAT,
-        'inputs': [dict(asdict(source), path=os.path.abspath(source.path)) for source in sources],
-        'unreadable_inputs': {os.path.abspath(path): problem for path, problem in unreadable.items()},
+        'inputs': [asdict(source) for source in sources],
+        'unreadable_inputs': dict(unreadable),
         'units': [[index[unit.source], unit.start, unit.stop, unit.size] for unit in units],
         'fields': asdict(fields),
         'policy': asdict(policy),

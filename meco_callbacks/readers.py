@@ -63,7 +63,7 @@ class FieldMapping:
 
 @dataclass(frozen=True)
 class Source:
-    """One input: a file, one Arrow file of a Hugging Face dataset, or an MDS directory."""
+    """One input (absolute path): a file, one Arrow file of a Hugging Face dataset, or an MDS directory."""
 
     path: str
     format: str  # 'jsonl', 'json-array', 'parquet', 'arrow', 'mds-text' or 'mds-tokens'
@@ -134,7 +134,7 @@ def find_sources(inputs: Sequence[str], fields: FieldMapping, require_url: bool 
         paths = sorted(glob.glob(pattern, recursive=True)) if any(c in pattern for c in '*?[') else [pattern]
         if not paths:
             raise InputError(f'input pattern {pattern!r} matches no files')
-        for path in paths:
+        for path in map(os.path.abspath, paths):
             if path in seen:
                 continue
             seen.add(path)
