@@ -142,8 +142,16 @@ def main(argv: list[str] | None = None) -> None:
     """Build or take the input, run (a)-(e), print the table, the stage shares and the ratios ((d)/(a) last)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix='bench-convert-'))
-    work.mkdir(parents=True, exist_ok=True)
+    if args.work_dir is None:
+        with tempfile.TemporaryDirectory(prefix='bench-convert-') as work:
+            run_benchmark(args, Path(work))
+    else:
+        Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+        run_benchmark(args, Path(args.work_dir))
+
+
+def run_benchmark(args: argparse.Namespace, work: Path) -> None:
+    """Everything ``main`` promises, with inputs and outputs under ``work``."""
     os.environ['HF_DATASETS_CACHE'] = str(work / 'hf-cache')  # llm-foundry's JSON load must not hit a cache
     paths = [Path(p) for p in args.input] if args.input else build_corpus(work / 'input', args.megabytes)
     documents = read_documents(paths)
@@ -179,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
                 seconds[label] = spent
                 reports[label[1]] = result
             shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(work / 'hf-cache', ignore_errors=True)  # every round of (a) parses the JSON again
 
     stats = reports['d'].info['stats']
     tokens, docs = stats['tokens_written'], stats['documents_written']

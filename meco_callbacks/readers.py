@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+import zstandard
 
 MISSING: Any = type('Missing', (), {'__repr__': lambda self: 'MISSING'})()
 """What a field lookup returns when the record has no such field (``None`` is a present null)."""
@@ -188,8 +189,6 @@ class UnitReader:
         source = self.unit.source
         readers = {'jsonl': self._jsonl, 'json-array': self._json_array, 'parquet': self._parquet,
                    'arrow': self._arrow, 'mds-text': self._mds, 'mds-tokens': self._mds}
-        import zstandard
-
         try:
             yield from readers[source.format]()
         except (OSError, EOFError, ValueError, zstandard.ZstdError) as error:
@@ -256,8 +255,10 @@ class UnitReader:
         import pyarrow.parquet as pq
 
         parquet = pq.ParquetFile(self.unit.source.path)
+        names = set(parquet.schema_arrow.names)
+        columns = [name for name in self._columns() if name in names]  # wide files: read only what is needed
         for group in range(self.unit.start, self.unit.stop):
-            yield from self._rows(parquet.read_row_group(group))
+            yield from self._rows(parquet.read_row_group(group, columns=columns))
             self.bytes_done += parquet.metadata.row_group(group).total_byte_size
 
     def _arrow(self) -> Iterator[Record | Skip]:
@@ -426,8 +427,6 @@ def _decompressed(raw: BinaryIO, compression: str | None) -> BinaryIO:
     if compression == 'gzip':
         return gzip.GzipFile(fileobj=raw, mode='rb')
     if compression == 'zstd':
-        import zstandard
-
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
     return raw
 

@@ -173,22 +173,22 @@ def test_nested_url_in_a_parquet_struct_column(tmp_path, tokenizer):
     assert [(r['url'], r['dump']) for r in read_rows(tmp_path / 'out')] == [(d['url'], 'CC') for d in DOCS[:5]]
 
 
-def _release_mds(directory: Path, rows: list[dict], dtype) -> Path:
+def _release_mds(directory: Path, rows: list[dict], dtype, compression: str | None = None) -> Path:
     """The MeCo authors' per-document format: input_ids array, length (uint32), url, and their domain column."""
     from streaming import MDSWriter
 
     columns = {'input_ids': f'ndarray:{np.dtype(dtype).name}', 'length': 'uint32', 'domain': 'str', 'url': 'str'}
-    with MDSWriter(out=str(directory), columns=columns) as writer:
+    with MDSWriter(out=str(directory), columns=columns, compression=compression) as writer:
         for row in rows:
             writer.write({'input_ids': np.asarray(row['ids'], dtype=dtype), 'length': row.get('length', len(row['ids'])),
                           'domain': 'dclm', 'url': row['url']})
     return directory
 
 
-@pytest.mark.parametrize('dtype', [np.uint32, np.int32])
-def test_release_format_tokens_pass_through_unchanged(dtype, tmp_path, tokenizer):
+@pytest.mark.parametrize('dtype, compression', [(np.uint32, None), (np.int32, None), (np.uint32, 'zstd')])
+def test_release_format_tokens_pass_through_unchanged(dtype, compression, tmp_path, tokenizer):
     rows = [{'ids': [5, 9, 300, 17], 'url': 'https://a.org/1'}, {'ids': [42], 'url': 'https://b.org/2'}]
-    source = _release_mds(tmp_path / 'release', rows, dtype)
+    source = _release_mds(tmp_path / 'release', rows, dtype, compression)
     convert([source], tmp_path / 'out', tokenizer, fields=FieldMapping(metadata=('domain',)))
     out = read_rows(tmp_path / 'out')
     assert [(r['input_ids'].tolist(), r['length'], r['url'], r['domain']) for r in out] == [
