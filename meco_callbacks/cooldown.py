@@ -12,6 +12,11 @@ untouched (the schedule simply continues, as in the paper).
       meco_cooldown:
         cooldown: 0.1          # the last 10% of max_duration; or
         # boundary: 36000ba    # an absolute time in max_duration's unit (ba, tok or sp)
+        # cooldown_streams:    # optional: cool down on other packed data, from its beginning
+        #   hq: {local: /data/cooldown-packed}
+
+With ``cooldown_streams`` the loader draws from those streams from the boundary on; the train dataset's
+saved position then records both datasets, so resuming on either side of the boundary stays exact.
 """
 
 from __future__ import annotations
@@ -19,10 +24,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from collections.abc import Mapping
+
 from composer.core import Callback, State, Time, TimeUnit
 from composer.loggers import Logger
+from composer.utils import dist
 
 from meco_callbacks.algorithm import find_meco_loader
+from meco_callbacks.dataloader import MeCoDataLoader, build_cooldown_loader
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +66,13 @@ def cooldown_boundary(max_duration: Time, cooldown: float | None = None, boundar
 class MeCoCooldown(Callback):
     """Switch the MeCo train loader from conditioned to plain batches at an exact, resumable boundary."""
 
-    def __init__(self, cooldown: float | None = None, boundary: str | None = None) -> None:
+    def __init__(self, cooldown: float | None = None, boundary: str | None = None,
+                 cooldown_streams: Mapping[str, Any] | None = None) -> None:
         if cooldown is not None and boundary is not None:
             raise ValueError('meco_cooldown takes either cooldown (a fraction) or boundary (a time), not both.')
         self.cooldown = cooldown
         self.boundary_spec = boundary
+        self.cooldown_streams = dict(cooldown_streams) if cooldown_streams else None
         self.boundary: Time | None = None
         self.switched_at_batch: int | None = None
         self._loaded_switch: int | None = None
@@ -85,6 +96,8 @@ class MeCoCooldown(Callback):
                              f'configured boundary {self.boundary} lies ahead: prefixes would come back. Use the '
                              'cooldown/boundary and max_duration the run started with.')
         self.switched_at_batch = self._loaded_switch
+        if self.cooldown_streams and loader.cooldown_loader is None:
+            self._attach_cooldown_streams(state, loader)
         logger.log_hyperparameters({'meco/cooldown_boundary': str(self.boundary)})
         log.info('meco_cooldown: conditioning until %s, plain documents from then to %s', self.boundary,
                  state.max_duration)
@@ -100,9 +113,40 @@ class MeCoCooldown(Callback):
         loader.injector.enabled = not cooling
         if cooling and self.switched_at_batch is None:
             self.switched_at_batch = int(state.timestamp.batch)
+            if loader.cooldown_loader is not None:
+                loader.dataset.cooldown_start_sample = int(state.timestamp.sample_in_epoch)
             log.info('meco_cooldown: switched to plain documents at batch %d (%s)', self.switched_at_batch,
                      self.boundary)
             logger.log_metrics({'meco/cooldown_start_batch': self.switched_at_batch})
+
+    def _attach_cooldown_streams(self, state: State, loader: MeCoDataLoader) -> None:
+        """Build the cooldown loader, restore its position from a checkpoint, and check both datasets suffice."""
+        assert self.boundary is not None and state.max_duration is not None
+        cooldown = build_cooldown_loader(loader, self.cooldown_streams or {})
+        main_dataset, cooldown_dataset = loader.dataset, cooldown.dataset
+        total = self._as_samples(state.max_duration, loader)
+        after = total - self._as_samples(self.boundary, loader)
+        if total > main_dataset.epoch_size or after > cooldown_dataset.epoch_size:
+            raise ValueError(f'with cooldown_streams the run must fit in one epoch of each dataset: it needs '
+                             f'{total - after} + {after} samples, the train data has {main_dataset.epoch_size} and the '
+                             f'cooldown streams {cooldown_dataset.epoch_size}. Shorten max_duration or add data.')
+        pending = main_dataset.pending_cooldown_state
+        if pending is not None:
+            main_dataset.cooldown_start_sample = int(pending['start_sample'])
+            cooldown_dataset.load_state_dict(pending['state'])
+        main_dataset.cooldown_dataset = cooldown_dataset
+        loader.cooldown_loader = cooldown
+        log.info('meco_cooldown: cooling down on streams %s (%d samples)', sorted(self.cooldown_streams or {}),
+                 cooldown_dataset.epoch_size)
+
+    @staticmethod
+    def _as_samples(time: Time, loader: MeCoDataLoader) -> int:
+        """A time in batches, tokens or samples as a number of samples across all ranks."""
+        if time.unit == TimeUnit.BATCH:
+            return time.value * int(loader.batch_size) * dist.get_world_size()
+        if time.unit == TimeUnit.TOKEN:
+            return time.value // loader.injector.max_seq_len
+        return time.value
 
     def state_dict(self) -> dict[str, Any]:
         return {'boundary': None if self.boundary is None else str(self.boundary),

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from composer.core import DataSpec
@@ -27,14 +27,40 @@ log = logging.getLogger(__name__)
 
 
 class MeCoDataLoader(DataLoader):
-    """A torch DataLoader of packed batches that carries what the MeCo algorithm and callback act on."""
+    """A torch DataLoader of packed batches that carries what the MeCo algorithm and callback act on.
+
+    With ``cooldown_loader`` set (separate cooldown streams), iteration draws from this loader until the
+    injector is switched off, then from the cooldown loader; batches the main loader's workers had
+    prefetched past that point are discarded, and the main dataset's saved position is the boundary.
+    """
 
     def __init__(self, dataset: MeCoPackedDataset, *, injector: PrefixInjector, metadata: MetadataConfig,
-                 dataset_config: Mapping[str, Any], **kwargs: Any) -> None:
+                 dataset_config: Mapping[str, Any], loader_config: Mapping[str, Any], **kwargs: Any) -> None:
         super().__init__(dataset, **kwargs)
         self.injector = injector
         self.metadata = metadata
         self.dataset_config = dict(dataset_config)
+        self.loader_config = dict(loader_config)
+        self.cooldown_loader: DataLoader | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.cooldown_loader is None:
+            return super().__iter__()
+        return self._iter_switching()
+
+    def _iter_switching(self) -> Iterator[Any]:
+        """Main batches while conditioning, then the cooldown loader's batches."""
+        main = None
+        while self.injector.enabled:
+            if main is None:
+                main = super().__iter__()
+            try:
+                batch = next(main)
+            except StopIteration:
+                return
+            yield batch
+        del main  # stops its workers; what they prefetched past the boundary is never used
+        yield from self.cooldown_loader
 
 
 def build_meco_loader(tokenizer: Any, device_batch_size: int, dataset: Mapping[str, Any], drop_last: bool = True,
@@ -59,9 +85,27 @@ def build_meco_loader(tokenizer: Any, device_batch_size: int, dataset: Mapping[s
     workers = {'prefetch_factor': prefetch_factor, 'persistent_workers': persistent_workers} if num_workers else {}
     log.info('meco loader: metadata %s (%s), document masking %s, %d workers', metadata.kind,
              'on' if injector.enabled else 'off', 'on' if document_masking else 'off', num_workers)
+    loader_config = {'drop_last': drop_last, 'num_workers': num_workers, 'pin_memory': pin_memory,
+                     'prefetch_factor': prefetch_factor, 'persistent_workers': persistent_workers, 'timeout': timeout}
     return MeCoDataLoader(packed, injector=injector, metadata=metadata, dataset_config=dict(dataset),
-                          batch_size=int(device_batch_size), collate_fn=collator, drop_last=drop_last,
-                          num_workers=num_workers, pin_memory=pin_memory, timeout=timeout, **workers)
+                          loader_config=loader_config, batch_size=int(device_batch_size), collate_fn=collator,
+                          drop_last=drop_last, num_workers=num_workers, pin_memory=pin_memory, timeout=timeout,
+                          **workers)
+
+
+def build_cooldown_loader(main: MeCoDataLoader, streams: Mapping[str, Any]) -> DataLoader:
+    """A loader over ``streams`` with the main loader's settings and collator (prefixes stay off in cooldown)."""
+    config = {k: v for k, v in main.dataset_config.items()
+              if k not in ('streams', 'local', 'remote', 'split', 'metadata', 'document_masking')}
+    config['streams'] = dict(streams)
+    check_packed_datasets(config, main.collate_fn.tokenizer, int(config['max_seq_len']))
+    dataset = build_packed_dataset(config, batch_size=int(main.batch_size))
+    settings = main.loader_config
+    workers = ({'prefetch_factor': settings['prefetch_factor'], 'persistent_workers': settings['persistent_workers']}
+               if settings['num_workers'] else {})
+    return DataLoader(dataset, batch_size=main.batch_size, collate_fn=main.collate_fn,
+                      drop_last=settings['drop_last'], num_workers=settings['num_workers'],
+                      pin_memory=settings['pin_memory'], timeout=settings['timeout'], **workers)
 
 
 def meco_data_spec(loader: MeCoDataLoader) -> DataSpec:

@@ -25,11 +25,33 @@ STREAMING_KEYS = frozenset(inspect.signature(StreamingDataset.__init__).paramete
 
 
 class MeCoPackedDataset(StreamingDataset):
-    """Packed rows as dicts: ``input_ids`` (int64), ``segment_lengths``, ``continued``, ``urls``, ``metadata``."""
+    """Packed rows as dicts: ``input_ids`` (int64), ``segment_lengths``, ``continued``, ``urls``, ``metadata``.
+
+    With separate cooldown streams the run's epoch position covers two datasets: samples before
+    ``cooldown_start_sample`` come from this one, the rest from ``cooldown_dataset``. Composer saves and
+    restores only the train loader's dataset, so this dataset's state carries both positions.
+    """
 
     def __init__(self, max_seq_len: int, **streaming_kwargs: Any) -> None:
         super().__init__(**streaming_kwargs)
         self.max_seq_len = max_seq_len
+        self.cooldown_dataset: MeCoPackedDataset | None = None
+        self.cooldown_start_sample: int | None = None
+        self.pending_cooldown_state: dict[str, Any] | None = None
+
+    def state_dict(self, num_samples: int, from_beginning: bool) -> dict[str, Any]:
+        start = self.cooldown_start_sample
+        if start is None or self.cooldown_dataset is None:
+            return super().state_dict(num_samples, from_beginning)
+        state = super().state_dict(start, from_beginning)
+        state['meco_cooldown'] = {'start_sample': start,
+                                  'state': self.cooldown_dataset.state_dict(num_samples - start, from_beginning)}
+        return state
+
+    def load_state_dict(self, obj: dict[str, Any]) -> None:
+        obj = dict(obj)
+        self.pending_cooldown_state = obj.pop('meco_cooldown', None)
+        super().load_state_dict(obj)
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         sample = super().__getitem__(idx)

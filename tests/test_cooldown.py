@@ -93,3 +93,52 @@ def test_the_boundary_is_a_fraction_or_a_time_in_max_durations_unit(max_duration
 def test_bad_boundaries_are_clear_errors(max_duration, kwargs, message):
     with pytest.raises(ValueError, match=message):
         cooldown_boundary(Time.from_timestring(max_duration), **kwargs)
+
+
+@pytest.fixture(scope='module')
+def cooldown_data(tmp_path_factory, tokenizer):
+    """A separate packed dataset to cool down on, and the set of its rows."""
+    from conftest import pack_texts, synthetic_documents, write_packed_mds
+
+    rows = pack_texts(synthetic_documents(400, seed=7), tokenizer, 64)
+    path = write_packed_mds(tmp_path_factory.mktemp('cooldown'), rows, 64, tokenizer)
+    return path, {tuple(r['input_ids']) for r in rows}
+
+
+def cooldown_stream(path):
+    return f'callbacks.meco_cooldown.cooldown_streams.hq.local={path}'
+
+
+@pytest.fixture(scope='module')
+def with_cooldown_streams(tmp_path_factory, tiny_packed, tokenizer_dir, cooldown_data):
+    run_dir = tmp_path_factory.mktemp('streams')
+    return run_dir, train_tiny(run_dir, tiny_packed, tokenizer_dir, *RUN, cooldown_stream(cooldown_data[0]))
+
+
+def test_cooldown_streams_supply_every_batch_after_the_boundary(with_cooldown_streams, cooldown_data):
+    records = with_cooldown_streams[1]
+    from_cooldown = [tuple(r['first_row']) in cooldown_data[1] for r in records]
+    assert from_cooldown == [False] * 12 + [True] * 4
+
+
+def test_resuming_inside_cooldown_streams_reproduces_the_run(with_cooldown_streams, tiny_packed, tokenizer_dir,
+                                                              cooldown_data, tmp_path):
+    run_dir, full = with_cooldown_streams
+    resumed = train_tiny(tmp_path, tiny_packed, tokenizer_dir, *RUN, cooldown_stream(cooldown_data[0]),
+                         f'load_path={run_dir}/checkpoints/ep0-ba14-rank0.pt')
+    assert [(r['hash'], r['loss']) for r in resumed] == [(r['hash'], r['loss']) for r in full[14:]]
+
+
+def test_cooldown_streams_of_another_tokenizer_are_refused(tiny_packed, tokenizer_dir, cooldown_data, tmp_path):
+    import json
+    import shutil
+
+    from meco_callbacks.formats import DATASET_INFO_FILE
+
+    other = tmp_path / 'other'
+    shutil.copytree(cooldown_data[0], other)
+    info = json.loads((other / DATASET_INFO_FILE).read_text())
+    info['tokenizer']['fingerprint'] = 'sha256:ffffffffffffffff'
+    (other / DATASET_INFO_FILE).write_text(json.dumps(info))
+    with pytest.raises(ValueError, match='token ids would mean different text'):
+        train_tiny(tmp_path, tiny_packed, tokenizer_dir, *RUN, cooldown_stream(other))
