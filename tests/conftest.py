@@ -35,6 +35,21 @@ def synthetic_documents(n: int, seed: int = 0) -> list[dict[str, str]]:
     return docs
 
 
+@pytest.fixture(autouse=True)
+def isolated_registries():
+    """Restore llm-foundry's catalogue registries after each test.
+
+    Loading an exported MPT with ``trust_remote_code`` imports its copy of llm-foundry's layers, which
+    re-registers attention classes globally; later models in the same process would be built from that copy.
+    """
+    import catalogue
+
+    saved = dict(catalogue.REGISTRY)
+    yield
+    catalogue.REGISTRY.clear()
+    catalogue.REGISTRY.update(saved)
+
+
 @pytest.fixture(scope='session')
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 512-token byte-level BPE (GPT-2 style, ``<|endoftext|>`` as EOS) trained on the synthetic corpus."""
