@@ -9,6 +9,7 @@ takes them, e.g. ``max_duration=100ba train_loader.dataset.local=/data/packed va
 
 from __future__ import annotations
 
+import logging
 import sys
 
 
@@ -20,6 +21,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0 if argv else 2)
     from llmfoundry.command_utils import train_from_yaml
 
+    # llm-foundry sets levels only for its own and Composer's loggers; MeCo's (phase switch, checks) are INFO.
+    logging.getLogger('meco_callbacks').setLevel(logging.INFO)
     train_from_yaml(argv[0], argv[1:])
 
 

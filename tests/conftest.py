@@ -43,6 +43,7 @@ def isolated_registries():
     re-registers attention classes globally; later models in the same process would be built from that copy.
     """
     import catalogue
+    import llmfoundry.utils.builders  # noqa: F401  (fills llm-foundry's registries before the snapshot)
 
     saved = dict(catalogue.REGISTRY)
     yield
