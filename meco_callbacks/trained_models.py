@@ -66,3 +66,15 @@ def load_hf_model(directory: str | Path, device: str = 'cpu') -> tuple[torch.nn.
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     log.info('loaded %s from %s', type(model).__name__, directory)
     return model.to(device).eval(), tokenizer
+
+
+def load_trained_model(config: str | Path | None = None, checkpoint: str | Path | None = None,
+                       hf: str | Path | None = None, overrides: Sequence[str] = (),
+                       device: str = 'cpu') -> tuple[torch.nn.Module, Any]:
+    """(model, tokenizer) from either ``hf`` or ``config`` + ``checkpoint``, with a clear error for any other mix."""
+    if hf and not (config or checkpoint):
+        return load_hf_model(hf, device)
+    if config and checkpoint and not hf:
+        return load_composer_checkpoint(config, checkpoint, overrides, device)
+    raise ValueError('give either an HF directory (--hf DIR) or a train YAML and its Composer checkpoint '
+                     '(--config YAML --checkpoint FILE.pt), not both and not neither.')
