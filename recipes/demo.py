@@ -17,6 +17,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPE = REPO_ROOT / 'yamls' / 'tiny-cpu.yaml'
 RUNS = ('meco', 'baseline')
+DEMO_ENTRIES = {'corpus', 'tokenizer', 'data', 'runs', 'baseline.yaml', 'evaluation.json', 'report.md', 'loss.png'}
 
 DESCRIPTION = """\
 Show MeCo working end to end, offline and on the CPU:
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.output).resolve()
     if args.fresh and out.exists():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_ENTRIES)
+        if foreign:
+            raise SystemExit(f'error: --fresh would delete {out}, which holds more than a demo ({", ".join(foreign)}); '
+                             'choose another --output or remove it yourself.')
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     log = logging.getLogger('demo')
@@ -79,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     corpus = out / 'corpus'
     if not (corpus / 'corpus.json').is_file():
         build_demo_corpus(corpus, args.max_docs)
+    else:
+        log.info('reusing the corpus in %s (--fresh rebuilds it, e.g. for another --max-docs)', corpus)
     corpus_stats = json.loads((corpus / 'corpus.json').read_text())
     log.info('corpus: %s', corpus_stats)
 
@@ -87,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (tokenizer / 'tokenizer.json').is_file():
         with open(corpus / 'train.jsonl', encoding='utf-8') as lines:
             train_bpe_tokenizer((json.loads(line)['text'] for line in lines), tokenizer, vocab_size=args.vocab_size)
+    else:
+        log.info('reusing the tokenizer in %s (--fresh retrains it, e.g. for another --vocab-size)', tokenizer)
     log.info('tokenizer: %s', tokenizer)
 
     step('3/6 convert')
@@ -107,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in RUNS:
         run_dir = out / 'runs' / name
         run = read_run_log(run_dir / 'train.log', name) if (run_dir / 'train.log').is_file() else None
-        if run is None or not run.complete or not (run_dir / 'checkpoints' / 'latest-rank0.pt').exists():
+        if (run is None or not run.complete or run.max_batches != args.steps
+                or not (run_dir / 'checkpoints' / 'latest-rank0.pt').exists()):
+            (out / 'evaluation.json').unlink(missing_ok=True)  # it belongs to the previous model
             train(name, configs[name], run_dir, overrides + [f'variables.run_name=demo-{name}',
                                                              f'save_folder={run_dir / "checkpoints"}'], args.steps)
         else:
