@@ -46,11 +46,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--vocab-size', type=int, default=4096, help='BPE vocabulary size (default 4096)')
     parser.add_argument('--seq-len', type=int, default=128, help='tokens per training row (default 128)')
     parser.add_argument('--batch-size', type=int, default=8, help='rows per batch (default 8)')
-    parser.add_argument('--steps', type=int, default=200, help='batches per run (default 200)')
+    parser.add_argument('--steps', type=int, default=300, help='batches per run (default 300)')
     parser.add_argument('--cooldown', type=float, default=0.1, help='MeCo cooldown fraction (default 0.1)')
     parser.add_argument('--wrong-url', default='pypi.org',
                         help='domain put before every held-out document for the wrong-URL evaluation (default pypi.org)')
-    parser.add_argument('--eval-batches', type=int, default=None, help='cap on held-out batches (default: all)')
+    parser.add_argument('--eval-batches', type=int, default=16,
+                        help='held-out batches scored per model (default 16; 0 for all)')
     parser.add_argument('--override', action='append', default=[], metavar='KEY=VALUE',
                         help='extra llm-foundry override for both runs, e.g. model.n_layers=2 (repeatable)')
     parser.add_argument('--fresh', action='store_true', help='delete --output and build everything again')
@@ -213,7 +214,7 @@ def evaluate(configs: dict[str, Path], out: Path, overrides: list[str], heldout:
         model, tokenizer = load_composer_checkpoint(configs[name], out / 'runs' / name / 'checkpoints' / 'latest-rank0.pt',
                                                     overrides)
         results[name] = compare_conditions(model, tokenizer, heldout, conditions, device_batch_size=args.batch_size,
-                                           max_batches=args.eval_batches)
+                                           max_batches=args.eval_batches or None)
     return results
 
 
