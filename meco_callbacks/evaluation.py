@@ -7,7 +7,8 @@ MeCo data path (``build_meco_loader``'s dataset, ``PackedCollator``, ``PrefixInj
 Fair comparison. Prefix injection pushes tail tokens off each row, and how many depends on the condition
 (a longer URL pushes more). So the loss is always taken over one set of packed document tokens that is
 the same in every condition: tokens that carry loss without any prefix (a new document's first token
-does not, it has nothing of its own to be predicted from) and that survive injection in every condition
+does not, it has nothing of its own to be predicted from; nor does a row's first token) and that survive
+injection in every condition
 evaluated together. ``compare_conditions`` evaluates several conditions on the same rows and uses the
 intersection. Conditions evaluated in separate calls are comparable when they share ``reserve_tokens``:
 only each row's first ``max_seq_len - reserve_tokens`` packed tokens are scored, and a row whose prefixes
@@ -203,6 +204,7 @@ def _score_batch(lm: torch.nn.Module, samples: list[dict[str, Any]], collators: 
     window = np.arange(max_seq_len) < max_seq_len - reserve_tokens
     packed_plain = next(iter(collators.values()))(samples)
     scored = (plain(packed_plain)['labels'].numpy() != IGNORE_INDEX) & window
+    scored[:, 0] = False  # a row's first token (a continued document's) has nothing in the row to be predicted from
     by_packed: dict[str, np.ndarray] = {}
     for name, collator in collators.items():
         packed = collator(samples)
