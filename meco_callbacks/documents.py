@@ -264,7 +264,7 @@ def convert_documents(inputs: Sequence[str], output: str | Path, tokenizer: Any,
         return ConversionReport(output, finished, 0, finished['tokenizer_backend'], {}, time.perf_counter() - start)
     partial = _partial_dir(output)
     recorded = _recorded_plan(partial, plan['id'], overwrite)
-    checker = DocumentChecker(policy, len(tok), _special_ids(tok))
+    checker = DocumentChecker(policy, plan['tokenizer']['vocab_size'], _special_ids(tok))
     requested = recorded['tokenizer_backend'] if recorded else tokenizer_backend
     backend = build_tokenizer_backend(tok, requested, _sample_texts(units, fields, checker), num_threads=num_workers)
     if recorded is None:

@@ -210,3 +210,51 @@ def test_merges_that_rebuild_a_special_token_are_not_expressible(tmp_path):
 def test_unknown_backend_name_is_refused(tokenizer):
     with pytest.raises(BackendError, match="unknown tokenizer backend 'fast'; choose one of auto, hf, tiktoken"):
         build_tokenizer_backend(tokenizer, 'fast')
+
+
+def test_verification_leaves_the_callers_tokenizer_reading_special_text_as_before(gpt2_style):
+    before = gpt2_style(EOS, add_special_tokens=False)['input_ids']
+    assert before == [gpt2_style.eos_token_id]
+    assert build_tokenizer_backend(gpt2_style, 'auto').name == 'tiktoken'
+    assert gpt2_style(EOS, add_special_tokens=False)['input_ids'] == before
+
+
+def _edited(tokenizer, out_dir: Path, edit):
+    """A copy of ``tokenizer`` whose tokenizer.json was changed by ``edit(spec)``."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    edit(spec)
+    return _wrap(Tokenizer.from_str(json.dumps(spec)), out_dir, eos_token=EOS)
+
+
+def json_model(tokenizer) -> dict:
+    """The ``model`` section of the tokenizer's tokenizer.json."""
+    import json
+
+    return json.loads(tokenizer.backend_tokenizer.to_str())['model']
+
+
+def test_merges_out_of_id_order_are_not_expressible(gpt2_style, tmp_path):
+    model = json_model(gpt2_style)
+    made = [''.join(merge.split(' ') if isinstance(merge, str) else merge) for merge in model['merges']]
+    second_last, last = model['vocab'][made[-2]], model['vocab'][made[-1]]
+    assert second_last < last
+
+    def swap_the_last_two_merged_ids(spec):
+        vocab = spec['model']['vocab']
+        vocab[made[-2]], vocab[made[-1]] = last, second_last
+
+    with pytest.raises(BackendError, match=f'merge #{len(made) - 1} makes token id {second_last} after id {last}: '
+                                           'the merge order differs from the id order'):
+        tiktoken_encoding_for(_edited(gpt2_style, tmp_path, swap_the_last_two_merged_ids))
+
+
+def test_a_vocabulary_token_outside_the_byte_level_alphabet_is_not_expressible(gpt2_style, tmp_path):
+    def add_a_raw_space_token(spec):
+        spec['model']['vocab']['a b'] = len(spec['model']['vocab']) + len(spec['added_tokens'])
+
+    with pytest.raises(BackendError, match="vocabulary token 'a b' is not in the byte-level alphabet"):
+        tiktoken_encoding_for(_edited(gpt2_style, tmp_path, add_a_raw_space_token))
