@@ -12,9 +12,14 @@ On the same JSON Lines input, tokenizer and number of workers, side by side in o
 
 Every tokens/s figure is the corpus's document tokens over the method's wall time (the best of --repeats
 rounds, each round running every method once, so that load from other processes hits all of them), so
-ratios are speed ratios. With no arguments it writes about 20 MB of Python sources (standard library, then site-packages) as JSON
-Lines in 8 files and trains a 32k byte-level BPE on them. Goals on 2 workers: (d)/(a) >= 5, (d)/(b) >= 1,
-(d)/(e) >= 0.8. The last line is (d)/(a).
+ratios are speed ratios. With no arguments it writes about 64 MB of Python sources (standard library, then
+site-packages) as JSON Lines in 8 files, one default conversion unit's worth, and trains a 32k byte-level BPE
+on the first 16 MB of them. Goals on 2 workers: (d)/(a) >= 5, (d)/(b) >= 1, (d)/(e) >= 0.8.
+
+(d) pays a fixed setup before any document is converted (loading the tokenizer, its fingerprint, building the
+tiktoken encoding and verifying it against Hugging Face on hard strings and a 256k-character sample): about
+0.3 s on 2 cores, which a real corpus amortises. The table reports it, and (d)/(e) both end to end and for the
+conversion of units alone; with ``--megabytes 20`` the setup is a fifth of (d)'s time. The last line is (d)/(a).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from typing import Any
 
 log = logging.getLogger('bench.convert')
 
+TOKENIZER_MEGABYTES = 16
+
 
 def build_corpus(out_dir: Path, megabytes: float, files: int = 8) -> list[Path]:
     """Python sources as JSON Lines documents (text + a GitHub-style URL), about ``megabytes`` in ``files`` files."""
@@ -52,6 +59,7 @@ def build_corpus(out_dir: Path, megabytes: float, files: int = 8) -> list[Path]:
                 relative = os.path.relpath(path, root).replace(os.sep, '/').replace(' ', '%20')
                 docs.append({'text': text, 'url': f'https://github.com/example/python/blob/main/{relative}'})
                 budget -= len(text.encode('utf-8'))
+    shutil.rmtree(out_dir, ignore_errors=True)  # (a) reads the whole directory: no leftovers from an earlier run
     out_dir.mkdir(parents=True)
     paths = [out_dir / f'part-{i:02d}.jsonl' for i in range(files)]
     for i, path in enumerate(paths):
@@ -61,6 +69,17 @@ def build_corpus(out_dir: Path, megabytes: float, files: int = 8) -> list[Path]:
     log.info('Built %d documents (%.1f MB of text) in %d files under %s.', len(docs),
              sum(len(d['text'].encode()) for d in docs) / 1e6, files, out_dir)
     return paths
+
+
+def _first_megabytes(texts: list[str], megabytes: float) -> list[str]:
+    """The leading texts up to about ``megabytes``: enough to train the benchmark's tokenizer, and quicker."""
+    budget, taken = int(megabytes * 1e6), []
+    for text in texts:
+        if budget <= 0:
+            break
+        taken.append(text)
+        budget -= len(text)
+    return taken
 
 
 def read_documents(paths: list[Path]) -> list[dict[str, Any]]:
@@ -132,7 +151,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--tokenizer', default=None,
                         help='Hugging Face tokenizer directory (default: a 32k byte-level BPE trained on the input)')
     parser.add_argument('--num-workers', type=int, default=2, help='workers for every method (default 2)')
-    parser.add_argument('--megabytes', type=float, default=20, help='size of the built input (default 20)')
+    parser.add_argument('--megabytes', type=float, default=64, help='size of the built input (default 64)')
     parser.add_argument('--repeats', type=int, default=2, help='rounds of all methods; the best time counts (default 2)')
     parser.add_argument('--work-dir', default=None, help='where inputs and outputs go (default: a temporary dir)')
     return parser.parse_args(argv)
@@ -160,7 +179,8 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> None:
     if tokenizer_dir is None:
         from meco_callbacks.tokenizer_training import train_bpe_tokenizer
 
-        tokenizer_dir = str(train_bpe_tokenizer(texts, work / 'tokenizer', vocab_size=32000))
+        tokenizer_dir = str(train_bpe_tokenizer(_first_megabytes(texts, TOKENIZER_MEGABYTES), work / 'tokenizer',
+                                                vocab_size=32000))
     from transformers import AutoTokenizer
 
     from meco_callbacks.tokenization import tiktoken_encoding_for
@@ -200,13 +220,14 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> None:
         report = reports[key]
         total = sum(report.stage_seconds.values()) or 1.0
         shares = ', '.join(f'{stage} {100 * s / total:.0f}%' for stage, s in report.stage_seconds.items())
-        print(f'({key}): {report.convert_seconds:.2f}s of {report.wall_seconds:.2f}s converting units '
-              f'({tokens / report.convert_seconds:,.0f} tokens/s), the rest loading, planning, verifying, merging; '
+        print(f'({key}): {report.wall_seconds - report.convert_seconds:.2f}s setup and merge, then '
+              f'{report.convert_seconds:.2f}s converting units ({tokens / report.convert_seconds:,.0f} tokens/s); '
               f'worker CPU time by stage: {shares}')
     rate = {label[:3]: tokens / spent for label, spent in seconds.items()}
     print(f'(c)/(a) = {rate["(c)"] / rate["(a)"]:.2f}')
     print(f'(d)/(b) = {rate["(d)"] / rate["(b)"]:.2f}  (goal >= 1.0)')
-    print(f'(d)/(e) = {rate["(d)"] / rate["(e)"]:.2f}  (goal >= 0.8)')
+    units_only = seconds['(e) raw tiktoken batch, in memory'] / reports['d'].convert_seconds
+    print(f'(d)/(e) = {rate["(d)"] / rate["(e)"]:.2f}  (goal >= 0.8; converting units alone: {units_only:.2f})')
     print(f'(d)/(a) = {rate["(d)"] / rate["(a)"]:.2f}  (goal >= 5)')
 
 
