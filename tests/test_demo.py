@@ -90,3 +90,22 @@ def test_a_second_run_reuses_everything_it_built(demo):
     done = run_demo(out)
     assert 'already trained' in done.stderr
     assert logs == {run: (out / 'runs' / run / 'train.log').stat().st_mtime_ns for run in ('meco', 'baseline')}
+
+
+def test_the_report_spells_out_the_papers_comparisons_from_the_held_out_losses(demo):
+    out, _ = demo
+    loss = {run: {cond: r['loss'] for cond, r in conds.items()}
+            for run, conds in json.loads((out / 'evaluation.json').read_text()).items()}
+    report = (out / 'report.md').read_text()
+    true_vs_baseline = loss['meco']['true URL'] - loss['baseline']['no URL']
+    assert f'- MeCo with the true URL vs the baseline with none: {true_vs_baseline:+.4f} nats/token' in report
+    right_vs_wrong = loss['meco']['true URL'] - loss['meco']['wrong URL (pypi.org)']
+    assert f'- MeCo with the true URL vs MeCo with pypi.org: {right_vs_wrong:+.4f} nats/token' in report
+    assert f'Each model here saw {STEPS * 4 * 64:,} training tokens' in report
+
+
+def test_the_plotted_moving_average_is_the_mean_of_each_loss_and_those_just_before_it():
+    from meco_callbacks.demo_report import moving_average
+
+    assert moving_average([4.0, 2.0, 6.0, 0.0], 2) == [4.0, 3.0, 4.0, 3.0]
+    assert moving_average([4.0, 2.0, 6.0], 1) == [4.0, 2.0, 6.0]
