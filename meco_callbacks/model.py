@@ -173,8 +173,19 @@ class MeCoMPTForCausalLM(MPTForCausalLM):
         return mpt.train(self.training)
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs: Any) -> None:
-        """Save as plain MPT (:meth:`to_mpt`), so the checkpoint needs neither flex attention nor this package."""
-        self.to_mpt().save_pretrained(save_directory, **kwargs)
+        """Save as plain MPT (:meth:`to_mpt`) with llm-foundry's modeling code beside it, as ``hf_checkpointer`` does.
+
+        ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`` then loads it without flex attention,
+        this package or llm-foundry. Without the code, transformers would load its own older MPT, which has no
+        grouped-query attention. The auto classes are set on this export only, not registered process-wide.
+        """
+        from llmfoundry.utils.huggingface_hub_utils import edit_files_for_hf_compatibility
+
+        mpt = self.to_mpt()
+        mpt._auto_class = 'AutoModelForCausalLM'
+        mpt.config._auto_class = 'AutoConfig'
+        mpt.save_pretrained(save_directory, **kwargs)
+        edit_files_for_hf_compatibility(str(save_directory))
 
 
 class MeCoMPTCausalLM(ComposerMPTCausalLM):

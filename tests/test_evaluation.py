@@ -20,7 +20,7 @@ from recipes import evaluate
 
 from meco_callbacks.evaluation import NO_URL, TRUE_URL, compare_conditions, conditional_loss, mismatched_url
 from meco_callbacks.generation import generate
-from meco_callbacks.trained_models import load_composer_checkpoint
+from meco_callbacks.trained_models import load_composer_checkpoint, load_trained_model
 from meco_callbacks.url_search import rank_urls
 
 MAX_SEQ_LEN = 64
@@ -97,6 +97,22 @@ def test_every_condition_is_scored_on_the_same_document_tokens(model_and_tokeniz
 
     assert counts['true_url'] == counts['no_url'] == counts['long_url']
     assert results['no_url']['rows'] == len(pack_texts(two_source_documents(120, seed=99), tokenizer, MAX_SEQ_LEN))
+
+
+def test_an_exported_hf_directory_scores_exactly_like_the_composer_checkpoint(model_and_tokenizer, held_out, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    model.model.save_pretrained(tmp_path / 'hf')
+    tokenizer.save_pretrained(tmp_path / 'hf')
+    hf_model, hf_tokenizer = load_trained_model(hf=tmp_path / 'hf')
+    conditions = {'true_url': TRUE_URL, 'no_url': NO_URL}
+
+    exported = compare_conditions(hf_model, hf_tokenizer, held_out, conditions)
+    original = compare_conditions(model, tokenizer, held_out, conditions)
+
+    assert type(hf_model).__name__ == 'MPTForCausalLM'
+    for name in conditions:
+        assert exported[name]['tokens'] == original[name]['tokens']
+        assert exported[name]['loss'] == pytest.approx(original[name]['loss'], abs=1e-5)
 
 
 def test_separate_calls_with_one_reserve_score_the_same_tokens_and_too_small_a_reserve_is_an_error(
