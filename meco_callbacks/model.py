@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping
 from typing import Any, Optional, Union
 
 import torch
@@ -204,3 +205,24 @@ class MeCoMPTCausalLM(ComposerMPTCausalLM):
     def config_class(self) -> type[MPTConfig]:
         """The config class that accepts ``flex``."""
         return MeCoMPTConfig
+
+    def flops_per_batch(self, batch: Mapping) -> int:
+        """MPT's count (what SpeedMonitor's MFU uses), with attention counted within each document when masked.
+
+        llm-foundry counts a full ``max_seq_len**2`` attention per row. With ``attn_uses_sequence_id`` a token
+        attends only inside its own document (and flex skips the masked blocks), so the attention term is the
+        sum of squared document lengths; otherwise MFU is overstated for rows packed with short documents.
+        Same convention as MPT (full square per document, backward = 2x forward); padding (id -1) is not counted.
+        """
+        config = self.model.config
+        sequence_id = batch.get('sequence_id')
+        if sequence_id is None or not config.attn_config.get('attn_uses_sequence_id') or config.block_overrides:
+            return super().flops_per_batch(batch)
+        rows, msl = batch['input_ids'].shape[:2]
+        ids = sequence_id.long()
+        keys = ids + msl * torch.arange(rows, device=ids.device).unsqueeze(1)  # one bucket per (row, document)
+        lengths = torch.bincount(keys[ids >= 0], minlength=rows * msl)
+        squared_lengths = int((lengths * lengths).sum().item())
+        params_flops = 2 * self.n_active_params * msl * rows
+        attn_flops = config.n_layers * 2 * 2 * config.d_model * squared_lengths
+        return (params_flops + attn_flops) * 3

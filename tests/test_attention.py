@@ -220,6 +220,26 @@ def test_only_torch_builds_the_dense_sequence_id_bias(monkeypatch: pytest.Monkey
     assert builds == [(2, 1, SEQ_LEN, SEQ_LEN)] * dense_bias_builds
 
 
+def test_flops_count_attention_within_each_document_when_attention_is_document_masked() -> None:
+    meco = build(model_config())
+    mpt = build(model_config('torch'), name='mpt_causal_lm')
+    attention_per_squared_token = 2 * 2 * 2 * 64 * 3  # n_layers * 2 * 2 * d_model, times 3 for forward + backward
+    # Row 0 holds documents of 16 and 24 tokens, row 1 one of 40: 16**2 + 24**2 + 40**2 = 2432, not 2 * 40**2 = 3200.
+    saved = attention_per_squared_token * (3200 - 2432)
+
+    assert meco.flops_per_batch(packed_batch()) == mpt.flops_per_batch(packed_batch()) - saved
+
+
+@pytest.mark.parametrize('uses_sequence_id, with_documents', [(True, False), (False, True)],
+                         ids=['batch-without-sequence-id', 'model-not-document-masked'])
+def test_flops_are_llm_foundry_mpt_count_without_document_masking(uses_sequence_id: bool, with_documents: bool) -> None:
+    meco = build(model_config(uses_sequence_id=uses_sequence_id))
+    mpt = build(model_config('torch', uses_sequence_id=uses_sequence_id), name='mpt_causal_lm')
+    batch = packed_batch(with_documents=with_documents)
+
+    assert meco.flops_per_batch(batch) == mpt.flops_per_batch(batch)
+
+
 def test_flex_and_the_model_are_registered_in_llm_foundry() -> None:
     assert attention_implementations.get('flex') is flex_attention_fn
     assert models.get('meco_mpt_causal_lm') is MeCoMPTCausalLM
