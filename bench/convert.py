@@ -18,7 +18,7 @@ on the first 16 MB of them. Goals on 2 workers: (d)/(a) >= 5, (d)/(b) >= 1, (d)/
 
 (d) pays a fixed setup before any document is converted (loading the tokenizer, its fingerprint, building the
 tiktoken encoding and verifying it against Hugging Face on hard strings and a 256k-character sample): about
-0.3 s on 2 cores, which a real corpus amortises. The table reports it, and (d)/(e) both end to end and for the
+0.3-0.5 s on 2 cores, which a real corpus amortises. The table reports it, and (d)/(e) both end to end and for the
 conversion of units alone; with ``--megabytes 20`` the setup is a fifth of (d)'s time. The last line is (d)/(a).
 """
 
