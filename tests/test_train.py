@@ -46,3 +46,32 @@ def test_meco_components_on_a_plain_text_loader_stop_the_run(tokenizer_dir, tmp_
     with pytest.raises(ValueError, match='needs the MeCo train loader'):
         train_tiny(tmp_path, tmp_path / 'text', tokenizer_dir, 'max_duration=2ba', 'train_loader.name=text',
                    'train_loader.num_workers=1')
+
+
+def test_two_meco_eval_loaders_track_loss_with_and_without_urls_through_the_cooldown(tiny_packed, tokenizer_dir,
+                                                                                        tmp_path):
+    """The README's "curves during training": the URL eval keeps its prefixes after the train stream drops them."""
+    from llmfoundry.command_utils import train_from_yaml
+    from streaming.base.util import clean_stale_shared_memory
+
+    def eval_loader(label: str, enabled: bool) -> str:
+        return (f'{{label: {label}, name: meco, drop_last: false, dataset: {{local: {tiny_packed}, shuffle: false, '
+                f'max_seq_len: 64, document_masking: true, metadata: {{kind: domain, enabled: {str(enabled).lower()}}}}}}}')
+
+    clean_stale_shared_memory()
+    trainer = train_from_yaml(str(REPO_ROOT / 'yamls' / 'tiny-cpu.yaml'), [
+        f'variables.data={tiny_packed}', f'variables.tokenizer={tokenizer_dir}', 'variables.max_seq_len=64',
+        'max_duration=10ba', 'global_train_batch_size=4', 'device_train_microbatch_size=4', 'eval_interval=5ba',
+        'eval_subset_num_batches=2', f'save_folder={tmp_path}/ckpt', 'console_log_interval=100ba',
+        'python_log_level=warning',
+        f'eval_loader=[{eval_loader("meco_url", True)}, {eval_loader("meco_no_url", False)}]', *TINY_MODEL])
+    clean_stale_shared_memory()
+
+    # Evaluations ran at batches 5 and 10; the injector's last call is the last eval batch, after the cooldown.
+    injected = {evaluator.label: evaluator.dataloader.dataloader.injector.stats.last['metadata_tokens']
+                for evaluator in trainer.state.evaluators}
+    loss = {label: float(metrics['LanguageCrossEntropy'].compute())
+            for label, metrics in trainer.state.eval_metrics.items()}
+    assert not trainer.state.train_dataloader.injector.enabled  # the train stream cooled down at batch 9
+    assert injected['eval/meco_url'] > 0 and injected['eval/meco_no_url'] == 0
+    assert set(loss) == {'eval/meco_url', 'eval/meco_no_url'} and loss['eval/meco_url'] != loss['eval/meco_no_url']
