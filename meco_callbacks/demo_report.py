@@ -92,10 +92,15 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
     return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(window, i + 1) for i in range(len(values))]
 
 
+def wrong_url_condition(url: str) -> str:
+    """The evaluation condition's name for a wrong URL, as the demo labels it and the report reads it."""
+    return f'wrong URL ({url})'
+
+
 def reading(evaluation: Mapping[str, Mapping[str, float]], wrong_url: str, tokens_per_run: int) -> list[str]:
     """Report lines that spell out the comparisons the paper makes, as differences of held-out loss."""
     meco, baseline = evaluation.get('meco', {}), evaluation.get('baseline', {})
-    wrong = f'wrong URL ({wrong_url})'
+    wrong = wrong_url_condition(wrong_url)
     if not {'no URL', 'true URL', wrong} <= set(meco) or 'no URL' not in baseline:
         return []
 

@@ -207,12 +207,12 @@ class MeCoMPTCausalLM(ComposerMPTCausalLM):
         return MeCoMPTConfig
 
     def flops_per_batch(self, batch: Mapping) -> int:
-        """MPT's count (what SpeedMonitor's MFU uses), with attention counted within each document when masked.
+        """MPT's count (what SpeedMonitor's MFU uses), less the attention across documents when attention is masked.
 
         llm-foundry counts a full ``max_seq_len**2`` attention per row. With ``attn_uses_sequence_id`` a token
-        attends only inside its own document (and flex skips the masked blocks), so the attention term is the
-        sum of squared document lengths; otherwise MFU is overstated for rows packed with short documents.
-        Same convention as MPT (full square per document, backward = 2x forward); padding (id -1) is not counted.
+        attends only inside its own document (and flex skips the masked blocks), so the attention term becomes
+        the sum of squared document lengths; otherwise MFU is overstated for rows packed with short documents.
+        Padding (id -1) is not counted.
         """
         config = self.model.config
         sequence_id = batch.get('sequence_id')
@@ -223,6 +223,6 @@ class MeCoMPTCausalLM(ComposerMPTCausalLM):
         keys = ids + msl * torch.arange(rows, device=ids.device).unsqueeze(1)  # one bucket per (row, document)
         lengths = torch.bincount(keys[ids >= 0], minlength=rows * msl)
         squared_lengths = int((lengths * lengths).sum().item())
-        params_flops = 2 * self.n_active_params * msl * rows
-        attn_flops = config.n_layers * 2 * 2 * config.d_model * squared_lengths
-        return (params_flops + attn_flops) * 3
+        # MPT's attention term is linear in msl**2 (get_attention_flops(1) per squared token), times 3 for backward.
+        masked_away = rows * msl * msl - squared_lengths
+        return super().flops_per_batch(batch) - 3 * self.get_attention_flops(1) * masked_away

@@ -205,10 +205,12 @@ def train(name: str, config: Path, run_dir: Path, overrides: list[str], steps: i
 def evaluate(configs: dict[str, Path], out: Path, overrides: list[str], heldout: Path,
              args: argparse.Namespace) -> dict[str, dict[str, dict]]:
     """Held-out loss of each run's final checkpoint with the true URL, no URL and a wrong URL, on one token set."""
+    from meco_callbacks.demo_report import wrong_url_condition
     from meco_callbacks.evaluation import NO_URL, TRUE_URL, compare_conditions, mismatched_url
     from meco_callbacks.trained_models import load_composer_checkpoint
 
-    conditions = {'no URL': NO_URL, 'true URL': TRUE_URL, f'wrong URL ({args.wrong_url})': mismatched_url(args.wrong_url)}
+    conditions = {'no URL': NO_URL, 'true URL': TRUE_URL,
+                  wrong_url_condition(args.wrong_url): mismatched_url(args.wrong_url)}
     results = {}
     for name in RUNS:
         model, tokenizer = load_composer_checkpoint(configs[name], out / 'runs' / name / 'checkpoints' / 'latest-rank0.pt',
