@@ -1,6 +1,6 @@
-"""`composer train.py yamls/meco-1b.yaml [key=value ...]`: hands over to recipes/train.py."""
+"""`composer train.py yamls/meco-1b.yaml [key=value ...]`: the same as recipes/train.py, from the repository root."""
 
-from recipes.train import main
+from meco_callbacks.cli.train import main
 
 if __name__ == '__main__':
     main()

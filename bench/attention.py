@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -30,10 +30,32 @@ log = logging.getLogger('bench.attention')
 
 # The paper's 1.6B model (DESIGN.md) and a CPU-sized stand-in.
 PRESETS: dict[str, dict[str, int]] = {
-    '1.6b': {'d_model': 2048, 'n_layers': 24, 'n_heads': 16, 'kv_n_heads': 8, 'ffn_hidden_size': 5504,
-             'vocab_size': 128256, 'seq_len': 8192, 'batch_size': 1, 'mean_doc_len': 1024, 'steps': 10, 'warmup': 3},
-    'tiny': {'d_model': 128, 'n_layers': 2, 'n_heads': 4, 'kv_n_heads': 2, 'ffn_hidden_size': 344,
-             'vocab_size': 512, 'seq_len': 512, 'batch_size': 2, 'mean_doc_len': 64, 'steps': 5, 'warmup': 1},
+    '1.6b': {
+        'd_model': 2048,
+        'n_layers': 24,
+        'n_heads': 16,
+        'kv_n_heads': 8,
+        'ffn_hidden_size': 5504,
+        'vocab_size': 128256,
+        'seq_len': 8192,
+        'batch_size': 1,
+        'mean_doc_len': 1024,
+        'steps': 10,
+        'warmup': 3,
+    },
+    'tiny': {
+        'd_model': 128,
+        'n_layers': 2,
+        'n_heads': 4,
+        'kv_n_heads': 2,
+        'ffn_hidden_size': 344,
+        'vocab_size': 512,
+        'seq_len': 512,
+        'batch_size': 2,
+        'mean_doc_len': 64,
+        'steps': 5,
+        'warmup': 1,
+    },
 }
 
 
@@ -64,7 +86,11 @@ def model_config(shape: dict[str, int], attn_impl: str, document_masking: bool, 
         'no_bias': True,
         'norm_type': 'rmsnorm',
         'tie_word_embeddings': False,
-        'ffn_config': {'ffn_type': 'mptglu', 'ffn_act_fn': {'name': 'silu'}, 'ffn_hidden_size': shape['ffn_hidden_size']},
+        'ffn_config': {
+            'ffn_type': 'mptglu',
+            'ffn_act_fn': {'name': 'silu'},
+            'ffn_hidden_size': shape['ffn_hidden_size'],
+        },
         'attn_config': {
             'attn_impl': attn_impl,
             'attn_type': 'grouped_query_attention',
@@ -79,8 +105,9 @@ def model_config(shape: dict[str, int], attn_impl: str, document_masking: bool, 
     }
 
 
-def packed_batch(batch_size: int, seq_len: int, vocab_size: int, mean_doc_len: int, seed: int,
-                 device: str) -> dict[str, torch.Tensor]:
+def packed_batch(
+    batch_size: int, seq_len: int, vocab_size: int, mean_doc_len: int, seed: int, device: str
+) -> dict[str, torch.Tensor]:
     """Random tokens packed as the MeCo loader packs them: documents of exponentially distributed length per row."""
     gen = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=gen)
@@ -94,13 +121,19 @@ def packed_batch(batch_size: int, seq_len: int, vocab_size: int, mean_doc_len: i
             sequence_id[row, start:end] = doc
             position_ids[row, start:end] = torch.arange(end - start)
             start, doc = end, doc + 1
-    batch = {'input_ids': input_ids, 'labels': input_ids.clone(), 'attention_mask': torch.ones_like(input_ids),
-             'sequence_id': sequence_id, 'position_ids': position_ids}
+    batch = {
+        'input_ids': input_ids,
+        'labels': input_ids.clone(),
+        'attention_mask': torch.ones_like(input_ids),
+        'sequence_id': sequence_id,
+        'position_ids': position_ids,
+    }
     return {key: value.to(device) for key, value in batch.items()}
 
 
-def training_tokens_per_second(variant: Variant, shape: dict[str, int], batch: dict[str, torch.Tensor],
-                               device: str, steps: int, warmup: int) -> Optional[float]:
+def training_tokens_per_second(
+    variant: Variant, shape: dict[str, int], batch: dict[str, torch.Tensor], device: str, steps: int, warmup: int
+) -> float | None:
     """Tokens/s of ``steps`` timed training steps after ``warmup`` (compilation included there); None on OOM."""
     from llmfoundry.utils.builders import build_composer_model
 
@@ -145,7 +178,7 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def ratio(numerator: Optional[float], denominator: Optional[float]) -> str:
+def ratio(numerator: float | None, denominator: float | None) -> str:
     """``numerator / denominator`` as ``1.23x``; an out-of-memory side reads as such."""
     if numerator is None:
         return 'n/a (numerator ran out of memory)'
@@ -157,10 +190,15 @@ def ratio(numerator: Optional[float], denominator: Optional[float]) -> str:
 def parse_args() -> argparse.Namespace:
     """Command line: a preset (1.6b on a GPU, tiny on the CPU) with any of its numbers overridden."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--device', choices=['auto', 'cuda', 'cpu'], default='auto',
-                        help='cuda if available under auto (default)')
-    parser.add_argument('--preset', choices=sorted(PRESETS), default=None,
-                        help='model shape and run length; default 1.6b on cuda, tiny on cpu')
+    parser.add_argument(
+        '--device', choices=['auto', 'cuda', 'cpu'], default='auto', help='cuda if available under auto (default)'
+    )
+    parser.add_argument(
+        '--preset',
+        choices=sorted(PRESETS),
+        default=None,
+        help='model shape and run length; default 1.6b on cuda, tiny on cpu',
+    )
     for key in PRESETS['tiny']:
         parser.add_argument(f'--{key.replace("_", "-")}', type=int, default=None, help=f'override the preset {key}')
     parser.add_argument('--seed', type=int, default=0, help='seed of the packed batch and the weights')
@@ -180,15 +218,17 @@ def main() -> None:
         log.info('No GPU: a small CPU run that shows the benchmark works; its ratios say nothing about GPU speed.')
 
     torch.manual_seed(args.seed)
-    batch = packed_batch(shape['batch_size'], shape['seq_len'], shape['vocab_size'], shape['mean_doc_len'],
-                         args.seed, device)
+    batch = packed_batch(
+        shape['batch_size'], shape['seq_len'], shape['vocab_size'], shape['mean_doc_len'], args.seed, device
+    )
     docs = int(batch['sequence_id'].max(dim=1).values.sum().item()) + shape['batch_size']
     log.info('batch: %d x %d tokens, %d documents', shape['batch_size'], shape['seq_len'], docs)
 
-    results: dict[str, Optional[float]] = {}
+    results: dict[str, float | None] = {}
     for variant in VARIANTS:
-        results[variant.label] = training_tokens_per_second(variant, shape, batch, device, shape['steps'],
-                                                            shape['warmup'])
+        results[variant.label] = training_tokens_per_second(
+            variant, shape, batch, device, shape['steps'], shape['warmup']
+        )
         _release_memory(device)
         speed = results[variant.label]
         log.info('%-28s %s', variant.label, 'out of memory' if speed is None else f'{speed:,.0f} tokens/s')

@@ -66,8 +66,13 @@ def build_corpus(out_dir: Path, megabytes: float, files: int = 8) -> list[Path]:
         with open(path, 'w') as out:
             for doc in docs[i::files]:
                 out.write(json.dumps(doc) + '\n')
-    log.info('Built %d documents (%.1f MB of text) in %d files under %s.', len(docs),
-             sum(len(d['text'].encode()) for d in docs) / 1e6, files, out_dir)
+    log.info(
+        'Built %d documents (%.1f MB of text) in %d files under %s.',
+        len(docs),
+        sum(len(d['text'].encode()) for d in docs) / 1e6,
+        files,
+        out_dir,
+    )
     return paths
 
 
@@ -90,8 +95,16 @@ def run_llm_foundry(paths: list[Path], tokenizer_dir: str, out: Path, workers: i
     """(a): llm-foundry's JSON converter over the input directory."""
     from llmfoundry.command_utils import convert_dataset_json
 
-    convert_dataset_json(path=str(paths[0].parent), out_root=str(out), compression=None, concat_tokens=2048,
-                         split='train', tokenizer=tokenizer_dir, eos_text='<|endoftext|>', num_workers=workers)
+    convert_dataset_json(
+        path=str(paths[0].parent),
+        out_root=str(out),
+        compression=None,
+        concat_tokens=2048,
+        split='train',
+        tokenizer=tokenizer_dir,
+        eos_text='<|endoftext|>',
+        num_workers=workers,
+    )
 
 
 _AUTHORS_STATE: dict[str, Any] = {}
@@ -119,7 +132,7 @@ def run_authors_method(paths: list[Path], tokenizer_dir: str, out: Path, workers
     """(b): load the tiktoken encoding, read all lines into memory, split them into N contiguous ranges, a pool of N."""
     from transformers import AutoTokenizer
 
-    from meco_callbacks.tokenization import tiktoken_encoding_for
+    from meco_callbacks.corpus.tokenization import tiktoken_encoding_for
 
     encoding, _ = tiktoken_encoding_for(AutoTokenizer.from_pretrained(tokenizer_dir))
     lines = [line for path in paths for line in open(path, encoding='utf-8')]
@@ -132,10 +145,11 @@ def run_authors_method(paths: list[Path], tokenizer_dir: str, out: Path, workers
 
 def run_ours(paths: list[Path], tokenizer_dir: str, out: Path, workers: int, backend: str) -> Any:
     """(c) and (d): MeCo's converter, end to end (verification, conversion, merge)."""
-    from meco_callbacks.documents import convert_documents
+    from meco_callbacks.corpus.documents import convert_documents
 
-    return convert_documents([str(p) for p in paths], out, tokenizer_dir, tokenizer_backend=backend,
-                             num_workers=workers, progress=False)
+    return convert_documents(
+        [str(p) for p in paths], out, tokenizer_dir, tokenizer_backend=backend, num_workers=workers, progress=False
+    )
 
 
 def run_raw_tiktoken(texts: list[str], encoding: Any, workers: int) -> int:
@@ -146,13 +160,22 @@ def run_raw_tiktoken(texts: list[str], encoding: Any, workers: int) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line: input, tokenizer and workers, all with defaults that run as is."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--input', nargs='*', default=None,
-                        help='JSON Lines files with text and url (default: build ~--megabytes of Python sources)')
-    parser.add_argument('--tokenizer', default=None,
-                        help='Hugging Face tokenizer directory (default: a 32k byte-level BPE trained on the input)')
+    parser.add_argument(
+        '--input',
+        nargs='*',
+        default=None,
+        help='JSON Lines files with text and url (default: build ~--megabytes of Python sources)',
+    )
+    parser.add_argument(
+        '--tokenizer',
+        default=None,
+        help='Hugging Face tokenizer directory (default: a 32k byte-level BPE trained on the input)',
+    )
     parser.add_argument('--num-workers', type=int, default=2, help='workers for every method (default 2)')
     parser.add_argument('--megabytes', type=float, default=64, help='size of the built input (default 64)')
-    parser.add_argument('--repeats', type=int, default=2, help='rounds of all methods; the best time counts (default 2)')
+    parser.add_argument(
+        '--repeats', type=int, default=2, help='rounds of all methods; the best time counts (default 2)'
+    )
     parser.add_argument('--work-dir', default=None, help='where inputs and outputs go (default: a temporary dir)')
     return parser.parse_args(argv)
 
@@ -177,13 +200,14 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> None:
     texts = [doc['text'] for doc in documents]
     tokenizer_dir = args.tokenizer
     if tokenizer_dir is None:
-        from meco_callbacks.tokenizer_training import train_bpe_tokenizer
+        from meco_callbacks.tokenizer.training import train_bpe_tokenizer
 
-        tokenizer_dir = str(train_bpe_tokenizer(_first_megabytes(texts, TOKENIZER_MEGABYTES), work / 'tokenizer',
-                                                vocab_size=32000))
+        tokenizer_dir = str(
+            train_bpe_tokenizer(_first_megabytes(texts, TOKENIZER_MEGABYTES), work / 'tokenizer', vocab_size=32000)
+        )
     from transformers import AutoTokenizer
 
-    from meco_callbacks.tokenization import tiktoken_encoding_for
+    from meco_callbacks.corpus.tokenization import tiktoken_encoding_for
 
     encoding, _ = tiktoken_encoding_for(AutoTokenizer.from_pretrained(tokenizer_dir))
     workers = args.num_workers
@@ -211,8 +235,10 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> None:
 
     stats = reports['d'].info['stats']
     tokens, docs = stats['tokens_written'], stats['documents_written']
-    print(f'\n{len(documents)} documents, {tokens:,} tokens, {workers} workers; backend of (d): '
-          f'{reports["d"].tokenizer_backend}')
+    print(
+        f'\n{len(documents)} documents, {tokens:,} tokens, {workers} workers; backend of (d): '
+        f'{reports["d"].tokenizer_backend}'
+    )
     print(f'{"method":44} {"seconds":>8} {"documents/s":>12} {"tokens/s":>12}')
     for label, spent in seconds.items():
         print(f'{label:44} {spent:8.2f} {docs / spent:12,.0f} {tokens / spent:12,.0f}')
@@ -220,9 +246,11 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> None:
         report = reports[key]
         total = sum(report.stage_seconds.values()) or 1.0
         shares = ', '.join(f'{stage} {100 * s / total:.0f}%' for stage, s in report.stage_seconds.items())
-        print(f'({key}): {report.wall_seconds - report.convert_seconds:.2f}s setup and merge, then '
-              f'{report.convert_seconds:.2f}s converting units ({tokens / report.convert_seconds:,.0f} tokens/s); '
-              f'worker CPU time by stage: {shares}')
+        print(
+            f'({key}): {report.wall_seconds - report.convert_seconds:.2f}s setup and merge, then '
+            f'{report.convert_seconds:.2f}s converting units ({tokens / report.convert_seconds:,.0f} tokens/s); '
+            f'worker CPU time by stage: {shares}'
+        )
     rate = {label[:3]: tokens / spent for label, spent in seconds.items()}
     print(f'(c)/(a) = {rate["(c)"] / rate["(a)"]:.2f}')
     print(f'(d)/(b) = {rate["(d)"] / rate["(b)"]:.2f}  (goal >= 1.0)')

@@ -14,8 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-SITES = ['https://en.wikipedia.org/wiki/', 'https://docs.python.org/3/library/', 'https://news.example.com/',
-         'https://forum.example.org/t/', 'https://www.bbc.co.uk/news/', 'https://blog.example.net/post/']
+SITES = [
+    'https://en.wikipedia.org/wiki/',
+    'https://docs.python.org/3/library/',
+    'https://news.example.com/',
+    'https://forum.example.org/t/',
+    'https://www.bbc.co.uk/news/',
+    'https://blog.example.net/post/',
+]
 
 
 def scratch_dir() -> Path:
@@ -32,7 +38,7 @@ def synthetic_corpus(path: Path, documents: int, seed: int = 0) -> Path:
     with path.open('w') as f:
         for i in range(documents):
             site = i % len(SITES)
-            vocab = words[site * 400:site * 400 + 1200]
+            vocab = words[site * 400 : site * 400 + 1200]
             text = ' '.join(rng.choice(vocab) for _ in range(rng.randint(50, 2000)))
             f.write(json.dumps({'text': text, 'url': f'{SITES[site]}{i}'}) + '\n')
     return path
@@ -40,9 +46,9 @@ def synthetic_corpus(path: Path, documents: int, seed: int = 0) -> Path:
 
 def build_packed(work: Path, documents: int, max_seq_len: int) -> tuple[Path, Path]:
     """(tokenizer dir, packed MDS dir) for a fresh synthetic corpus, through convert_documents and pack_documents."""
-    from meco_callbacks.documents import convert_documents
-    from meco_callbacks.packing import pack_documents
-    from meco_callbacks.tokenizer_training import train_bpe_tokenizer
+    from meco_callbacks.corpus.documents import convert_documents
+    from meco_callbacks.corpus.packing import pack_documents
+    from meco_callbacks.tokenizer.training import train_bpe_tokenizer
 
     corpus = synthetic_corpus(work / 'corpus.jsonl', documents)
     texts = [json.loads(line)['text'] for line in corpus.read_text().splitlines()[:500]]

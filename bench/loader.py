@@ -48,16 +48,24 @@ def main() -> None:
     if args.num_workers == 0:
         common['prefetch_factor'] = None
         common['persistent_workers'] = False
-    meco = build_dataloader({'name': 'meco', **common, 'dataset': {
-        'local': str(packed), 'shuffle': True, 'max_seq_len': args.max_seq_len}}, tokenizer, args.batch_size)
-    text = build_dataloader({'name': 'text', **common, 'dataset': {
-        'local': str(tokens), 'shuffle': True, 'max_seq_len': args.max_seq_len}}, tokenizer, args.batch_size)
+    meco = build_dataloader(
+        {'name': 'meco', **common, 'dataset': {'local': str(packed), 'shuffle': True, 'max_seq_len': args.max_seq_len}},
+        tokenizer,
+        args.batch_size,
+    )
+    text = build_dataloader(
+        {'name': 'text', **common, 'dataset': {'local': str(tokens), 'shuffle': True, 'max_seq_len': args.max_seq_len}},
+        tokenizer,
+        args.batch_size,
+    )
     rows = meco.dataloader.dataset.num_samples
     if rows < (args.batches + 2) * args.batch_size:
         sys.exit(f'only {rows} rows: raise --documents or lower --batches')
     ours = batches_per_second(meco, args.batches)
     anchor = batches_per_second(text, args.batches)
-    print(f'meco loader (prefixes on):   {ours:8.1f} batches/s  ({ours * args.batch_size * args.max_seq_len:,.0f} tokens/s)')
+    print(
+        f'meco loader (prefixes on):   {ours:8.1f} batches/s  ({ours * args.batch_size * args.max_seq_len:,.0f} tokens/s)'
+    )
     print(f'llm-foundry text loader:     {anchor:8.1f} batches/s')
     print(f'meco/llm-foundry batches/s ratio: {ours / anchor:.2f}')
 

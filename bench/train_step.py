@@ -57,8 +57,9 @@ def tokens_per_second(yaml: Path, overrides: list[str], tokens_per_batch: int) -
     """Train ``yaml`` with ``overrides`` and return steady-state tokens/s."""
     from llmfoundry.command_utils import train_from_yaml
 
-    train_from_yaml(str(yaml),
-                    [*overrides, 'callbacks.bench_clock={}', 'python_log_level=warning', 'console_log_interval=1000ba'])
+    train_from_yaml(
+        str(yaml), [*overrides, 'callbacks.bench_clock={}', 'python_log_level=warning', 'console_log_interval=1000ba']
+    )
     batches, seconds = StepClock.last
     return batches * tokens_per_batch / seconds
 
@@ -79,14 +80,27 @@ def main() -> None:
     work = scratch_dir()
     tokenizer_dir, packed = build_packed(work, args.documents, args.max_seq_len)
     tokens = write_token_rows(packed, work / 'tokens')
-    common = [f'variables.tokenizer={tokenizer_dir}', f'variables.max_seq_len={args.max_seq_len}',
-              f'max_duration={args.batches}ba', f'global_train_batch_size={args.batch_size}',
-              f'device_train_microbatch_size={args.batch_size}', 'model.vocab_size=4096']
+    common = [
+        f'variables.tokenizer={tokenizer_dir}',
+        f'variables.max_seq_len={args.max_seq_len}',
+        f'max_duration={args.batches}ba',
+        f'global_train_batch_size={args.batch_size}',
+        f'device_train_microbatch_size={args.batch_size}',
+        'model.vocab_size=4096',
+    ]
     per_batch = args.batch_size * args.max_seq_len
     ours = tokens_per_second(REPO / 'yamls' / 'tiny-cpu.yaml', [*common, f'variables.data={packed}'], per_batch)
-    anchor = tokens_per_second(plain_recipe(work / 'plain.yaml'), [
-        *common, f'variables.data={tokens}', 'train_loader.name=text', 'train_loader.num_workers=1',
-        'model.attn_config.attn_uses_sequence_id=false'], per_batch)
+    anchor = tokens_per_second(
+        plain_recipe(work / 'plain.yaml'),
+        [
+            *common,
+            f'variables.data={tokens}',
+            'train_loader.name=text',
+            'train_loader.num_workers=1',
+            'model.attn_config.attn_uses_sequence_id=false',
+        ],
+        per_batch,
+    )
     print(f'with MeCo:    {ours:10,.0f} tokens/s')
     print(f'without MeCo: {anchor:10,.0f} tokens/s')
     print(f'meco/plain training tokens/s ratio: {ours / anchor:.3f}')

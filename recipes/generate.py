@@ -1,41 +1,8 @@
-"""Print a trained MeCo model's continuation of a prompt, optionally steered by a URL prefix.
+"""`python recipes/generate.py ...` (also installed as `meco-generate`): see ``meco_callbacks.cli.generate`` or run with ``--help``."""
 
-  python recipes/generate.py --prompt "import json" --url docs.python.org --hf run/huggingface/ba40000
-  python recipes/generate.py --prompt "..." --url en.wikipedia.org --config yamls/tiny-cpu.yaml \\
-      --checkpoint run/checkpoints/latest-rank0.pt
-The URL becomes "URL: <url>\\n\\n" in front of the prompt, as in training; without --url the prompt is used as is.
-"""
-
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from meco_callbacks.generation import generate  # noqa: E402
-from meco_callbacks.trained_models import load_trained_model  # noqa: E402
-from recipes.evaluate import add_model_args  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Parse the command line, load the model and print the continuation."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--prompt', required=True, help='the text to continue')
-    parser.add_argument('--url', help='a real or made-up domain to condition on, e.g. docs.python.org')
-    parser.add_argument('--max-new-tokens', type=int, default=64, help='tokens to generate (default 64)')
-    parser.add_argument('--sample', action='store_true', help='sample instead of greedy decoding')
-    parser.add_argument('--temperature', type=float, default=1.0, help='sampling temperature (with --sample)')
-    parser.add_argument('--seed', type=int, default=0, help='sampling seed (default 0)')
-    add_model_args(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
-    model, tokenizer = load_trained_model(args.config, args.checkpoint, args.hf, args.override, args.device)
-    print(generate(model, tokenizer, args.prompt, args.url, args.max_new_tokens, do_sample=args.sample,
-                   temperature=args.temperature, seed=args.seed))
-
+from meco_callbacks.cli.generate import main
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -25,8 +25,12 @@ WORDS = (
 def synthetic_documents(n: int, seed: int = 0) -> list[dict[str, str]]:
     """``n`` small documents from four sites, each site with its own vocabulary habits."""
     rng = random.Random(seed)
-    sites = ['https://en.wikipedia.org/wiki/', 'https://news.example.com/a/', 'http://forum.example.org/t/',
-             'https://docs.python.org/3/library/']
+    sites = [
+        'https://en.wikipedia.org/wiki/',
+        'https://news.example.com/a/',
+        'http://forum.example.org/t/',
+        'https://docs.python.org/3/library/',
+    ]
     docs = []
     for i in range(n):
         site = i % len(sites)
@@ -54,7 +58,7 @@ def isolated_registries():
 @pytest.fixture(scope='session')
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 512-token byte-level BPE (GPT-2 style, ``<|endoftext|>`` as EOS) trained on the synthetic corpus."""
-    from meco_callbacks.tokenizer_training import train_bpe_tokenizer
+    from meco_callbacks.tokenizer.training import train_bpe_tokenizer
 
     texts = [d['text'] for d in synthetic_documents(400)] + ['URL: en.wikipedia.org\n\n', 'Hello, world! 123']
     return train_bpe_tokenizer(texts, tmp_path_factory.mktemp('tokenizer'), vocab_size=512)
@@ -68,7 +72,9 @@ def tokenizer(tokenizer_dir: Path):
     return AutoTokenizer.from_pretrained(str(tokenizer_dir))
 
 
-def write_documents_mds(out_dir: Path, docs: list[dict[str, str]], tokenizer, extra_columns: tuple[str, ...] = ()) -> Path:
+def write_documents_mds(
+    out_dir: Path, docs: list[dict[str, str]], tokenizer, extra_columns: tuple[str, ...] = ()
+) -> Path:
     """Write ``docs`` (``text``, ``url`` and ``extra_columns``) as a document MDS with its info file.
 
     A minimal stand-in for ``convert/documents.py`` so that packer and loader tests do not depend on it.
@@ -76,22 +82,31 @@ def write_documents_mds(out_dir: Path, docs: list[dict[str, str]], tokenizer, ex
     import numpy as np
     from streaming import MDSWriter
 
-    from meco_callbacks.fingerprint import tokenizer_info
     from meco_callbacks.formats import DOCUMENT_COLUMNS, DOCUMENT_FORMAT, write_dataset_info
+    from meco_callbacks.tokenizer.fingerprint import tokenizer_info
 
-    columns = dict(DOCUMENT_COLUMNS, **{name: 'str' for name in extra_columns})
+    columns = dict(DOCUMENT_COLUMNS, **dict.fromkeys(extra_columns, 'str'))
     tokens = 0
     with MDSWriter(out=str(out_dir), columns=columns, size_limit=1 << 20) as writer:
         for doc in docs:
             ids = np.asarray(tokenizer(doc['text'], add_special_tokens=False)['input_ids'], dtype=np.uint32)
             tokens += len(ids)
-            writer.write({'input_ids': ids, 'length': len(ids), 'url': doc['url'],
-                          **{name: doc[name] for name in extra_columns}})
-    write_dataset_info(out_dir, {
-        'format': DOCUMENT_FORMAT,
-        'tokenizer': tokenizer_info(tokenizer),
-        'stats': {'documents_read': len(docs), 'documents_written': len(docs), 'skipped': {}, 'tokens_written': tokens},
-    })
+            writer.write(
+                {'input_ids': ids, 'length': len(ids), 'url': doc['url'], **{name: doc[name] for name in extra_columns}}
+            )
+    write_dataset_info(
+        out_dir,
+        {
+            'format': DOCUMENT_FORMAT,
+            'tokenizer': tokenizer_info(tokenizer),
+            'stats': {
+                'documents_read': len(docs),
+                'documents_written': len(docs),
+                'skipped': {},
+                'tokens_written': tokens,
+            },
+        },
+    )
     return out_dir
 
 
@@ -100,21 +115,30 @@ def write_packed_mds(out_dir: Path, rows: list[dict], max_seq_len: int, tokenize
     import numpy as np
     from streaming import MDSWriter
 
-    from meco_callbacks.fingerprint import tokenizer_info
     from meco_callbacks.formats import PACKED_COLUMNS, PACKED_FORMAT, write_dataset_info
+    from meco_callbacks.tokenizer.fingerprint import tokenizer_info
 
     with MDSWriter(out=str(out_dir), columns=PACKED_COLUMNS, size_limit=1 << 20) as writer:
         for row in rows:
             assert len(row['input_ids']) == max_seq_len == sum(row['segment_lengths'])
-            writer.write({
-                'input_ids': np.asarray(row['input_ids'], dtype=np.uint32),
-                'segment_lengths': np.asarray(row['segment_lengths'], dtype=np.uint32),
-                'continued': int(row.get('continued', 0)),
-                'urls': list(row['urls']),
-                'metadata': list(row.get('metadata') or [{} for _ in row['urls']]),
-            })
-    write_dataset_info(out_dir, {'format': PACKED_FORMAT, 'max_seq_len': max_seq_len,
-                                 'tokenizer': tokenizer_info(tokenizer), 'stats': {'rows': len(rows)}})
+            writer.write(
+                {
+                    'input_ids': np.asarray(row['input_ids'], dtype=np.uint32),
+                    'segment_lengths': np.asarray(row['segment_lengths'], dtype=np.uint32),
+                    'continued': int(row.get('continued', 0)),
+                    'urls': list(row['urls']),
+                    'metadata': list(row.get('metadata') or [{} for _ in row['urls']]),
+                }
+            )
+    write_dataset_info(
+        out_dir,
+        {
+            'format': PACKED_FORMAT,
+            'max_seq_len': max_seq_len,
+            'tokenizer': tokenizer_info(tokenizer),
+            'stats': {'rows': len(rows)},
+        },
+    )
     return out_dir
 
 
@@ -124,8 +148,8 @@ def pack_texts(docs: list[dict[str, str]], tokenizer, max_seq_len: int) -> list[
     for doc in docs:
         ids = tokenizer(doc['text'], add_special_tokens=False)['input_ids'] + [tokenizer.eos_token_id]
         while ids:
-            take = ids[:max_seq_len - len(cur)]
-            ids = ids[len(take):]
+            take = ids[: max_seq_len - len(cur)]
+            ids = ids[len(take) :]
             cur += take
             segs.append(len(take))
             urls.append(doc['url'])
@@ -155,10 +179,22 @@ def train_tiny(run_dir: Path, data: Path, tokenizer_dir: Path, *overrides: str) 
     recorder.register()
     clean_stale_shared_memory()
     records = run_dir / f'records-{len(list(run_dir.glob("records-*.jsonl")))}.jsonl'
-    train_from_yaml(str(REPO_ROOT / 'yamls' / 'tiny-cpu.yaml'), [
-        f'variables.data={data}', f'variables.tokenizer={tokenizer_dir}', 'variables.max_seq_len=64',
-        f'callbacks.batch_recorder.path={records}', f'save_folder={run_dir}/checkpoints', 'save_overwrite=true',
-        'console_log_interval=100ba', 'python_log_level=warning', 'global_train_batch_size=4',
-        'device_train_microbatch_size=4', *TINY_MODEL, *overrides])
+    train_from_yaml(
+        str(REPO_ROOT / 'yamls' / 'tiny-cpu.yaml'),
+        [
+            f'variables.data={data}',
+            f'variables.tokenizer={tokenizer_dir}',
+            'variables.max_seq_len=64',
+            f'callbacks.batch_recorder.path={records}',
+            f'save_folder={run_dir}/checkpoints',
+            'save_overwrite=true',
+            'console_log_interval=100ba',
+            'python_log_level=warning',
+            'global_train_batch_size=4',
+            'device_train_microbatch_size=4',
+            *TINY_MODEL,
+            *overrides,
+        ],
+    )
     clean_stale_shared_memory()
     return recorder.read_records(records)

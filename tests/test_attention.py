@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 import torch
@@ -21,8 +21,8 @@ from llmfoundry.utils.builders import build_composer_model
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM
 
-from meco_callbacks.attention import build_document_block_mask, flex_attention_fn
-from meco_callbacks.model import MeCoMPTCausalLM
+from meco_callbacks.model.attention import build_document_block_mask, flex_attention_fn
+from meco_callbacks.model.mpt import MeCoMPTCausalLM
 
 SEQ_LEN = 40
 VOCAB = 97
@@ -75,8 +75,15 @@ def packed_batch(seed: int = 1, with_documents: bool = True) -> dict[str, torch.
     return batch
 
 
-def dense_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, kv_n_heads: int, scale: float,
-                    allowed: torch.Tensor) -> torch.Tensor:
+def dense_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    n_heads: int,
+    kv_n_heads: int,
+    scale: float,
+    allowed: torch.Tensor,
+) -> torch.Tensor:
     """SDPA with an explicit ``[b, 1, s, s]`` boolean mask and K/V repeated per query group: the slow, obvious way."""
     b, s, _ = q.shape
     qh = q.view(b, s, n_heads, -1).transpose(1, 2)
@@ -103,10 +110,15 @@ def test_flex_attention_matches_dense_mask_sdpa_forward_and_backward(kv_n_heads:
         allowed = allowed & (sequence_id[:, :, None] == sequence_id[:, None, :])
     allowed = allowed & attention_mask[:, None, :]
 
-    block_mask = build_document_block_mask(SEQ_LEN, torch.device('cpu'), sequence_id=sequence_id,
-                                           attention_mask=None if structure != 'documents+padding' else attention_mask)
-    out, weights, cache = flex_attention_fn(q, k, v, n_heads=n_heads, kv_n_heads=kv_n_heads, softmax_scale=scale,
-                                            attn_bias=block_mask)
+    block_mask = build_document_block_mask(
+        SEQ_LEN,
+        torch.device('cpu'),
+        sequence_id=sequence_id,
+        attention_mask=None if structure != 'documents+padding' else attention_mask,
+    )
+    out, weights, cache = flex_attention_fn(
+        q, k, v, n_heads=n_heads, kv_n_heads=kv_n_heads, softmax_scale=scale, attn_bias=block_mask
+    )
     grad_out = torch.randn(out.shape, generator=gen)
     flex_grads = torch.autograd.grad(out, (q, k, v), grad_out)
     ref = dense_reference(q, k, v, n_heads, kv_n_heads, scale, allowed)
@@ -141,8 +153,9 @@ def test_torch_attn_impl_on_meco_model_is_exactly_llm_foundry_mpt() -> None:
     assert torch.equal(ours(batch).logits, mpt(batch).logits)
 
 
-@pytest.mark.parametrize('uses_sequence_id, b_must_stay', [(True, True), (False, False)],
-                         ids=['document-masking', 'control-without-masking'])
+@pytest.mark.parametrize(
+    'uses_sequence_id, b_must_stay', [(True, True), (False, False)], ids=['document-masking', 'control-without-masking']
+)
 def test_perturbing_document_a_leaves_document_b_logits_unchanged(uses_sequence_id: bool, b_must_stay: bool) -> None:
     model = build(model_config('flex', uses_sequence_id=uses_sequence_id)).eval()
     batch = packed_batch(with_documents=uses_sequence_id)
@@ -160,8 +173,11 @@ def test_perturbing_document_a_leaves_document_b_logits_unchanged(uses_sequence_
 def test_document_b_packed_after_a_gets_the_logits_of_b_alone() -> None:
     model = build(model_config('flex')).eval()
     batch = packed_batch()
-    alone = {'input_ids': batch['input_ids'][:1, DOC_A:], 'position_ids': torch.arange(DOC_B)[None],
-             'sequence_id': torch.zeros(1, DOC_B, dtype=torch.long)}
+    alone = {
+        'input_ids': batch['input_ids'][:1, DOC_A:],
+        'position_ids': torch.arange(DOC_B)[None],
+        'sequence_id': torch.zeros(1, DOC_B, dtype=torch.long),
+    }
 
     with torch.no_grad():
         packed_b, alone_b = model(batch).logits[0, DOC_A:], model(alone).logits[0]
@@ -201,8 +217,9 @@ def test_block_mask_is_built_once_per_forward_and_shared_by_all_layers(monkeypat
 
 
 @pytest.mark.parametrize('attn_impl, dense_bias_builds', [('flex', 0), ('torch', 1)])
-def test_only_torch_builds_the_dense_sequence_id_bias(monkeypatch: pytest.MonkeyPatch, attn_impl: str,
-                                                      dense_bias_builds: int) -> None:
+def test_only_torch_builds_the_dense_sequence_id_bias(
+    monkeypatch: pytest.MonkeyPatch, attn_impl: str, dense_bias_builds: int
+) -> None:
     model = build(model_config(attn_impl))
     builds = []
     real = modeling_mpt.apply_sequence_id
@@ -230,8 +247,11 @@ def test_flops_count_attention_within_each_document_when_attention_is_document_m
     assert meco.flops_per_batch(packed_batch()) == mpt.flops_per_batch(packed_batch()) - saved
 
 
-@pytest.mark.parametrize('uses_sequence_id, with_documents', [(True, False), (False, True)],
-                         ids=['batch-without-sequence-id', 'model-not-document-masked'])
+@pytest.mark.parametrize(
+    'uses_sequence_id, with_documents',
+    [(True, False), (False, True)],
+    ids=['batch-without-sequence-id', 'model-not-document-masked'],
+)
 def test_flops_are_llm_foundry_mpt_count_without_document_masking(uses_sequence_id: bool, with_documents: bool) -> None:
     meco = build(model_config(uses_sequence_id=uses_sequence_id))
     mpt = build(model_config('torch', uses_sequence_id=uses_sequence_id), name='mpt_causal_lm')
@@ -248,38 +268,52 @@ def test_flex_and_the_model_are_registered_in_llm_foundry() -> None:
 def test_flex_requested_where_torch_has_no_flex_attention_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, 'torch.nn.attention.flex_attention', None)  # what torch < 2.5 looks like
 
-    with pytest.raises(ValueError, match=r'attn_impl: flex is unavailable: torch .* has no torch\.nn\.attention\.'
-                                         r'flex_attention.*set model\.attn_config\.attn_impl: torch'):
+    with pytest.raises(
+        ValueError,
+        match=r'attn_impl: flex is unavailable: torch .* has no torch\.nn\.attention\.'
+        r'flex_attention.*set model\.attn_config\.attn_impl: torch',
+    ):
         build(model_config('flex'))
 
 
 def test_document_masking_on_flash_without_flash_attn_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match=r'attn_uses_sequence_id: true .* attn_impl: flash needs flash-attn >= 2\.1\.2'
-                                         r'.*Set model\.attn_config\.attn_impl: flex'):
+    with pytest.raises(
+        ValueError,
+        match=r'attn_uses_sequence_id: true .* attn_impl: flash needs flash-attn >= 2\.1\.2'
+        r'.*Set model\.attn_config\.attn_impl: flex',
+    ):
         build(model_config('flash'))
 
 
-@pytest.mark.parametrize('override, named', [
-    ({'alibi': True, 'rope': False}, 'attn_config.alibi: true'),
-    ({'sliding_window_size': 8}, 'attn_config.sliding_window_size'),
-    ({'attn_pdrop': 0.1}, 'attn_config.attn_pdrop > 0'),
-    ({'attn_logit_softcapping': 30.0}, 'attn_config.attn_logit_softcapping'),
-])
+@pytest.mark.parametrize(
+    'override, named',
+    [
+        ({'alibi': True, 'rope': False}, 'attn_config.alibi: true'),
+        ({'sliding_window_size': 8}, 'attn_config.sliding_window_size'),
+        ({'attn_pdrop': 0.1}, 'attn_config.attn_pdrop > 0'),
+        ({'attn_logit_softcapping': 30.0}, 'attn_config.attn_logit_softcapping'),
+    ],
+)
 def test_settings_flex_does_not_implement_are_rejected_by_name(override: dict[str, Any], named: str) -> None:
     with pytest.raises(ValueError, match=rf'attn_impl: flex does not support {named}'):
         build(model_config('flex', **override))
 
 
 def test_sequence_id_of_another_length_than_the_tokens_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match=r'sequence_id must be \[batch, 40\] to mask a sequence of 40 tokens; got '
-                                         r'shape \(2, 39\)'):
+    with pytest.raises(
+        ValueError,
+        match=r'sequence_id must be \[batch, 40\] to mask a sequence of 40 tokens; got '
+        r'shape \(2, 39\)',
+    ):
         build_document_block_mask(SEQ_LEN, torch.device('cpu'), sequence_id=SEQUENCE_ID[:, 1:])
 
 
 def test_flex_in_a_model_that_passes_no_block_mask_is_a_clear_error() -> None:
     attention = GroupedQueryAttention(d_model=32, n_heads=4, kv_n_heads=2, attn_impl='flex')
 
-    with pytest.raises(TypeError, match=r'needs the model to pass a flex BlockMask .* got NoneType.*meco_mpt_causal_lm'):
+    with pytest.raises(
+        TypeError, match=r'needs the model to pass a flex BlockMask .* got NoneType.*meco_mpt_causal_lm'
+    ):
         attention(torch.randn(1, 8, 32), attn_bias=None)
 
 
@@ -312,7 +346,7 @@ def test_training_then_hf_checkpointer_exports_plain_mpt_with_the_same_outputs(t
 def test_to_mpt_shares_the_weights_and_keeps_document_masking_configured() -> None:
     model = build(model_config('flex'))
     mpt = model.model.to_mpt()
-    config: Optional[dict[str, Any]] = mpt.config.attn_config
+    config: dict[str, Any] | None = mpt.config.attn_config
 
     assert type(mpt) is MPTForCausalLM and mpt.training
     assert config is not None and config['attn_impl'] == 'torch' and config['attn_uses_sequence_id'] is True

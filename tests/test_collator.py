@@ -3,13 +3,17 @@
 import numpy as np
 import pytest
 
-from meco_callbacks.collator import IGNORE_INDEX, PackedCollator, PrefixInjector
-from meco_callbacks.metadata import MetadataConfig
+from meco_callbacks.data.collator import IGNORE_INDEX, PackedCollator, PrefixInjector
+from meco_callbacks.data.metadata import MetadataConfig
 
-DOC_A = {'text': 'the model reads a page about rivers and mountains, then cities and music. ' * 4,
-         'url': 'https://a.example/x'}
-DOC_B = {'text': 'music code python data training loss token batch window prefix source domain wiki news. ' * 4,
-         'url': 'http://B.Example:8080/y'}
+DOC_A = {
+    'text': 'the model reads a page about rivers and mountains, then cities and music. ' * 4,
+    'url': 'https://a.example/x',
+}
+DOC_B = {
+    'text': 'music code python data training loss token batch window prefix source domain wiki news. ' * 4,
+    'url': 'http://B.Example:8080/y',
+}
 
 
 def ids(tokenizer, text):
@@ -20,8 +24,13 @@ def two_document_row(tokenizer):
     """One packed row holding exactly DOC_A + EOS + DOC_B + EOS."""
     a = ids(tokenizer, DOC_A['text']) + [tokenizer.eos_token_id]
     b = ids(tokenizer, DOC_B['text']) + [tokenizer.eos_token_id]
-    sample = {'input_ids': np.array(a + b), 'segment_lengths': np.array([len(a), len(b)]), 'continued': 0,
-              'urls': [DOC_A['url'], DOC_B['url']], 'metadata': [{}, {}]}
+    sample = {
+        'input_ids': np.array(a + b),
+        'segment_lengths': np.array([len(a), len(b)]),
+        'continued': 0,
+        'urls': [DOC_A['url'], DOC_B['url']],
+        'metadata': [{}, {}],
+    }
     return sample, a, b
 
 
@@ -36,10 +45,11 @@ def test_collated_row_decodes_to_prefixed_documents_cut_to_max_seq_len(tokenizer
     sample, a, b = two_document_row(tokenizer)
     batch, _ = collate(tokenizer, [sample])
     pa, pb = ids(tokenizer, 'URL: a.example\n\n'), ids(tokenizer, 'URL: b.example\n\n')
-    expected = (pa + a + pb + b)[:len(a) + len(b)]
+    expected = (pa + a + pb + b)[: len(a) + len(b)]
     assert batch['input_ids'][0].tolist() == expected
     assert tokenizer.decode(batch['input_ids'][0]).startswith(
-        'URL: a.example\n\n' + DOC_A['text'] + '<|endoftext|>URL: b.example\n\nmusic')
+        'URL: a.example\n\n' + DOC_A['text'] + '<|endoftext|>URL: b.example\n\nmusic'
+    )
 
 
 def test_disabled_prefixes_give_the_plain_documents(tokenizer):
@@ -85,13 +95,18 @@ def test_every_metadata_token_pushes_one_document_token_off_the_row(tokenizer):
 
 def test_a_continued_document_gets_its_prefix_again_and_keeps_its_first_label(tokenizer):
     a = ids(tokenizer, DOC_A['text']) + [tokenizer.eos_token_id]
-    sample = {'input_ids': np.array(a[3:] + a[:3]), 'segment_lengths': np.array([len(a) - 3, 3]), 'continued': 1,
-              'urls': [DOC_A['url'], DOC_B['url']], 'metadata': [{}, {}]}
+    sample = {
+        'input_ids': np.array(a[3:] + a[:3]),
+        'segment_lengths': np.array([len(a) - 3, 3]),
+        'continued': 1,
+        'urls': [DOC_A['url'], DOC_B['url']],
+        'metadata': [{}, {}],
+    }
     batch, _ = collate(tokenizer, [sample])
     pa = ids(tokenizer, 'URL: a.example\n\n')
-    assert batch['input_ids'][0].tolist()[:len(pa) + 2] == pa + a[3:5]
+    assert batch['input_ids'][0].tolist()[: len(pa) + 2] == pa + a[3:5]
     labels = batch['labels'][0].tolist()
-    assert labels[:len(pa)] == [IGNORE_INDEX] * len(pa) and labels[len(pa)] == a[3]
+    assert labels[: len(pa)] == [IGNORE_INDEX] * len(pa) and labels[len(pa)] == a[3]
 
 
 def test_the_metadata_kind_decides_the_prefix(tokenizer):
@@ -112,13 +127,18 @@ def test_special_token_text_in_a_url_stays_text(tokenizer):
 def test_a_bos_stays_first_with_the_prefix_after_it(tokenizer):
     bos = tokenizer.eos_token_id  # this tokenizer's BOS and EOS are the same token
     doc = [bos] + ids(tokenizer, DOC_A['text']) + [tokenizer.eos_token_id]
-    sample = {'input_ids': np.array(doc), 'segment_lengths': np.array([len(doc)]), 'continued': 0,
-              'urls': [DOC_A['url']], 'metadata': [{}]}
+    sample = {
+        'input_ids': np.array(doc),
+        'segment_lengths': np.array([len(doc)]),
+        'continued': 0,
+        'urls': [DOC_A['url']],
+        'metadata': [{}],
+    }
     collator = PackedCollator(tokenizer, MetadataConfig(), len(doc), adds_bos=True)
     batch = PrefixInjector(len(doc), enabled=True, document_masking=True)(collator([sample]))
     pa = ids(tokenizer, 'URL: a.example\n\n')
-    assert batch['input_ids'][0].tolist()[:len(pa) + 2] == [bos] + pa + doc[1:2]
-    assert batch['labels'][0].tolist()[:len(pa) + 2] == [IGNORE_INDEX] * (len(pa) + 1) + doc[1:2]
+    assert batch['input_ids'][0].tolist()[: len(pa) + 2] == [bos] + pa + doc[1:2]
+    assert batch['labels'][0].tolist()[: len(pa) + 2] == [IGNORE_INDEX] * (len(pa) + 1) + doc[1:2]
 
 
 def test_rows_of_the_wrong_length_are_a_clear_error(tokenizer):

@@ -11,9 +11,9 @@ import pytest
 from conftest import synthetic_documents
 from test_tokenization import merges_into_eos_tokenizer
 
-from meco_callbacks.documents import DocumentPolicy, convert_documents
+from meco_callbacks.corpus.documents import DocumentPolicy, convert_documents
+from meco_callbacks.corpus.readers import FieldMapping, InputError
 from meco_callbacks.formats import read_dataset_info
-from meco_callbacks.readers import FieldMapping, InputError
 
 GOOD = {'text': 'a page about rivers', 'url': 'https://en.wikipedia.org/wiki/River'}
 GOOD_LINE = json.dumps(GOOD).encode()
@@ -124,12 +124,12 @@ def test_a_corrupt_gzip_file_is_counted_unreadable_and_the_rest_converted(tmp_pa
 def test_a_truncated_gzip_file_keeps_the_documents_before_the_damage(tmp_path, tokenizer):
     docs = synthetic_documents(200)
     whole = gzip.compress(b''.join(json.dumps(d).encode() + b'\n' for d in docs))
-    (tmp_path / 'cut.jsonl.gz').write_bytes(whole[:len(whole) // 2])
+    (tmp_path / 'cut.jsonl.gz').write_bytes(whole[: len(whole) // 2])
     convert([tmp_path / 'cut.jsonl.gz'], tmp_path / 'out', tokenizer)
     stats = read_dataset_info(tmp_path / 'out')['stats']
     written = urls_written(tmp_path / 'out')
     assert 0 < len(written) < len(docs)
-    assert written == [d['url'] for d in docs[:len(written)]]
+    assert written == [d['url'] for d in docs[: len(written)]]
     assert stats['documents_read'] == stats['documents_written'] + sum(stats['skipped'].values())
     assert 'EOFError' in stats['files_unreadable'][str(tmp_path / 'cut.jsonl.gz')]
 
@@ -156,8 +156,11 @@ def test_parquet_without_the_text_column_is_refused_naming_its_columns(tmp_path,
     import pyarrow.parquet as pq
 
     pq.write_table(pa.Table.from_pylist([{'content': 'a page', 'url': 'https://a.org'}]), tmp_path / 'a.parquet')
-    with pytest.raises(InputError, match=r"a.parquet has no text column 'text' \(columns: \['content', 'url'\]\); "
-                                         r"name the right one with --text-field"):
+    with pytest.raises(
+        InputError,
+        match=r"a.parquet has no text column 'text' \(columns: \['content', 'url'\]\); "
+        r'name the right one with --text-field',
+    ):
         convert([tmp_path / 'a.parquet'], tmp_path / 'out', tokenizer)
 
 
@@ -182,8 +185,10 @@ def test_text_that_tokenizes_to_nothing_is_a_counted_skip(tmp_path):
     backend = Tokenizer(models.WordPiece(unk_token='[UNK]'))
     backend.normalizer = normalizers.BertNormalizer()  # drops control characters
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.train_from_iterator([GOOD['text']] * 5, trainers.WordPieceTrainer(
-        vocab_size=100, special_tokens=['[UNK]', '[SEP]'], show_progress=False))
+    backend.train_from_iterator(
+        [GOOD['text']] * 5,
+        trainers.WordPieceTrainer(vocab_size=100, special_tokens=['[UNK]', '[SEP]'], show_progress=False),
+    )
     wordpiece = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token='[UNK]', eos_token='[SEP]')
     source = tmp_path / 'docs.jsonl'
     source.write_bytes(record(text='\x00\x01\x02', url='https://a.org') + b'\n' + GOOD_LINE + b'\n')
@@ -197,7 +202,9 @@ def test_text_that_the_tokenizer_merges_into_a_special_token_is_skipped(tmp_path
     # Even split_special_tokens cannot stop this tokenizer's merges from rebuilding <|endoftext|> from its text.
     tokenizer = merges_into_eos_tokenizer(tmp_path / 'tokenizer')
     source = tmp_path / 'docs.jsonl'
-    source.write_bytes(record(text='a page <|endoftext|> about rivers', url='https://a.org') + b'\n' + GOOD_LINE + b'\n')
+    source.write_bytes(
+        record(text='a page <|endoftext|> about rivers', url='https://a.org') + b'\n' + GOOD_LINE + b'\n'
+    )
     convert([source], tmp_path / 'out', tokenizer)
     info = read_dataset_info(tmp_path / 'out')
     assert info['tokenizer_backend'] == 'hf'

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import synthetic_documents
 
-from meco_callbacks.documents import ConversionError, DocumentPolicy, convert_documents
-from meco_callbacks.fingerprint import tokenizer_info
+from meco_callbacks.corpus.documents import ConversionError, DocumentPolicy, convert_documents
+from meco_callbacks.corpus.readers import FieldMapping, InputError
 from meco_callbacks.formats import DOCUMENT_FORMAT, read_dataset_info
-from meco_callbacks.readers import FieldMapping, InputError
+from meco_callbacks.tokenizer.fingerprint import tokenizer_info
 
 DOCS = synthetic_documents(40)
 
@@ -61,9 +61,16 @@ def test_info_file_records_format_tokenizer_backend_and_counts(tmp_path, tokeniz
     assert info['tokenizer'] == tokenizer_info(tokenizer)
     assert info['tokenizer_backend'] == 'tiktoken'
     assert info['stats'] == {
-        'documents_read': 40, 'documents_written': 40, 'tokens_written': tokens, 'skipped': {},
-        'urls_replaced_by_placeholder': {}, 'metadata_missing': {}, 'files_unreadable': {},
-        'inputs_read': 1, 'inputs_empty': []}
+        'documents_read': 40,
+        'documents_written': 40,
+        'tokens_written': tokens,
+        'skipped': {},
+        'urls_replaced_by_placeholder': {},
+        'metadata_missing': {},
+        'files_unreadable': {},
+        'inputs_read': 1,
+        'inputs_empty': [],
+    }
 
 
 def test_round_trip_text_to_tokens_and_back(tmp_path, tokenizer):
@@ -133,31 +140,52 @@ def _mds_text(tmp_path: Path) -> list[Path]:
 
 def _several_jsonl_files_by_glob(tmp_path: Path) -> list[Path]:
     for part in range(4):
-        write_jsonl(tmp_path / f'part-{part}.jsonl', DOCS[part * 10:(part + 1) * 10])
+        write_jsonl(tmp_path / f'part-{part}.jsonl', DOCS[part * 10 : (part + 1) * 10])
     return [tmp_path / 'part-*.jsonl']
 
 
-@pytest.mark.parametrize('make_input', [_gz, _zst, _json_array, _json_lines_named_json, _parquet, _hf_save_to_disk,
-                                        _mds_text, _several_jsonl_files_by_glob],
-                         ids=lambda make: make.__name__.strip('_'))
+@pytest.mark.parametrize(
+    'make_input',
+    [
+        _gz,
+        _zst,
+        _json_array,
+        _json_lines_named_json,
+        _parquet,
+        _hf_save_to_disk,
+        _mds_text,
+        _several_jsonl_files_by_glob,
+    ],
+    ids=lambda make: make.__name__.strip('_'),
+)
 def test_every_input_format_gives_the_same_documents_as_jsonl(make_input, tmp_path, tokenizer):
     convert([write_jsonl(tmp_path / 'reference.jsonl', DOCS)], tmp_path / 'reference', tokenizer)
     convert(make_input(tmp_path), tmp_path / 'out', tokenizer, unit_bytes=2000)
     rows, reference = read_rows(tmp_path / 'out'), read_rows(tmp_path / 'reference')
-    assert [(r['url'], r['input_ids'].tolist()) for r in rows] == [(r['url'], r['input_ids'].tolist()) for r in reference]
+    assert [(r['url'], r['input_ids'].tolist()) for r in rows] == [
+        (r['url'], r['input_ids'].tolist()) for r in reference
+    ]
     assert read_dataset_info(tmp_path / 'out')['stats']['documents_written'] == len(DOCS)
 
 
 def test_nested_fields_and_metadata_columns_from_jsonl(tmp_path, tokenizer):
-    records = [{'content': {'body': 'a page about rivers'}, 'metadata': {'url': 'https://a.org/x', 'dump': 'CC-1'},
-                'quality': 0.87, 'lang': 'en'},
-               {'content': {'body': 'forum news'}, 'metadata': {'url': 'https://b.org/'}, 'quality': None, 'lang': 'de'}]
+    records = [
+        {
+            'content': {'body': 'a page about rivers'},
+            'metadata': {'url': 'https://a.org/x', 'dump': 'CC-1'},
+            'quality': 0.87,
+            'lang': 'en',
+        },
+        {'content': {'body': 'forum news'}, 'metadata': {'url': 'https://b.org/'}, 'quality': None, 'lang': 'de'},
+    ]
     source = write_jsonl(tmp_path / 'docs.jsonl', records)
     fields = FieldMapping(text='content.body', url='metadata.url', metadata=('quality', 'metadata.dump', 'lang'))
     convert([source], tmp_path / 'out', tokenizer, fields=fields)
     rows = read_rows(tmp_path / 'out')
     assert [(r['url'], r['quality'], r['dump'], r['lang']) for r in rows] == [
-        ('https://a.org/x', '0.87', 'CC-1', 'en'), ('https://b.org/', '', '', 'de')]
+        ('https://a.org/x', '0.87', 'CC-1', 'en'),
+        ('https://b.org/', '', '', 'de'),
+    ]
     assert rows[1]['input_ids'].tolist() == expected_ids(tokenizer, 'forum news')
     assert read_dataset_info(tmp_path / 'out')['stats']['metadata_missing'] == {'dump': 1, 'quality': 1}
 
@@ -168,8 +196,12 @@ def test_nested_url_in_a_parquet_struct_column(tmp_path, tokenizer):
 
     table = pa.Table.from_pylist([{'text': d['text'], 'metadata': {'url': d['url'], 'dump': 'CC'}} for d in DOCS[:5]])
     pq.write_table(table, tmp_path / 'docs.parquet')
-    convert([tmp_path / 'docs.parquet'], tmp_path / 'out', tokenizer,
-            fields=FieldMapping(url='metadata.url', metadata=('metadata.dump',)))
+    convert(
+        [tmp_path / 'docs.parquet'],
+        tmp_path / 'out',
+        tokenizer,
+        fields=FieldMapping(url='metadata.url', metadata=('metadata.dump',)),
+    )
     assert [(r['url'], r['dump']) for r in read_rows(tmp_path / 'out')] == [(d['url'], 'CC') for d in DOCS[:5]]
 
 
@@ -180,8 +212,14 @@ def _release_mds(directory: Path, rows: list[dict], dtype, compression: str | No
     columns = {'input_ids': f'ndarray:{np.dtype(dtype).name}', 'length': 'uint32', 'domain': 'str', 'url': 'str'}
     with MDSWriter(out=str(directory), columns=columns, compression=compression) as writer:
         for row in rows:
-            writer.write({'input_ids': np.asarray(row['ids'], dtype=dtype), 'length': row.get('length', len(row['ids'])),
-                          'domain': 'dclm', 'url': row['url']})
+            writer.write(
+                {
+                    'input_ids': np.asarray(row['ids'], dtype=dtype),
+                    'length': row.get('length', len(row['ids'])),
+                    'domain': 'dclm',
+                    'url': row['url'],
+                }
+            )
     return directory
 
 
@@ -192,18 +230,28 @@ def test_release_format_tokens_pass_through_unchanged(dtype, compression, tmp_pa
     convert([source], tmp_path / 'out', tokenizer, fields=FieldMapping(metadata=('domain',)))
     out = read_rows(tmp_path / 'out')
     assert [(r['input_ids'].tolist(), r['length'], r['url'], r['domain']) for r in out] == [
-        ([5, 9, 300, 17], 4, 'https://a.org/1', 'dclm'), ([42], 1, 'https://b.org/2', 'dclm')]
+        ([5, 9, 300, 17], 4, 'https://a.org/1', 'dclm'),
+        ([42], 1, 'https://b.org/2', 'dclm'),
+    ]
     assert out[0]['input_ids'].dtype == np.uint32
 
 
 def test_release_format_rows_with_impossible_tokens_are_counted_skips(tmp_path, tokenizer):
-    rows = [{'ids': [5, -1], 'url': 'https://a.org'}, {'ids': [5, len(tokenizer)], 'url': 'https://a.org'},
-            {'ids': [5, 6], 'length': 3, 'url': 'https://a.org'}, {'ids': [5, tokenizer.eos_token_id], 'url': 'https://a.org'},
-            {'ids': [7], 'url': 'https://a.org'}]
+    rows = [
+        {'ids': [5, -1], 'url': 'https://a.org'},
+        {'ids': [5, len(tokenizer)], 'url': 'https://a.org'},
+        {'ids': [5, 6], 'length': 3, 'url': 'https://a.org'},
+        {'ids': [5, tokenizer.eos_token_id], 'url': 'https://a.org'},
+        {'ids': [7], 'url': 'https://a.org'},
+    ]
     convert([_release_mds(tmp_path / 'release', rows, np.int32)], tmp_path / 'out', tokenizer)
     stats = read_dataset_info(tmp_path / 'out')['stats']
-    assert stats['skipped'] == {'negative_token_id': 1, 'token_id_out_of_vocabulary': 1, 'length_mismatch': 1,
-                                'special_token_ids': 1}
+    assert stats['skipped'] == {
+        'negative_token_id': 1,
+        'token_id_out_of_vocabulary': 1,
+        'length_mismatch': 1,
+        'special_token_ids': 1,
+    }
     assert [r['input_ids'].tolist() for r in read_rows(tmp_path / 'out')] == [[7]]
 
 
@@ -218,13 +266,21 @@ def test_a_ten_megabyte_document_is_converted_whole(tmp_path, tokenizer):
 
 
 def test_placeholder_policy_keeps_documents_without_url_and_counts_them(tmp_path, tokenizer):
-    records = [{'text': 'a page'}, {'text': 'b page', 'url': None}, {'text': 'c page', 'url': ''},
-               {'text': 'd page', 'url': 7}, {'text': 'e page', 'url': 'https://e.org'}]
+    records = [
+        {'text': 'a page'},
+        {'text': 'b page', 'url': None},
+        {'text': 'c page', 'url': ''},
+        {'text': 'd page', 'url': 7},
+        {'text': 'e page', 'url': 'https://e.org'},
+    ]
     source = write_jsonl(tmp_path / 'docs.jsonl', records)
     convert([source], tmp_path / 'out', tokenizer, policy=DocumentPolicy(missing_url='placeholder'))
     assert [r['url'] for r in read_rows(tmp_path / 'out')] == ['', '', '', '', 'https://e.org']
     assert read_dataset_info(tmp_path / 'out')['stats']['urls_replaced_by_placeholder'] == {
-        'missing_url': 2, 'empty_url': 1, 'url_not_string': 1}
+        'missing_url': 2,
+        'empty_url': 1,
+        'url_not_string': 1,
+    }
 
 
 def test_parquet_without_the_url_column_is_accepted_under_the_placeholder_policy(tmp_path, tokenizer):
@@ -232,8 +288,12 @@ def test_parquet_without_the_url_column_is_accepted_under_the_placeholder_policy
     import pyarrow.parquet as pq
 
     pq.write_table(pa.Table.from_pylist([{'text': 'a page'}]), tmp_path / 'docs.parquet')
-    convert([tmp_path / 'docs.parquet'], tmp_path / 'out', tokenizer,
-            policy=DocumentPolicy(missing_url='placeholder', placeholder_url='unknown.invalid'))
+    convert(
+        [tmp_path / 'docs.parquet'],
+        tmp_path / 'out',
+        tokenizer,
+        policy=DocumentPolicy(missing_url='placeholder', placeholder_url='unknown.invalid'),
+    )
     assert [r['url'] for r in read_rows(tmp_path / 'out')] == ['unknown.invalid']
 
 
@@ -243,7 +303,8 @@ def test_hf_backend_writes_the_same_tokens_as_auto(tmp_path, tokenizer):
     convert([source], tmp_path / 'hf', tokenizer, tokenizer_backend='hf')
     assert read_dataset_info(tmp_path / 'hf')['tokenizer_backend'] == 'hf'
     assert [r['input_ids'].tolist() for r in read_rows(tmp_path / 'hf')] == [
-        r['input_ids'].tolist() for r in read_rows(tmp_path / 'auto')]
+        r['input_ids'].tolist() for r in read_rows(tmp_path / 'auto')
+    ]
 
 
 def test_an_existing_different_dataset_is_refused_without_overwrite(tmp_path, tokenizer):

@@ -14,7 +14,7 @@ import psutil
 import pytest
 from conftest import REPO_ROOT, synthetic_documents
 
-from meco_callbacks.documents import ConversionError, convert_documents, merge_document_parts
+from meco_callbacks.corpus.documents import ConversionError, convert_documents, merge_document_parts
 from meco_callbacks.formats import read_dataset_info
 
 
@@ -24,14 +24,16 @@ def write_corpus(directory: Path, files: int, per_file: int) -> str:
     docs = synthetic_documents(files * per_file, seed=3)
     for part in range(files):
         with open(directory / f'part-{part:02d}.jsonl', 'w') as out:
-            for doc in docs[part * per_file:(part + 1) * per_file]:
+            for doc in docs[part * per_file : (part + 1) * per_file]:
                 out.write(json.dumps(doc) + '\n')
     return str(directory / '*.jsonl')
 
 
 def tree(directory: Path) -> dict[str, bytes]:
     """Every file under ``directory`` by relative path, with its bytes."""
-    return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob('*')) if path.is_file()}
+    return {
+        str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob('*')) if path.is_file()
+    }
 
 
 def convert(inputs: str, out: Path, tokenizer, **kwargs):
@@ -95,15 +97,28 @@ def test_a_different_conversion_in_progress_is_refused(corpus, tokenizer, tmp_pa
 
 
 def _cli(inputs: str, out: Path, tokenizer_dir: Path) -> list[str]:
-    return [sys.executable, str(REPO_ROOT / 'convert' / 'documents.py'), inputs, '--output', str(out),
-            '--tokenizer', str(tokenizer_dir), '--num-workers', '2', '--unit-mb', '0.002', '--no-progress']
+    return [
+        sys.executable,
+        str(REPO_ROOT / 'convert' / 'documents.py'),
+        inputs,
+        '--output',
+        str(out),
+        '--tokenizer',
+        str(tokenizer_dir),
+        '--num-workers',
+        '2',
+        '--unit-mb',
+        '0.002',
+        '--no-progress',
+    ]
 
 
 def test_rerun_after_a_worker_is_killed_gives_the_uninterrupted_output(tokenizer_dir, tmp_path):
     inputs = write_corpus(tmp_path / 'in', files=4, per_file=150)
     partial = tmp_path / 'out.partial'
-    run = subprocess.Popen(_cli(inputs, tmp_path / 'out', tokenizer_dir), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        _cli(inputs, tmp_path / 'out', tokenizer_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     while len(list(partial.glob('unit-?????'))) < 3:  # let a few units finish, then kill a worker mid-run
         assert run.poll() is None, run.communicate()
         time.sleep(0.01)
@@ -125,8 +140,12 @@ def test_rerun_after_a_worker_is_killed_gives_the_uninterrupted_output(tokenizer
 
 
 def test_cli_help_explains_inputs_and_backends():
-    result = subprocess.run([sys.executable, str(REPO_ROOT / 'convert' / 'documents.py'), '--help'],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / 'convert' / 'documents.py'), '--help'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0
     assert '--tokenizer-backend {auto,hf,tiktoken}' in result.stdout
     assert 'MeCo release format' in result.stdout

@@ -8,7 +8,7 @@ from composer.core import Time
 from conftest import REPO_ROOT, TINY_MODEL, train_tiny
 from recorder import read_records
 
-from meco_callbacks.cooldown import cooldown_boundary
+from meco_callbacks.training.cooldown import cooldown_boundary
 
 RUN = ['max_duration=16ba', 'variables.cooldown=0.25', 'save_interval=1ba']  # boundary: batch 12
 
@@ -19,8 +19,10 @@ def uninterrupted(tmp_path_factory, tiny_packed, tokenizer_dir):
     runs = {}
     for workers in (0, 2):
         run_dir = tmp_path_factory.mktemp(f'full{workers}')
-        runs[workers] = (run_dir, train_tiny(run_dir, tiny_packed, tokenizer_dir, *RUN,
-                                             f'train_loader.num_workers={workers}'))
+        runs[workers] = (
+            run_dir,
+            train_tiny(run_dir, tiny_packed, tokenizer_dir, *RUN, f'train_loader.num_workers={workers}'),
+        )
     return runs
 
 
@@ -40,11 +42,18 @@ def test_the_run_is_the_same_with_two_dataloader_workers(uninterrupted):
 
 @pytest.mark.parametrize('workers', [0, 2])
 @pytest.mark.parametrize('stop', [8, 12, 14], ids=['before', 'at', 'after'])
-def test_resuming_reproduces_the_uninterrupted_batches_and_losses(uninterrupted, tiny_packed, tokenizer_dir,
-                                                                  tmp_path, workers, stop):
+def test_resuming_reproduces_the_uninterrupted_batches_and_losses(
+    uninterrupted, tiny_packed, tokenizer_dir, tmp_path, workers, stop
+):
     run_dir, full = uninterrupted[workers]
-    resumed = train_tiny(tmp_path, tiny_packed, tokenizer_dir, *RUN, f'train_loader.num_workers={workers}',
-                         f'load_path={run_dir}/checkpoints/ep0-ba{stop}-rank0.pt')
+    resumed = train_tiny(
+        tmp_path,
+        tiny_packed,
+        tokenizer_dir,
+        *RUN,
+        f'train_loader.num_workers={workers}',
+        f'load_path={run_dir}/checkpoints/ep0-ba{stop}-rank0.pt',
+    )
     assert [r['batch'] for r in resumed] == list(range(stop, 16))
     assert [(r['hash'], r['loss']) for r in resumed] == [(r['hash'], r['loss']) for r in full[stop:]]
 
@@ -52,21 +61,45 @@ def test_resuming_reproduces_the_uninterrupted_batches_and_losses(uninterrupted,
 def test_a_checkpoint_in_cooldown_refuses_a_later_boundary(uninterrupted, tiny_packed, tokenizer_dir, tmp_path):
     run_dir, _ = uninterrupted[0]
     with pytest.raises(ValueError, match='already in cooldown'):
-        train_tiny(tmp_path, tiny_packed, tokenizer_dir, 'max_duration=16ba', 'variables.cooldown=0.05',
-                   f'load_path={run_dir}/checkpoints/ep0-ba14-rank0.pt')
+        train_tiny(
+            tmp_path,
+            tiny_packed,
+            tokenizer_dir,
+            'max_duration=16ba',
+            'variables.cooldown=0.05',
+            f'load_path={run_dir}/checkpoints/ep0-ba14-rank0.pt',
+        )
 
 
 def test_two_ranks_switch_at_the_same_batch_and_never_share_a_sample(tiny_packed, tokenizer_dir, tmp_path):
     records = tmp_path / 'records.jsonl'
-    cmd = [sys.executable, '-m', 'composer.cli.launcher', '-n', '2', '--stdout', str(tmp_path / 'rank{rank}.out'),
-           '--stderr', str(tmp_path / 'rank{rank}.err'), str(REPO_ROOT / 'tests' / 'train_recorded.py'),
-           str(REPO_ROOT / 'yamls' / 'tiny-cpu.yaml'), f'variables.data={tiny_packed}',
-           f'variables.tokenizer={tokenizer_dir}', 'variables.max_seq_len=64', f'callbacks.batch_recorder.path={records}',
-           'max_duration=8ba', 'variables.cooldown=0.25', 'global_train_batch_size=4', 'device_train_microbatch_size=2',
-           'python_log_level=warning', *TINY_MODEL]
+    cmd = [
+        sys.executable,
+        '-m',
+        'composer.cli.launcher',
+        '-n',
+        '2',
+        '--stdout',
+        str(tmp_path / 'rank{rank}.out'),
+        '--stderr',
+        str(tmp_path / 'rank{rank}.err'),
+        str(REPO_ROOT / 'tests' / 'train_recorded.py'),
+        str(REPO_ROOT / 'yamls' / 'tiny-cpu.yaml'),
+        f'variables.data={tiny_packed}',
+        f'variables.tokenizer={tokenizer_dir}',
+        'variables.max_seq_len=64',
+        f'callbacks.batch_recorder.path={records}',
+        'max_duration=8ba',
+        'variables.cooldown=0.25',
+        'global_train_batch_size=4',
+        'device_train_microbatch_size=2',
+        'python_log_level=warning',
+        *TINY_MODEL,
+    ]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + ''.join(
-        p.read_text()[-3000:] for p in tmp_path.glob('rank*.err'))
+    assert done.returncode == 0, (
+        done.stdout[-3000:] + done.stderr[-3000:] + ''.join(p.read_text()[-3000:] for p in tmp_path.glob('rank*.err'))
+    )
     by_rank = {rank: [r for r in read_records(records) if r['rank'] == rank] for rank in (0, 1)}
     for rank in (0, 1):
         assert [r['prefixed'] for r in by_rank[rank]] == [True] * 6 + [False] * 2
@@ -74,22 +107,30 @@ def test_two_ranks_switch_at_the_same_batch_and_never_share_a_sample(tiny_packed
     assert len(rows) == 8 * 4 and len(set(rows)) == len(rows)
 
 
-@pytest.mark.parametrize('max_duration,kwargs,expected', [
-    ('100ba', {}, '90ba'), ('100ba', {'cooldown': 0.2}, '80ba'), ('1000tok', {'boundary': '900tok'}, '900tok'),
-    ('40sp', {'cooldown': 0.25}, '30sp'),
-])
+@pytest.mark.parametrize(
+    'max_duration,kwargs,expected',
+    [
+        ('100ba', {}, '90ba'),
+        ('100ba', {'cooldown': 0.2}, '80ba'),
+        ('1000tok', {'boundary': '900tok'}, '900tok'),
+        ('40sp', {'cooldown': 0.25}, '30sp'),
+    ],
+)
 def test_the_boundary_is_a_fraction_or_a_time_in_max_durations_unit(max_duration, kwargs, expected):
     assert cooldown_boundary(Time.from_timestring(max_duration), **kwargs) == Time.from_timestring(expected)
 
 
-@pytest.mark.parametrize('max_duration,kwargs,message', [
-    ('100ba', {'cooldown': 1.0}, r'fraction in \(0, 1\)'),
-    ('100ba', {'cooldown': 0.0}, r'fraction in \(0, 1\)'),
-    ('100ba', {'boundary': '120ba'}, 'inside the run'),
-    ('100ba', {'boundary': '50tok'}, 'same unit'),
-    ('2ep', {}, 'batches, tokens or samples'),
-    ('100ba', {'cooldown': 0.1, 'boundary': '90ba'}, 'not both'),
-])
+@pytest.mark.parametrize(
+    'max_duration,kwargs,message',
+    [
+        ('100ba', {'cooldown': 1.0}, r'fraction in \(0, 1\)'),
+        ('100ba', {'cooldown': 0.0}, r'fraction in \(0, 1\)'),
+        ('100ba', {'boundary': '120ba'}, 'inside the run'),
+        ('100ba', {'boundary': '50tok'}, 'same unit'),
+        ('2ep', {}, 'batches, tokens or samples'),
+        ('100ba', {'cooldown': 0.1, 'boundary': '90ba'}, 'not both'),
+    ],
+)
 def test_bad_boundaries_are_clear_errors(max_duration, kwargs, message):
     with pytest.raises(ValueError, match=message):
         cooldown_boundary(Time.from_timestring(max_duration), **kwargs)
@@ -121,11 +162,18 @@ def test_cooldown_streams_supply_every_batch_after_the_boundary(with_cooldown_st
     assert from_cooldown == [False] * 12 + [True] * 4
 
 
-def test_resuming_inside_cooldown_streams_reproduces_the_run(with_cooldown_streams, tiny_packed, tokenizer_dir,
-                                                              cooldown_data, tmp_path):
+def test_resuming_inside_cooldown_streams_reproduces_the_run(
+    with_cooldown_streams, tiny_packed, tokenizer_dir, cooldown_data, tmp_path
+):
     run_dir, full = with_cooldown_streams
-    resumed = train_tiny(tmp_path, tiny_packed, tokenizer_dir, *RUN, cooldown_stream(cooldown_data[0]),
-                         f'load_path={run_dir}/checkpoints/ep0-ba14-rank0.pt')
+    resumed = train_tiny(
+        tmp_path,
+        tiny_packed,
+        tokenizer_dir,
+        *RUN,
+        cooldown_stream(cooldown_data[0]),
+        f'load_path={run_dir}/checkpoints/ep0-ba14-rank0.pt',
+    )
     assert [(r['hash'], r['loss']) for r in resumed] == [(r['hash'], r['loss']) for r in full[14:]]
 
 

@@ -1,4 +1,4 @@
-"""`make demo` shortened: the whole pipeline runs through `python -m recipes.demo`, and its report tells the truth."""
+"""`make demo` shortened: the whole pipeline runs through `python -m demo`, and its report tells the truth."""
 
 import json
 import re
@@ -11,15 +11,39 @@ import pytest
 from conftest import REPO_ROOT
 
 STEPS = 10
-SHORT_DEMO = ['--max-docs', '120', '--steps', str(STEPS), '--vocab-size', '1024', '--seq-len', '64', '--batch-size', '4',
-              '--eval-batches', '2', '--override', 'model.d_model=64', '--override', 'model.n_heads=2',
-              '--override', 'model.n_layers=2', '--override', 'model.attn_config.kv_n_heads=1']
+SHORT_DEMO = [
+    '--max-docs',
+    '120',
+    '--steps',
+    str(STEPS),
+    '--vocab-size',
+    '1024',
+    '--seq-len',
+    '64',
+    '--batch-size',
+    '4',
+    '--eval-batches',
+    '2',
+    '--override',
+    'model.d_model=64',
+    '--override',
+    'model.n_heads=2',
+    '--override',
+    'model.n_layers=2',
+    '--override',
+    'model.attn_config.kv_n_heads=1',
+]
 
 
 def run_demo(out: Path) -> subprocess.CompletedProcess:
     """Run the shortened demo into ``out`` the way `make demo` does."""
-    done = subprocess.run([sys.executable, '-m', 'recipes.demo', '--output', str(out), *SHORT_DEMO], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, '-m', 'demo', '--output', str(out), *SHORT_DEMO],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return done
 
@@ -94,8 +118,10 @@ def test_a_second_run_reuses_everything_it_built(demo):
 
 def test_the_report_spells_out_the_papers_comparisons_from_the_held_out_losses(demo):
     out, _ = demo
-    loss = {run: {cond: r['loss'] for cond, r in conds.items()}
-            for run, conds in json.loads((out / 'evaluation.json').read_text()).items()}
+    loss = {
+        run: {cond: r['loss'] for cond, r in conds.items()}
+        for run, conds in json.loads((out / 'evaluation.json').read_text()).items()
+    }
     report = (out / 'report.md').read_text()
     true_vs_baseline = loss['meco']['true URL'] - loss['baseline']['no URL']
     assert f'- MeCo with the true URL vs the baseline with none: {true_vs_baseline:+.4f} nats/token' in report
@@ -105,7 +131,7 @@ def test_the_report_spells_out_the_papers_comparisons_from_the_held_out_losses(d
 
 
 def test_the_plotted_moving_average_is_the_mean_of_each_loss_and_those_just_before_it():
-    from meco_callbacks.demo_report import moving_average
+    from demo.report import moving_average
 
     assert moving_average([4.0, 2.0, 6.0, 0.0], 2) == [4.0, 3.0, 4.0, 3.0]
     assert moving_average([4.0, 2.0, 6.0], 1) == [4.0, 2.0, 6.0]

@@ -16,12 +16,17 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, TINY_MODEL, pack_texts, train_tiny, write_packed_mds
 
-from recipes import evaluate
-
-from meco_callbacks.evaluation import NO_URL, TRUE_URL, compare_conditions, conditional_loss, mismatched_url
-from meco_callbacks.generation import generate
-from meco_callbacks.trained_models import load_composer_checkpoint, load_trained_model
-from meco_callbacks.url_search import rank_urls
+from meco_callbacks.cli import evaluate
+from meco_callbacks.evaluation.conditional_loss import (
+    NO_URL,
+    TRUE_URL,
+    compare_conditions,
+    conditional_loss,
+    mismatched_url,
+)
+from meco_callbacks.evaluation.generation import generate
+from meco_callbacks.evaluation.trained_models import load_composer_checkpoint, load_trained_model
+from meco_callbacks.evaluation.url_search import rank_urls
 
 MAX_SEQ_LEN = 64
 ENTITIES = ('river', 'mountain', 'city', 'garden', 'forum', 'recipe', 'window', 'token', 'batch', 'music')
@@ -45,8 +50,9 @@ def two_source_documents(n: int, seed: int) -> list[dict[str, str]]:
 
 def write_two_source_packed(out: Path, tokenizer, n: int, seed: int) -> Path:
     """The two-source corpus packed into rows of ``MAX_SEQ_LEN`` tokens."""
-    return write_packed_mds(out, pack_texts(two_source_documents(n, seed), tokenizer, MAX_SEQ_LEN), MAX_SEQ_LEN,
-                            tokenizer)
+    return write_packed_mds(
+        out, pack_texts(two_source_documents(n, seed), tokenizer, MAX_SEQ_LEN), MAX_SEQ_LEN, tokenizer
+    )
 
 
 @pytest.fixture(scope='module')
@@ -78,9 +84,13 @@ def model_and_tokenizer(trained: Path, tokenizer_dir: Path):
 
 def test_each_source_is_predicted_better_with_its_own_url_than_with_the_other_sources(model_and_tokenizer, held_out):
     model, tokenizer = model_and_tokenizer
-    results = compare_conditions(model, tokenizer, held_out, {
-        'true_url': TRUE_URL, 'no_url': NO_URL, 'alpha_url': mismatched_url(ALPHA), 'beta_url': mismatched_url(BETA)},
-        per_source=True)
+    results = compare_conditions(
+        model,
+        tokenizer,
+        held_out,
+        {'true_url': TRUE_URL, 'no_url': NO_URL, 'alpha_url': mismatched_url(ALPHA), 'beta_url': mismatched_url(BETA)},
+        per_source=True,
+    )
     loss = {name: {src: r['per_source'][src]['loss'] for src in (ALPHA, BETA)} for name, r in results.items()}
 
     assert loss['alpha_url'][ALPHA] < loss['beta_url'][ALPHA]
@@ -90,10 +100,16 @@ def test_each_source_is_predicted_better_with_its_own_url_than_with_the_other_so
 
 def test_every_condition_is_scored_on_the_same_document_tokens(model_and_tokenizer, held_out):
     model, tokenizer = model_and_tokenizer
-    results = compare_conditions(model, tokenizer, held_out, {'true_url': TRUE_URL, 'no_url': NO_URL,
-                                                              'long_url': mismatched_url('a.much.longer.example')},
-                                 per_source=True)
-    counts = {name: (r['tokens'], {src: s['tokens'] for src, s in r['per_source'].items()}) for name, r in results.items()}
+    results = compare_conditions(
+        model,
+        tokenizer,
+        held_out,
+        {'true_url': TRUE_URL, 'no_url': NO_URL, 'long_url': mismatched_url('a.much.longer.example')},
+        per_source=True,
+    )
+    counts = {
+        name: (r['tokens'], {src: s['tokens'] for src, s in r['per_source'].items()}) for name, r in results.items()
+    }
 
     assert counts['true_url'] == counts['no_url'] == counts['long_url']
     assert results['no_url']['rows'] == len(pack_texts(two_source_documents(120, seed=99), tokenizer, MAX_SEQ_LEN))
@@ -116,7 +132,8 @@ def test_an_exported_hf_directory_scores_exactly_like_the_composer_checkpoint(mo
 
 
 def test_separate_calls_with_one_reserve_score_the_same_tokens_and_too_small_a_reserve_is_an_error(
-        model_and_tokenizer, held_out):
+    model_and_tokenizer, held_out
+):
     model, tokenizer = model_and_tokenizer
     true_url = conditional_loss(model, tokenizer, held_out, TRUE_URL, reserve_tokens=MAX_SEQ_LEN - 8)
     no_url = conditional_loss(model, tokenizer, held_out, None, reserve_tokens=MAX_SEQ_LEN - 8)
@@ -129,26 +146,46 @@ def test_separate_calls_with_one_reserve_score_the_same_tokens_and_too_small_a_r
 def write_icl_task_files(data_dir: Path) -> Path:
     """The two task files yamls/eval/icl-urls.yaml names, in llm-foundry's formats, about alpha's style."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / 'arc_easy.jsonl').write_text(''.join(
-        json.dumps({'query': entity, 'choices': [' is red', ' glows blue'], 'gold': 0}) + '\n' for entity in ENTITIES))
-    (data_dir / 'lambada_openai.jsonl').write_text(''.join(
-        json.dumps({'context': f'{entity} is red and the {entity}', 'continuation': ' is red'}) + '\n'
-        for entity in ENTITIES))
+    (data_dir / 'arc_easy.jsonl').write_text(
+        ''.join(
+            json.dumps({'query': entity, 'choices': [' is red', ' glows blue'], 'gold': 0}) + '\n'
+            for entity in ENTITIES
+        )
+    )
+    (data_dir / 'lambada_openai.jsonl').write_text(
+        ''.join(
+            json.dumps({'context': f'{entity} is red and the {entity}', 'continuation': ' is red'}) + '\n'
+            for entity in ENTITIES
+        )
+    )
     return data_dir
 
 
 def test_the_eval_yaml_runs_each_task_with_and_without_its_url_and_writes_the_table(trained, tokenizer_dir, tmp_path):
     data_dir = write_icl_task_files(tmp_path / 'icl')
     overrides = ','.join(f'"{o}"' for o in model_overrides(tokenizer_dir))
-    evaluate.main(['icl', str(REPO_ROOT / 'yamls' / 'eval' / 'icl-urls.yaml'), f'variables.config={TINY_YAML}',
-                   f'variables.checkpoint={trained}', f'variables.data_dir={data_dir}',
-                   f'variables.output_dir={tmp_path / "out"}', f'config_overrides=[{overrides}]',
-                   f'icl_seq_len={MAX_SEQ_LEN}', f'urls.arc_easy={ALPHA}', f'urls.lambada_openai={ALPHA}'])
+    evaluate.main(
+        [
+            'icl',
+            str(REPO_ROOT / 'yamls' / 'eval' / 'icl-urls.yaml'),
+            f'variables.config={TINY_YAML}',
+            f'variables.checkpoint={trained}',
+            f'variables.data_dir={data_dir}',
+            f'variables.output_dir={tmp_path / "out"}',
+            f'config_overrides=[{overrides}]',
+            f'icl_seq_len={MAX_SEQ_LEN}',
+            f'urls.arc_easy={ALPHA}',
+            f'urls.lambada_openai={ALPHA}',
+        ]
+    )
     with (tmp_path / 'out' / 'icl_urls.csv').open() as f:
         rows = list(csv.DictReader(f))
     table = (tmp_path / 'out' / 'icl_urls.md').read_text().splitlines()
 
-    assert [(r['task'], r['shots'], r['url']) for r in rows] == [('arc_easy', '0', ALPHA), ('lambada_openai', '0', ALPHA)]
+    assert [(r['task'], r['shots'], r['url']) for r in rows] == [
+        ('arc_easy', '0', ALPHA),
+        ('lambada_openai', '0', ALPHA),
+    ]
     assert all(0 <= float(r[key]) <= 1 for r in rows for key in ('no_url', 'with_url'))
     assert float(rows[0]['with_url']) == 1.0
     assert table[0] == '| task | shots | URL | no URL | with URL | delta |'

@@ -11,8 +11,12 @@ from meco_callbacks.formats import DATASET_INFO_FILE
 
 
 def loader_config(data, **dataset):
-    return {'name': 'meco', 'drop_last': True, 'num_workers': 0,
-            'dataset': {'local': str(data), 'shuffle': False, 'max_seq_len': 64, **dataset}}
+    return {
+        'name': 'meco',
+        'drop_last': True,
+        'num_workers': 0,
+        'dataset': {'local': str(data), 'shuffle': False, 'max_seq_len': 64, **dataset},
+    }
 
 
 @pytest.fixture

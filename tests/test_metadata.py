@@ -2,7 +2,7 @@
 
 import pytest
 
-from meco_callbacks.metadata import MetadataConfig, normalize_metadata
+from meco_callbacks.data.metadata import MetadataConfig, normalize_metadata
 
 URLS = {
     'wiki': 'https://EN.Wikipedia.org:443/wiki/X',
@@ -15,10 +15,18 @@ URLS = {
 }
 
 
-@pytest.mark.parametrize('name,expected', [
-    ('wiki', 'en.wikipedia.org'), ('localhost', 'localhost'), ('ip', '192.168.0.1'), ('no_scheme', 'example.com'),
-    ('newline', 'evil.com'), ('long', 'a' * 100), ('www', 'www.bbc.co.uk'),
-])
+@pytest.mark.parametrize(
+    'name,expected',
+    [
+        ('wiki', 'en.wikipedia.org'),
+        ('localhost', 'localhost'),
+        ('ip', '192.168.0.1'),
+        ('no_scheme', 'example.com'),
+        ('newline', 'evil.com'),
+        ('long', 'a' * 100),
+        ('www', 'www.bbc.co.uk'),
+    ],
+)
 def test_domain_kind_is_the_lowercased_host_without_port(name, expected):
     assert MetadataConfig(kind='domain').metadata_for(URLS[name]) == expected
 
@@ -27,10 +35,16 @@ def test_domain_kind_strips_www_only_when_asked():
     assert MetadataConfig(kind='domain', strip_www=True).metadata_for(URLS['www']) == 'bbc.co.uk'
 
 
-@pytest.mark.parametrize('name,expected', [
-    ('wiki', 'wikipedia.org'), ('localhost', 'localhost'), ('ip', '192.168.0.1'), ('no_scheme', 'example.com'),
-    ('www', 'bbc.co.uk'),
-])
+@pytest.mark.parametrize(
+    'name,expected',
+    [
+        ('wiki', 'wikipedia.org'),
+        ('localhost', 'localhost'),
+        ('ip', '192.168.0.1'),
+        ('no_scheme', 'example.com'),
+        ('www', 'bbc.co.uk'),
+    ],
+)
 def test_registered_domain_kind(name, expected):
     assert MetadataConfig(kind='registered_domain').metadata_for(URLS[name]) == expected
 
@@ -49,8 +63,10 @@ def test_hash_kind_is_a_stable_hash_of_the_domain():
 
 
 def test_column_constant_and_none_kinds():
-    assert MetadataConfig(kind='column:topic').metadata_for('https://a.b/', {'topic': 'Cooking\nand more'}) == \
-        'Cooking and more'
+    assert (
+        MetadataConfig(kind='column:topic').metadata_for('https://a.b/', {'topic': 'Cooking\nand more'})
+        == 'Cooking and more'
+    )
     assert MetadataConfig(kind='column:topic').metadata_for('https://a.b/', {}) == ''
     assert MetadataConfig(kind='constant:factquizmaster.com').metadata_for(URLS['wiki']) == 'factquizmaster.com'
     assert MetadataConfig(kind='none').metadata_for(URLS['wiki']) == ''
@@ -74,14 +90,17 @@ def test_a_url_without_a_host_gives_no_prefix():
     assert config.prefix_for(config.metadata_for('')) == ''
 
 
-@pytest.mark.parametrize('cfg,message', [
-    ({'kind': 'domian'}, 'not known'),
-    ({'kind': 'column:'}, 'needs a name'),
-    ({'template': 'URL: \n\n'}, 'exactly one'),
-    ({'template': 'URL: {} {x}\n\n'}, 'exactly one'),
-    ({'max_chars': 0}, 'positive'),
-    ({'kind': 'domain', 'tempalte': 'x{}'}, 'unknown key'),
-])
+@pytest.mark.parametrize(
+    'cfg,message',
+    [
+        ({'kind': 'domian'}, 'not known'),
+        ({'kind': 'column:'}, 'needs a name'),
+        ({'template': 'URL: \n\n'}, 'exactly one'),
+        ({'template': 'URL: {} {x}\n\n'}, 'exactly one'),
+        ({'max_chars': 0}, 'positive'),
+        ({'kind': 'domain', 'tempalte': 'x{}'}, 'unknown key'),
+    ],
+)
 def test_bad_metadata_config_is_a_clear_error(cfg, message):
     with pytest.raises(ValueError, match=message):
         MetadataConfig.from_dict(cfg)

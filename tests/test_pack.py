@@ -14,10 +14,15 @@ from streaming import MDSWriter
 from streaming.base.format import reader_from_json
 from streaming.base.format.mds.encodings import get_mds_encoded_size, mds_encode
 
-from meco_callbacks.fingerprint import tokenizer_info
-from meco_callbacks.formats import (DATASET_INFO_FILE, DOCUMENT_FORMAT, PACKED_FORMAT, read_dataset_info,
-                                    write_dataset_info)
-from meco_callbacks.packing import pack_documents
+from meco_callbacks.corpus.packing import pack_documents
+from meco_callbacks.formats import (
+    DATASET_INFO_FILE,
+    DOCUMENT_FORMAT,
+    PACKED_FORMAT,
+    read_dataset_info,
+    write_dataset_info,
+)
+from meco_callbacks.tokenizer.fingerprint import tokenizer_info
 
 A = [11, 12, 13]
 B = [21, 22, 23, 24, 25, 26, 27, 28, 29, 30]
@@ -25,16 +30,32 @@ C = [41, 42, 43, 44, 45]
 URL_A, URL_B, URL_C = 'https://a.example/1', 'https://b.example/2', 'https://c.example/3'
 
 
-def write_token_documents(out_dir: Path, docs: list[dict[str, Any]], tokenizer: Any | None, dtype: str = 'uint32',
-                          extra_columns: tuple[str, ...] = (), compression: str | None = None) -> Path:
+def write_token_documents(
+    out_dir: Path,
+    docs: list[dict[str, Any]],
+    tokenizer: Any | None,
+    dtype: str = 'uint32',
+    extra_columns: tuple[str, ...] = (),
+    compression: str | None = None,
+) -> Path:
     """A document MDS with the given token ids; with an info file naming ``tokenizer`` unless it is None."""
-    columns = {'input_ids': f'ndarray:{dtype}', 'length': 'int' if dtype == 'uint32' else 'uint32', 'url': 'str',
-               **{name: 'str' for name in extra_columns}}
+    columns = {
+        'input_ids': f'ndarray:{dtype}',
+        'length': 'int' if dtype == 'uint32' else 'uint32',
+        'url': 'str',
+        **dict.fromkeys(extra_columns, 'str'),
+    }
     with MDSWriter(out=str(out_dir), columns=columns, compression=compression) as writer:
         for doc in docs:
             ids = np.asarray(doc['input_ids'], dtype=dtype)
-            writer.write({'input_ids': ids, 'length': doc.get('length', len(ids)), 'url': doc['url'],
-                          **{name: doc[name] for name in extra_columns}})
+            writer.write(
+                {
+                    'input_ids': ids,
+                    'length': doc.get('length', len(ids)),
+                    'url': doc['url'],
+                    **{name: doc[name] for name in extra_columns},
+                }
+            )
     if tokenizer is not None:
         write_dataset_info(out_dir, {'format': DOCUMENT_FORMAT, 'tokenizer': tokenizer_info(tokenizer)})
     return out_dir
@@ -62,10 +83,12 @@ def llama_like_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     vocab = {'<|begin_of_text|>': 0, '<|end_of_text|>': 1, '<unk>': 2, **{f'w{i}': i for i in range(3, 64)}}
     core = Tokenizer(models.WordLevel(vocab, unk_token='<unk>'))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.post_processor = processors.TemplateProcessing(single='<|begin_of_text|> $A',
-                                                        special_tokens=[('<|begin_of_text|>', 0)])
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=core, bos_token='<|begin_of_text|>', eos_token='<|end_of_text|>',
-                                      unk_token='<unk>')
+    core.post_processor = processors.TemplateProcessing(
+        single='<|begin_of_text|> $A', special_tokens=[('<|begin_of_text|>', 0)]
+    )
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token='<|begin_of_text|>', eos_token='<|end_of_text|>', unk_token='<unk>'
+    )
     out = tmp_path_factory.mktemp('llama_like')
     wrapped.save_pretrained(out)
     return out
@@ -88,8 +111,9 @@ def test_documents_are_laid_end_to_end_with_eos_and_cut_into_rows(tmp_path: Path
 
 def test_a_document_longer_than_a_row_spans_rows_marked_continued(tmp_path: Path, tokenizer) -> None:
     E = tokenizer.eos_token_id
-    docs = write_token_documents(tmp_path / 'docs', [{'input_ids': B, 'url': URL_B}, {'input_ids': A, 'url': URL_A}],
-                                 tokenizer)
+    docs = write_token_documents(
+        tmp_path / 'docs', [{'input_ids': B, 'url': URL_B}, {'input_ids': A, 'url': URL_A}], tokenizer
+    )
     pack_documents(docs, tmp_path / 'packed', max_seq_len=4, progress=False)
     rows = read_rows(tmp_path / 'packed')
     assert [row['input_ids'].tolist() for row in rows] == [[21, 22, 23, 24], [25, 26, 27, 28], [29, 30, E, 11]]
@@ -102,18 +126,21 @@ def test_documents_of_every_size_class_are_read_exactly(tmp_path: Path, tokenize
     # MDS stores an array's shape in 1, 2 or 4 bytes depending on its length; each width must decode exactly.
     E = tokenizer.eos_token_id
     rng = np.random.default_rng(0)
-    documents = [{'input_ids': rng.integers(1, 300, size).tolist(), 'url': f'https://x.example/{size}'}
-                 for size in (1, 255, 256, 65_535, 65_536, 70_001)]
+    documents = [
+        {'input_ids': rng.integers(1, 300, size).tolist(), 'url': f'https://x.example/{size}'}
+        for size in (1, 255, 256, 65_535, 65_536, 70_001)
+    ]
     docs = write_token_documents(tmp_path / 'docs', documents, tokenizer)
     stats = pack_documents(docs, tmp_path / 'packed', max_seq_len=1000, progress=False)
     stream = np.concatenate([row['input_ids'] for row in read_rows(tmp_path / 'packed')])
     expected = np.concatenate([np.append(np.asarray(doc['input_ids'], np.uint32), E) for doc in documents])
     assert stats['rows'] == len(expected) // 1000
-    assert stream.tolist() == expected[:len(stream)].tolist()
+    assert stream.tolist() == expected[: len(stream)].tolist()
 
 
-def test_each_segment_carries_its_documents_metadata_and_a_continued_segment_repeats_it(tmp_path: Path,
-                                                                                         tokenizer) -> None:
+def test_each_segment_carries_its_documents_metadata_and_a_continued_segment_repeats_it(
+    tmp_path: Path, tokenizer
+) -> None:
     extra = {URL_A: ('a.example', 'rivers'), URL_B: ('b.example', 'music'), URL_C: ('c.example', 'code')}
     documents = [dict(doc, domain=extra[doc['url']][0], topic=extra[doc['url']][1]) for doc in abc_documents()]
     docs = write_token_documents(tmp_path / 'docs', documents, tokenizer, extra_columns=('domain', 'topic'))
@@ -133,8 +160,9 @@ def test_metadata_columns_selects_the_carried_columns(tmp_path: Path, tokenizer)
     assert read_dataset_info(tmp_path / 'packed')['source']['metadata_columns'] == ['topic']
 
 
-def test_a_tokenizer_that_adds_bos_gets_bos_before_every_document(tmp_path: Path,
-                                                                  llama_like_tokenizer_dir: Path) -> None:
+def test_a_tokenizer_that_adds_bos_gets_bos_before_every_document(
+    tmp_path: Path, llama_like_tokenizer_dir: Path
+) -> None:
     from transformers import AutoTokenizer
 
     llama_like = AutoTokenizer.from_pretrained(str(llama_like_tokenizer_dir))
@@ -153,16 +181,19 @@ def test_a_tokenizer_that_adds_bos_gets_bos_before_every_document(tmp_path: Path
     assert stats['special_tokens'] == 6 and stats['tokens_dropped'] == 0
 
 
-def test_the_authors_int32_release_without_info_file_packs_with_a_given_tokenizer(tmp_path: Path, tokenizer,
-                                                                                   tokenizer_dir: Path) -> None:
+def test_the_authors_int32_release_without_info_file_packs_with_a_given_tokenizer(
+    tmp_path: Path, tokenizer, tokenizer_dir: Path
+) -> None:
     E = tokenizer.eos_token_id
     release = [dict(doc, domain='dclm') for doc in abc_documents()]
     docs = write_token_documents(tmp_path / 'docs', release, None, dtype='int32', extra_columns=('domain',))
     assert read_dataset_info(docs) is None
     pack_documents(docs, tmp_path / 'packed', max_seq_len=8, tokenizer=str(tokenizer_dir), progress=False)
     rows = read_rows(tmp_path / 'packed')
-    assert [row['input_ids'].tolist() for row in rows] == [[11, 12, 13, E, 21, 22, 23, 24],
-                                                          [25, 26, 27, 28, 29, 30, E, 41]]
+    assert [row['input_ids'].tolist() for row in rows] == [
+        [11, 12, 13, E, 21, 22, 23, 24],
+        [25, 26, 27, 28, 29, 30, E, 41],
+    ]
     assert rows[0]['input_ids'].dtype == np.uint32
     assert [row['metadata'] for row in rows] == [[{'domain': 'dclm'}] * 2] * 2
     info = read_dataset_info(tmp_path / 'packed')
@@ -177,12 +208,14 @@ def test_documents_without_info_file_and_without_tokenizer_are_refused(tmp_path:
     assert not (tmp_path / 'packed').exists()
 
 
-def test_a_tokenizer_whose_fingerprint_differs_from_the_documents_is_an_error(tmp_path: Path, tokenizer,
-                                                                            llama_like_tokenizer_dir: Path) -> None:
+def test_a_tokenizer_whose_fingerprint_differs_from_the_documents_is_an_error(
+    tmp_path: Path, tokenizer, llama_like_tokenizer_dir: Path
+) -> None:
     docs = write_token_documents(tmp_path / 'docs', abc_documents(), tokenizer)
     with pytest.raises(ValueError, match='is not the one that produced'):
-        pack_documents(docs, tmp_path / 'packed', max_seq_len=8, tokenizer=str(llama_like_tokenizer_dir),
-                       progress=False)
+        pack_documents(
+            docs, tmp_path / 'packed', max_seq_len=8, tokenizer=str(llama_like_tokenizer_dir), progress=False
+        )
     assert not (tmp_path / 'packed').exists()
 
 
@@ -200,12 +233,28 @@ def test_the_info_file_records_format_tokenizer_source_and_stats(tmp_path: Path,
     assert info['format'] == PACKED_FORMAT
     assert info['max_seq_len'] == 8
     assert info['tokenizer'] == read_dataset_info(docs)['tokenizer']
-    assert info['source'] == {'path': str(docs.resolve()), 'format': DOCUMENT_FORMAT, 'documents': 3,
-                              'metadata_columns': []}
-    assert info['stats'] == stats == {
-        'rows': 2, 'tokens': 16, 'documents_read': 3, 'documents_packed': 3, 'skipped': {},
-        'segments': 4, 'continued_segments': 1, 'document_tokens': 18, 'special_tokens': 3, 'tokens_dropped': 5,
+    assert info['source'] == {
+        'path': str(docs.resolve()),
+        'format': DOCUMENT_FORMAT,
+        'documents': 3,
+        'metadata_columns': [],
     }
+    assert (
+        info['stats']
+        == stats
+        == {
+            'rows': 2,
+            'tokens': 16,
+            'documents_read': 3,
+            'documents_packed': 3,
+            'skipped': {},
+            'segments': 4,
+            'continued_segments': 1,
+            'document_tokens': 18,
+            'special_tokens': 3,
+            'tokens_dropped': 5,
+        }
+    )
 
 
 def test_stats_account_for_every_document_and_token(tmp_path: Path, tokenizer) -> None:
@@ -264,8 +313,11 @@ def test_a_length_column_that_disagrees_with_input_ids_is_a_counted_skip(tmp_pat
 
 def test_documents_entirely_in_the_dropped_last_partial_row_are_counted_skips(tmp_path: Path, tokenizer) -> None:
     E = tokenizer.eos_token_id
-    documents = [{'input_ids': B[:7], 'url': URL_B}, {'input_ids': [51], 'url': URL_A},
-                 {'input_ids': [52, 53], 'url': URL_C}]
+    documents = [
+        {'input_ids': B[:7], 'url': URL_B},
+        {'input_ids': [51], 'url': URL_A},
+        {'input_ids': [52, 53], 'url': URL_C},
+    ]
     docs = write_token_documents(tmp_path / 'docs', documents, tokenizer)
     stats = pack_documents(docs, tmp_path / 'packed', max_seq_len=8, progress=False)
     assert [row['input_ids'].tolist() for row in read_rows(tmp_path / 'packed')] == [[21, 22, 23, 24, 25, 26, 27, E]]
@@ -286,8 +338,9 @@ def test_parallel_packing_writes_byte_identical_output_to_serial(tmp_path: Path,
     documents = [dict(doc, topic=f'topic{i % 3}') for i, doc in enumerate(synthetic_documents(600, seed=1))]
     docs = write_documents_mds(tmp_path / 'docs', documents, tokenizer, extra_columns=('topic',))
     serial = pack_documents(docs, tmp_path / 'serial', max_seq_len=48, documents_per_task=37, progress=False)
-    parallel = pack_documents(docs, tmp_path / 'parallel', max_seq_len=48, documents_per_task=37, num_workers=2,
-                              progress=False)
+    parallel = pack_documents(
+        docs, tmp_path / 'parallel', max_seq_len=48, documents_per_task=37, num_workers=2, progress=False
+    )
     assert serial == parallel
     assert serial['rows'] > 100
     assert files_of(tmp_path / 'parallel') == files_of(tmp_path / 'serial')
@@ -300,13 +353,15 @@ def test_rows_do_not_depend_on_how_documents_are_split_into_tasks(tmp_path: Path
     assert one_per_task == all_in_one
     # Shard boundaries follow the plan's parts; the rows themselves must not.
     assert len(json.loads((tmp_path / 'one' / 'index.json').read_text())['shards']) > 1
-    assert [row_fields(row) for row in read_rows(tmp_path / 'one')] == \
-        [row_fields(row) for row in read_rows(tmp_path / 'all')]
+    assert [row_fields(row) for row in read_rows(tmp_path / 'one')] == [
+        row_fields(row) for row in read_rows(tmp_path / 'all')
+    ]
 
 
 @pytest.mark.parametrize('compression', [None, 'zstd'])
-def test_a_row_reaching_far_into_the_next_ranges_is_completed_exactly(tmp_path: Path, tokenizer,
-                                                                     compression: str | None) -> None:
+def test_a_row_reaching_far_into_the_next_ranges_is_completed_exactly(
+    tmp_path: Path, tokenizer, compression: str | None
+) -> None:
     # 1000 one-token documents (2 tokens with EOS) in ranges of 300: the only 1500-token row starts in the
     # first range and reaches 450 documents into the following ones, read a few hundred at a time.
     E = tokenizer.eos_token_id
@@ -349,7 +404,9 @@ def test_compressed_output_reads_back_through_streaming_dataset(tmp_path: Path, 
     assert read_dataset_info(tmp_path / 'packed')['compression'] == 'zstd'
     E = tokenizer.eos_token_id
     assert [row['input_ids'].tolist() for row in read_with_streaming_dataset(tmp_path / 'packed')] == [
-        [11, 12, 13, E, 21, 22, 23, 24], [25, 26, 27, 28, 29, 30, E, 41]]
+        [11, 12, 13, E, 21, 22, 23, 24],
+        [25, 26, 27, 28, 29, 30, E, 41],
+    ]
 
 
 def test_streaming_dataset_reads_the_packed_rows(tmp_path: Path, tokenizer) -> None:
@@ -358,8 +415,9 @@ def test_streaming_dataset_reads_the_packed_rows(tmp_path: Path, tokenizer) -> N
     samples = read_with_streaming_dataset(tmp_path / 'packed')
     assert len(samples) == stats['rows']
     assert all(sample['input_ids'].shape == (32,) and int(sample['segment_lengths'].sum()) == 32 for sample in samples)
-    assert [sample['input_ids'].tolist() for sample in samples] == \
-        [row['input_ids'].tolist() for row in read_rows(tmp_path / 'packed')]
+    assert [sample['input_ids'].tolist() for sample in samples] == [
+        row['input_ids'].tolist() for row in read_rows(tmp_path / 'packed')
+    ]
 
 
 def test_an_output_dir_holding_a_different_dataset_is_refused_unless_overwrite(tmp_path: Path, tokenizer) -> None:
@@ -380,8 +438,11 @@ def test_an_output_dir_holding_other_files_is_refused_unless_overwrite(tmp_path:
         pack_documents(docs, tmp_path / 'packed', max_seq_len=8, progress=False)
     assert (tmp_path / 'packed' / 'notes.txt').read_text() == 'keep me'
     pack_documents(docs, tmp_path / 'packed', max_seq_len=8, progress=False, overwrite=True)
-    assert sorted(path.name for path in (tmp_path / 'packed').iterdir()) == ['index.json', DATASET_INFO_FILE,
-                                                                           'shard.00000.mds']
+    assert sorted(path.name for path in (tmp_path / 'packed').iterdir()) == [
+        'index.json',
+        DATASET_INFO_FILE,
+        'shard.00000.mds',
+    ]
 
 
 def test_packing_again_with_the_same_settings_rebuilds_the_same_dataset(tmp_path: Path, tokenizer) -> None:
@@ -447,8 +508,9 @@ def test_cli_help_states_the_bos_eos_policy_and_row_layout(capsys: pytest.Captur
     assert 'segment_lengths (summing to --max-seq-len)' in text
 
 
-def test_cli_packs_and_prints_stats_and_reports_bad_input_with_exit_code_2(tmp_path: Path, tokenizer,
-                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_packs_and_prints_stats_and_reports_bad_input_with_exit_code_2(
+    tmp_path: Path, tokenizer, capsys: pytest.CaptureFixture[str]
+) -> None:
     cli = load_cli()
     docs = write_token_documents(tmp_path / 'docs', abc_documents(), tokenizer)
     assert cli.main([str(docs), str(tmp_path / 'packed'), '--max-seq-len', '8', '--no-progress']) == 0

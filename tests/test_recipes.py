@@ -23,21 +23,31 @@ from omegaconf import OmegaConf as om
 
 YAMLS = REPO_ROOT / 'yamls'
 SIZES = {'600m': 0.665e9, '1b': 1.639e9, '3b': 3.607e9, '8b': 8.030e9}  # parameters as llm-foundry's MPT builds them
-STEPS = {'600m': 40_000, '1b': 40_000, '3b': 40_000, '8b': 20_000}     # 160B tokens; the paper's 8B runs see 80B
+STEPS = {'600m': 40_000, '1b': 40_000, '3b': 40_000, '8b': 20_000}  # 160B tokens; the paper's 8B runs see 80B
 RECIPES = [f'{family}-{size}' for family in ('meco', 'baseline') for size in SIZES]
 ABLATIONS = {  # each ablation's YAML differs from meco-1b.yaml at exactly these keys besides variables.run_name
     'meco-1b-full-url': {'train_loader.dataset.metadata.kind': 'url'},
     'meco-1b-url-hash': {'train_loader.dataset.metadata.kind': 'hash'},
-    'meco-1b-topic': {'train_loader.dataset.metadata.kind': 'column:topic',
-                      'train_loader.dataset.metadata.template': 'Topic: {}\n\n'},
+    'meco-1b-topic': {
+        'train_loader.dataset.metadata.kind': 'column:topic',
+        'train_loader.dataset.metadata.template': 'Topic: {}\n\n',
+    },
     'meco-1b-no-cooldown': {'variables.cooldown': None, 'callbacks.meco_cooldown.cooldown': None},
     'meco-1b-cooldown-5': {'variables.cooldown': 0.05},
     'meco-1b-cooldown-20': {'variables.cooldown': 0.2},
 }
 SHRINK = [  # a real recipe at toy size: tiny model, 64-token rows, 10 batches of 4, fp32 on the CPU
-    'variables.max_seq_len=64', 'variables.device_batch=4', 'variables.max_duration=10ba', 'variables.save_interval=10ba',
-    'global_train_batch_size=4', 'precision=fp32', 'train_loader.num_workers=0', 'model.vocab_size=512',
-    'model.ffn_config.ffn_hidden_size=128', 'callbacks.hf_checkpointer.precision=float32', 'console_log_interval=1ba',
+    'variables.max_seq_len=64',
+    'variables.device_batch=4',
+    'variables.max_duration=10ba',
+    'variables.save_interval=10ba',
+    'global_train_batch_size=4',
+    'precision=fp32',
+    'train_loader.num_workers=0',
+    'model.vocab_size=512',
+    'model.ffn_config.ffn_hidden_size=128',
+    'callbacks.hf_checkpointer.precision=float32',
+    'console_log_interval=1ba',
     *TINY_MODEL,
 ]
 
@@ -86,8 +96,9 @@ def test_recipe_model_has_the_papers_parameter_count_within_5_percent(name: str)
 def test_recipe_is_a_valid_llm_foundry_train_config(name: str) -> None:
     from llmfoundry.utils.config_utils import TRAIN_CONFIG_KEYS, TrainConfig, make_dataclass_and_log_config
 
-    _, config = make_dataclass_and_log_config(om.load(recipe_path(name)), TrainConfig, TRAIN_CONFIG_KEYS,
-                                              transforms='all')
+    _, config = make_dataclass_and_log_config(
+        om.load(recipe_path(name)), TrainConfig, TRAIN_CONFIG_KEYS, transforms='all'
+    )
 
     assert config.device_train_grad_accum == 512  # one process: 512 rows in micro-batches of device_batch 1
 
@@ -100,8 +111,13 @@ def test_recipe_follows_the_papers_schedule_and_batch(name: str) -> None:
     assert cfg['max_seq_len'] == cfg['model']['max_seq_len'] == cfg['train_loader']['dataset']['max_seq_len'] == 8192
     assert cfg['global_train_batch_size'] * cfg['max_seq_len'] == 4 * 1024 * 1024  # 4M tokens = 512 x 8192
     assert cfg['max_duration'] == f'{steps}ba'
-    assert cfg['optimizer'] == {'name': 'decoupled_adamw', 'lr': 3e-3, 'betas': [0.9, 0.95], 'eps': 1e-8,
-                                'weight_decay': pytest.approx(0.033 * 3e-3)}  # torch AdamW's 0.033, decoupled
+    assert cfg['optimizer'] == {
+        'name': 'decoupled_adamw',
+        'lr': 3e-3,
+        'betas': [0.9, 0.95],
+        'eps': 1e-8,
+        'weight_decay': pytest.approx(0.033 * 3e-3),
+    }  # torch AdamW's 0.033, decoupled
     assert cfg['scheduler'] == {'name': 'cosine_with_warmup', 't_warmup': '0.05dur', 'alpha_f': 0.1}
     assert cfg['precision'] == 'amp_bf16'
     assert cfg['tokenizer']['name'] == 'meta-llama/Meta-Llama-3-8B'
@@ -114,8 +130,11 @@ def test_recipe_checkpoints_every_tenth_autoresumes_and_exports_to_hugging_face(
     steps = STEPS[name.split('-')[1]]
 
     assert cfg['save_interval'] == f'{steps // 10}ba' and cfg['autoresume'] is True
-    assert cfg['callbacks']['hf_checkpointer'] == {'save_folder': cfg['save_folder'], 'save_interval': '1dur',
-                                                   'precision': 'bfloat16'}
+    assert cfg['callbacks']['hf_checkpointer'] == {
+        'save_folder': cfg['save_folder'],
+        'save_interval': '1dur',
+        'precision': 'bfloat16',
+    }
     assert cfg['fsdp_config']['sharding_strategy'] == 'FULL_SHARD'
     assert cfg['fsdp_config']['mixed_precision'] in ('PURE', 'DEFAULT')
     assert cfg['fsdp_config']['activation_checkpointing'] is (name.split('-')[1] in ('3b', '8b'))
@@ -136,7 +155,7 @@ def test_recipe_masks_documents_in_loader_and_model(name: str) -> None:
 def test_meco_recipe_cools_down_for_the_last_10_percent(size: str) -> None:
     from composer.core import Time
 
-    from meco_callbacks.cooldown import cooldown_boundary
+    from meco_callbacks.training.cooldown import cooldown_boundary
 
     cfg = resolved(f'meco-{size}')
     boundary = cooldown_boundary(Time.from_timestring(cfg['max_duration']), **cfg['callbacks']['meco_cooldown'])
@@ -147,13 +166,24 @@ def test_meco_recipe_cools_down_for_the_last_10_percent(size: str) -> None:
 
 @pytest.mark.parametrize('size', SIZES)
 def test_baseline_is_the_meco_recipe_without_metadata_or_cooldown(size: str) -> None:
-    meco, baseline = (flat(om.to_container(om.load(YAMLS / f'{family}-{size}.yaml'))) for family in ('meco', 'baseline'))
-    differing = {key for key in meco.keys() | baseline.keys() if meco.get(key, '<absent>') != baseline.get(key, '<absent>')}
+    meco, baseline = (
+        flat(om.to_container(om.load(YAMLS / f'{family}-{size}.yaml'))) for family in ('meco', 'baseline')
+    )
+    differing = {
+        key for key in meco.keys() | baseline.keys() if meco.get(key, '<absent>') != baseline.get(key, '<absent>')
+    }
 
-    assert differing == {'variables.run_name', 'variables.cooldown', 'callbacks.meco_cooldown.cooldown',
-                         'train_loader.dataset.metadata.kind', 'train_loader.dataset.metadata.template',
-                         'train_loader.dataset.metadata.enabled'}
-    assert baseline['train_loader.dataset.metadata.kind'] == 'none' and 'callbacks.meco_cooldown.cooldown' not in baseline
+    assert differing == {
+        'variables.run_name',
+        'variables.cooldown',
+        'callbacks.meco_cooldown.cooldown',
+        'train_loader.dataset.metadata.kind',
+        'train_loader.dataset.metadata.template',
+        'train_loader.dataset.metadata.enabled',
+    }
+    assert (
+        baseline['train_loader.dataset.metadata.kind'] == 'none' and 'callbacks.meco_cooldown.cooldown' not in baseline
+    )
 
 
 @pytest.mark.parametrize('name', ABLATIONS)
@@ -183,10 +213,20 @@ def test_mcli_configs_cover_every_meco_and_baseline_recipe() -> None:
 def run_shrunk(name: str, run_dir: Path, data: Path, tokenizer_dir: Path) -> str:
     """``composer recipes/train.py`` on the recipe shrunk by :data:`SHRINK`; returns the console output."""
     done = subprocess.run(
-        [str(Path(sys.executable).parent / 'composer'), 'recipes/train.py', str(recipe_path(name)),
-         f'variables.data_local={data}', f'variables.tokenizer={tokenizer_dir}', f'variables.save_folder={run_dir}',
-         *SHRINK],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+        [
+            str(Path(sys.executable).parent / 'composer'),
+            'recipes/train.py',
+            str(recipe_path(name)),
+            f'variables.data_local={data}',
+            f'variables.tokenizer={tokenizer_dir}',
+            f'variables.save_folder={run_dir}',
+            *SHRINK,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
     return output
@@ -222,7 +262,8 @@ def test_shrunk_baseline_recipe_trains_without_metadata(tiny_packed: Path, token
 
 
 def test_recipe_export_loads_in_transformers_with_the_composer_logits_and_generates_after_a_url(
-        meco_run: tuple[Path, str], tiny_packed: Path, tokenizer_dir: Path) -> None:
+    meco_run: tuple[Path, str], tiny_packed: Path, tokenizer_dir: Path
+) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run_dir, _ = meco_run
@@ -236,9 +277,10 @@ def test_recipe_export_loads_in_transformers_with_the_composer_logits_and_genera
     with torch.no_grad():
         expected = composer_model.model.eval()(input_ids=prompt).logits
         got = exported(input_ids=prompt).logits
-        generated = exported.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=False,
-                                      pad_token_id=tokenizer.eos_token_id)
+        generated = exported.generate(
+            prompt, max_new_tokens=6, do_sample=False, use_cache=False, pad_token_id=tokenizer.eos_token_id
+        )
 
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    assert generated.shape == (1, prompt.shape[1] + 6) and torch.equal(generated[0, :prompt.shape[1]], prompt[0])
+    assert generated.shape == (1, prompt.shape[1] + 6) and torch.equal(generated[0, : prompt.shape[1]], prompt[0])
     assert generated[0, prompt.shape[1]] == expected[0, -1].argmax()  # greedy: the Composer model's next token

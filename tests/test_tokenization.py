@@ -7,11 +7,18 @@ from pathlib import Path
 import pytest
 from conftest import synthetic_documents
 
-from meco_callbacks.tokenization import (HARD_STRINGS, BackendError, build_tokenizer_backend, hard_strings_for,
-                                         tiktoken_encoding_for)
+from meco_callbacks.corpus.tokenization import (
+    HARD_STRINGS,
+    BackendError,
+    build_tokenizer_backend,
+    hard_strings_for,
+    tiktoken_encoding_for,
+)
 
-LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-                  r"\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+    r'\s*[\r\n]+|\s+(?!\S)|\s+'
+)
 EOS = '<|endoftext|>'
 PLAIN_TEXTS = [d['text'] for d in synthetic_documents(300)]
 TRAINING_TEXTS = PLAIN_TEXTS + list(HARD_STRINGS) * 3
@@ -31,9 +38,15 @@ def _byte_level_bpe(pre_tokenizer, out_dir: Path, ignore_merges: bool):
     backend = Tokenizer(models.BPE(ignore_merges=ignore_merges))
     backend.pre_tokenizer = pre_tokenizer
     backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator(TRAINING_TEXTS, trainers.BpeTrainer(
-        vocab_size=1200, special_tokens=[EOS, '<|begin_of_text|>'], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    backend.train_from_iterator(
+        TRAINING_TEXTS,
+        trainers.BpeTrainer(
+            vocab_size=1200,
+            special_tokens=[EOS, '<|begin_of_text|>'],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     return _wrap(backend, out_dir, eos_token=EOS, bos_token='<|begin_of_text|>')
 
 
@@ -41,8 +54,12 @@ def _split_regex_bpe(pattern: str, out_dir: Path):
     """A byte-level BPE that pre-tokenizes with ``pattern`` the way Llama-3's tokenizer.json does."""
     from tokenizers import Regex, pre_tokenizers
 
-    pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior='isolated', invert=False),
-                                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    pre = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior='isolated', invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     return _byte_level_bpe(pre, out_dir, ignore_merges=True)
 
 
@@ -51,8 +68,9 @@ def gpt2_style(tmp_path_factory):
     """GPT-2's recipe: ByteLevel pre-tokenizer with its built-in regex, merges applied (no whole-word lookup)."""
     from tokenizers import pre_tokenizers
 
-    return _byte_level_bpe(pre_tokenizers.ByteLevel(add_prefix_space=False), tmp_path_factory.mktemp('gpt2'),
-                           ignore_merges=False)
+    return _byte_level_bpe(
+        pre_tokenizers.ByteLevel(add_prefix_space=False), tmp_path_factory.mktemp('gpt2'), ignore_merges=False
+    )
 
 
 @pytest.fixture(scope='module')
@@ -116,8 +134,9 @@ def _wordpiece(out_dir: Path):
     backend = Tokenizer(models.WordPiece(unk_token='[UNK]'))
     backend.normalizer = normalizers.BertNormalizer()
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.train_from_iterator(PLAIN_TEXTS, trainers.WordPieceTrainer(
-        vocab_size=300, special_tokens=['[UNK]', '[SEP]'], show_progress=False))
+    backend.train_from_iterator(
+        PLAIN_TEXTS, trainers.WordPieceTrainer(vocab_size=300, special_tokens=['[UNK]', '[SEP]'], show_progress=False)
+    )
     return _wrap(backend, out_dir, unk_token='[UNK]', eos_token='[SEP]')
 
 
@@ -126,8 +145,12 @@ def _unigram(out_dir: Path):
 
     backend = Tokenizer(models.Unigram())
     backend.pre_tokenizer = pre_tokenizers.Metaspace()
-    backend.train_from_iterator(PLAIN_TEXTS, trainers.UnigramTrainer(
-        vocab_size=200, special_tokens=['<unk>', '</s>'], unk_token='<unk>', show_progress=False))
+    backend.train_from_iterator(
+        PLAIN_TEXTS,
+        trainers.UnigramTrainer(
+            vocab_size=200, special_tokens=['<unk>', '</s>'], unk_token='<unk>', show_progress=False
+        ),
+    )
     return _wrap(backend, out_dir, unk_token='<unk>', eos_token='</s>')
 
 
@@ -136,16 +159,21 @@ def _whitespace_bpe(out_dir: Path):
 
     backend = Tokenizer(models.BPE(unk_token='<unk>'))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.train_from_iterator(PLAIN_TEXTS, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=['<unk>', '</s>'], show_progress=False))
+    backend.train_from_iterator(
+        PLAIN_TEXTS, trainers.BpeTrainer(vocab_size=300, special_tokens=['<unk>', '</s>'], show_progress=False)
+    )
     return _wrap(backend, out_dir, unk_token='<unk>', eos_token='</s>')
 
 
-@pytest.mark.parametrize('build, why', [
-    (_wordpiece, 'its model is WordPiece, not BPE'),
-    (_unigram, 'its model is Unigram, not BPE'),
-    (_whitespace_bpe, "its pre-tokenizer ['Whitespace'] is not ByteLevel or Split(regex) + ByteLevel"),
-], ids=['wordpiece', 'unigram', 'bpe-without-byte-level'])
+@pytest.mark.parametrize(
+    'build, why',
+    [
+        (_wordpiece, 'its model is WordPiece, not BPE'),
+        (_unigram, 'its model is Unigram, not BPE'),
+        (_whitespace_bpe, "its pre-tokenizer ['Whitespace'] is not ByteLevel or Split(regex) + ByteLevel"),
+    ],
+    ids=['wordpiece', 'unigram', 'bpe-without-byte-level'],
+)
 def test_auto_falls_back_to_hf_and_says_why_for_tokenizers_tiktoken_cannot_express(build, why, tmp_path, caplog):
     tokenizer = build(tmp_path)
     backend = build_tokenizer_backend(tokenizer, 'auto', sample_texts=['a page about rivers'])
@@ -165,8 +193,10 @@ def test_auto_falls_back_when_ids_differ_and_names_the_first_differing_hard_stri
     tokenizer = _split_regex_bpe(r'\p{L}+', tmp_path)
     backend = build_tokenizer_backend(tokenizer, 'auto')
     assert backend.name == 'hf'
-    assert backend.reason.startswith("tiktoken fell back to hf: ids differ from hf on hard string #1 "
-                                     "'The quick brown fox jumps over the lazy dog.' at token 1:")
+    assert backend.reason.startswith(
+        'tiktoken fell back to hf: ids differ from hf on hard string #1 '
+        "'The quick brown fox jumps over the lazy dog.' at token 1:"
+    )
 
 
 def test_auto_checks_the_input_sample_and_names_the_differing_text(tmp_path):
@@ -192,11 +222,22 @@ def merges_into_eos_tokenizer(out_dir: Path):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r'\S+|\s+'), behavior='isolated'),
-                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r'\S+|\s+'), behavior='isolated'),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator([f'a page {EOS} about rivers'] * 20, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=[EOS], show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    backend.train_from_iterator(
+        [f'a page {EOS} about rivers'] * 20,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=[EOS],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     return _wrap(backend, out_dir, eos_token=EOS)
 
 
@@ -247,8 +288,11 @@ def test_merges_out_of_id_order_are_not_expressible(gpt2_style, tmp_path):
         vocab = spec['model']['vocab']
         vocab[made[-2]], vocab[made[-1]] = last, second_last
 
-    with pytest.raises(BackendError, match=f'merge #{len(made) - 1} makes token id {second_last} after id {last}: '
-                                           'the merge order differs from the id order'):
+    with pytest.raises(
+        BackendError,
+        match=f'merge #{len(made) - 1} makes token id {second_last} after id {last}: '
+        'the merge order differs from the id order',
+    ):
         tiktoken_encoding_for(_edited(gpt2_style, tmp_path, swap_the_last_two_merged_ids))
 
 

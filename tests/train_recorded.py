@@ -4,11 +4,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from recorder import register  # noqa: E402
 
-from recipes.train import main  # noqa: E402
+from meco_callbacks.cli.train import main  # noqa: E402
 
 if __name__ == '__main__':
     register()

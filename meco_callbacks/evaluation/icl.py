@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from meco_callbacks.metadata import DEFAULT_TEMPLATE, MetadataConfig, normalize_metadata
+from meco_callbacks.data.metadata import DEFAULT_TEMPLATE, MetadataConfig, normalize_metadata
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +32,18 @@ def url_prefix(url: str, template: str = DEFAULT_TEMPLATE) -> str:
     return template.format(text)
 
 
-def conditioned_icl_tasks(icl_tasks: Sequence[Mapping[str, Any]], urls: Mapping[str, str],
-                          template: str = DEFAULT_TEMPLATE) -> list[dict[str, Any]]:
+def conditioned_icl_tasks(
+    icl_tasks: Sequence[Mapping[str, Any]], urls: Mapping[str, str], template: str = DEFAULT_TEMPLATE
+) -> list[dict[str, Any]]:
     """Each task twice: ``<label>_no_url`` as given and ``<label>_url`` with its URL's prefix before ``prompt_string``."""
     labels = [str(t.get('label')) for t in icl_tasks]
     missing = sorted(set(labels) - set(urls))
     unknown = sorted(set(urls) - set(labels))
     if missing or unknown:
-        raise ValueError(f'the URL map must name every ICL task exactly: tasks without a URL {missing}, URLs for '
-                         f'unknown tasks {unknown}. Add `urls: {{<task label>: <domain>}}` entries.')
+        raise ValueError(
+            f'the URL map must name every ICL task exactly: tasks without a URL {missing}, URLs for '
+            f'unknown tasks {unknown}. Add `urls: {{<task label>: <domain>}}` entries.'
+        )
     out = []
     for task in icl_tasks:
         label = str(task['label'])
@@ -53,14 +56,25 @@ def conditioned_icl_tasks(icl_tasks: Sequence[Mapping[str, Any]], urls: Mapping[
     return out
 
 
-def run_icl(model: Any, tokenizer: Any, icl_tasks: Sequence[Mapping[str, Any]], icl_seq_len: int,
-            device_eval_batch_size: int, work_dir: str | Path) -> dict[str, float]:
+def run_icl(
+    model: Any,
+    tokenizer: Any,
+    icl_tasks: Sequence[Mapping[str, Any]],
+    icl_seq_len: int,
+    device_eval_batch_size: int,
+    work_dir: str | Path,
+) -> dict[str, float]:
     """Run llm-foundry ICL tasks on a Composer model; returns ``{'<label>/<n>-shot': accuracy}``."""
     from composer import Trainer
     from llmfoundry.utils.builders import build_icl_evaluators
 
-    evaluators, _ = build_icl_evaluators([copy.deepcopy(dict(t)) for t in icl_tasks], tokenizer, icl_seq_len,
-                                         device_eval_batch_size, destination_dir=str(work_dir))
+    evaluators, _ = build_icl_evaluators(
+        [copy.deepcopy(dict(t)) for t in icl_tasks],
+        tokenizer,
+        icl_seq_len,
+        device_eval_batch_size,
+        destination_dir=str(work_dir),
+    )
     trainer = Trainer(model=model, eval_dataloader=evaluators, progress_bar=False, log_to_console=False, loggers=[])
     trainer.eval()
     scores = {}
@@ -72,7 +86,9 @@ def run_icl(model: Any, tokenizer: Any, icl_tasks: Sequence[Mapping[str, Any]], 
     return scores
 
 
-def icl_table(icl_tasks: Sequence[Mapping[str, Any]], urls: Mapping[str, str], scores: Mapping[str, float]) -> list[dict[str, Any]]:
+def icl_table(
+    icl_tasks: Sequence[Mapping[str, Any]], urls: Mapping[str, str], scores: Mapping[str, float]
+) -> list[dict[str, Any]]:
     """Rows ``{task, shots, url, no_url, with_url, delta}`` from the scores of ``conditioned_icl_tasks``."""
     rows = []
     for task in icl_tasks:
@@ -80,8 +96,16 @@ def icl_table(icl_tasks: Sequence[Mapping[str, Any]], urls: Mapping[str, str], s
         for shots in task['num_fewshot']:
             plain = scores[f'{label}{NO_URL_SUFFIX}/{shots}-shot']
             with_url = scores[f'{label}{URL_SUFFIX}/{shots}-shot']
-            rows.append({'task': label, 'shots': int(shots), 'url': urls[label], 'no_url': plain, 'with_url': with_url,
-                         'delta': with_url - plain})
+            rows.append(
+                {
+                    'task': label,
+                    'shots': int(shots),
+                    'url': urls[label],
+                    'no_url': plain,
+                    'with_url': with_url,
+                    'delta': with_url - plain,
+                }
+            )
     return rows
 
 
@@ -96,17 +120,26 @@ def write_icl_table(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> t
         writer.writeheader()
         writer.writerows(rows)
     lines = ['| task | shots | URL | no URL | with URL | delta |', '|---|---:|---|---:|---:|---:|']
-    lines += [f'| {r["task"]} | {r["shots"]} | {r["url"]} | {r["no_url"]:.4f} | {r["with_url"]:.4f} | '
-              f'{r["delta"]:+.4f} |' for r in rows]
+    lines += [
+        f'| {r["task"]} | {r["shots"]} | {r["url"]} | {r["no_url"]:.4f} | {r["with_url"]:.4f} | {r["delta"]:+.4f} |'
+        for r in rows
+    ]
     md_path = out / 'icl_urls.md'
     md_path.write_text('\n'.join(lines) + '\n')
     log.info('wrote %s and %s', md_path, csv_path)
     return md_path, csv_path
 
 
-def evaluate_icl_with_urls(model: Any, tokenizer: Any, icl_tasks: Sequence[Mapping[str, Any]],
-                           urls: Mapping[str, str], out_dir: str | Path, icl_seq_len: int,
-                           device_eval_batch_size: int = 4, template: str = DEFAULT_TEMPLATE) -> list[dict[str, Any]]:
+def evaluate_icl_with_urls(
+    model: Any,
+    tokenizer: Any,
+    icl_tasks: Sequence[Mapping[str, Any]],
+    urls: Mapping[str, str],
+    out_dir: str | Path,
+    icl_seq_len: int,
+    device_eval_batch_size: int = 4,
+    template: str = DEFAULT_TEMPLATE,
+) -> list[dict[str, Any]]:
     """Run every task with and without its URL and write the Markdown and CSV table; returns its rows."""
     tasks = conditioned_icl_tasks(icl_tasks, urls, template)
     work = Path(out_dir) / 'icl_data'

@@ -48,12 +48,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--batch-size', type=int, default=8, help='rows per batch (default 8)')
     parser.add_argument('--steps', type=int, default=300, help='batches per run (default 300)')
     parser.add_argument('--cooldown', type=float, default=0.1, help='MeCo cooldown fraction (default 0.1)')
-    parser.add_argument('--wrong-url', default='pypi.org',
-                        help='domain put before every held-out document for the wrong-URL evaluation (default pypi.org)')
-    parser.add_argument('--eval-batches', type=int, default=16,
-                        help='held-out batches scored per model (default 16; 0 for all)')
-    parser.add_argument('--override', action='append', default=[], metavar='KEY=VALUE',
-                        help='extra llm-foundry override for both runs, e.g. model.n_layers=2 (repeatable)')
+    parser.add_argument(
+        '--wrong-url',
+        default='pypi.org',
+        help='domain put before every held-out document for the wrong-URL evaluation (default pypi.org)',
+    )
+    parser.add_argument(
+        '--eval-batches', type=int, default=16, help='held-out batches scored per model (default 16; 0 for all)'
+    )
+    parser.add_argument(
+        '--override',
+        action='append',
+        default=[],
+        metavar='KEY=VALUE',
+        help='extra llm-foundry override for both runs, e.g. model.n_layers=2 (repeatable)',
+    )
     parser.add_argument('--fresh', action='store_true', help='delete --output and build everything again')
     return parser.parse_args(argv)
 
@@ -64,19 +73,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
     os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
-    from meco_callbacks.demo_corpus import build_demo_corpus
-    from meco_callbacks.demo_report import plot_losses, read_run_log, write_report
-    from meco_callbacks.documents import convert_documents
+    from demo.corpus import build_demo_corpus
+    from demo.report import plot_losses, read_run_log, write_report
+    from meco_callbacks.corpus.documents import convert_documents
+    from meco_callbacks.corpus.packing import pack_documents
     from meco_callbacks.formats import read_dataset_info
-    from meco_callbacks.packing import pack_documents
-    from meco_callbacks.tokenizer_training import train_bpe_tokenizer
+    from meco_callbacks.tokenizer.training import train_bpe_tokenizer
 
     out = Path(args.output).resolve()
     if args.fresh and out.exists():
         foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_ENTRIES)
         if foreign:
-            raise SystemExit(f'error: --fresh would delete {out}, which holds more than a demo ({", ".join(foreign)}); '
-                             'choose another --output or remove it yourself.')
+            raise SystemExit(
+                f'error: --fresh would delete {out}, which holds more than a demo ({", ".join(foreign)}); '
+                'choose another --output or remove it yourself.'
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     log = logging.getLogger('demo')
@@ -108,20 +119,38 @@ def main(argv: list[str] | None = None) -> int:
             pack_documents(data / f'{split}-documents', packed, args.seq_len)
 
     step('4/6 train')
-    overrides = [f'variables.data={data / f"train-packed-{args.seq_len}"}', f'variables.tokenizer={tokenizer}',
-                 f'variables.max_seq_len={args.seq_len}', f'variables.cooldown={args.cooldown}',
-                 f'model.vocab_size={args.vocab_size}', f'max_duration={args.steps}ba',
-                 f'global_train_batch_size={args.batch_size}', f'device_train_microbatch_size={args.batch_size}',
-                 'console_log_interval=1ba', 'save_overwrite=true', f'save_interval={args.steps}ba', *args.override]
+    overrides = [
+        f'variables.data={data / f"train-packed-{args.seq_len}"}',
+        f'variables.tokenizer={tokenizer}',
+        f'variables.max_seq_len={args.seq_len}',
+        f'variables.cooldown={args.cooldown}',
+        f'model.vocab_size={args.vocab_size}',
+        f'max_duration={args.steps}ba',
+        f'global_train_batch_size={args.batch_size}',
+        f'device_train_microbatch_size={args.batch_size}',
+        'console_log_interval=1ba',
+        'save_overwrite=true',
+        f'save_interval={args.steps}ba',
+        *args.override,
+    ]
     configs = {'meco': RECIPE, 'baseline': baseline_yaml(out / 'baseline.yaml')}
     for name in RUNS:
         run_dir = out / 'runs' / name
         run = read_run_log(run_dir / 'train.log', name) if (run_dir / 'train.log').is_file() else None
-        if (run is None or not run.complete or run.max_batches != args.steps
-                or not (run_dir / 'checkpoints' / 'latest-rank0.pt').exists()):
+        if (
+            run is None
+            or not run.complete
+            or run.max_batches != args.steps
+            or not (run_dir / 'checkpoints' / 'latest-rank0.pt').exists()
+        ):
             (out / 'evaluation.json').unlink(missing_ok=True)  # it belongs to the previous model
-            train(name, configs[name], run_dir, overrides + [f'variables.run_name=demo-{name}',
-                                                             f'save_folder={run_dir / "checkpoints"}'], args.steps)
+            train(
+                name,
+                configs[name],
+                run_dir,
+                overrides + [f'variables.run_name=demo-{name}', f'save_folder={run_dir / "checkpoints"}'],
+                args.steps,
+            )
         else:
             log.info('%s: already trained (%s)', name, run_dir)
     runs = [read_run_log(out / 'runs' / name / 'train.log', name) for name in RUNS]
@@ -140,12 +169,20 @@ def main(argv: list[str] | None = None) -> int:
     tokens_per_batch = args.batch_size * args.seq_len
     cooldown_batch = runs[0].cooldown_start_batch
     plot_losses(runs, tokens_per_batch, cooldown_batch, out / 'loss.png')
-    settings = {'model': f'yamls/tiny-cpu.yaml (vocabulary {args.vocab_size}) {" ".join(args.override)}'.strip(),
-                'training': f'{args.steps} batches of {args.batch_size} x {args.seq_len} tokens per run',
-                'wrong URL': args.wrong_url}
-    report = write_report(out / 'report.md', runs, tokens_per_batch, cooldown_batch,
-                          {name: {cond: r['loss'] for cond, r in res.items()} for name, res in evaluation.items()},
-                          corpus_stats, settings)
+    settings = {
+        'model': f'yamls/tiny-cpu.yaml (vocabulary {args.vocab_size}) {" ".join(args.override)}'.strip(),
+        'training': f'{args.steps} batches of {args.batch_size} x {args.seq_len} tokens per run',
+        'wrong URL': args.wrong_url,
+    }
+    report = write_report(
+        out / 'report.md',
+        runs,
+        tokens_per_batch,
+        cooldown_batch,
+        {name: {cond: r['loss'] for cond, r in res.items()} for name, res in evaluation.items()},
+        corpus_stats,
+        settings,
+    )
     print(f'\nDemo done.\n  report: {report}\n  plot:   {out / "loss.png"}\n  runs:   {out / "runs"}', flush=True)
     return 0
 
@@ -184,10 +221,18 @@ def train(name: str, config: Path, run_dir: Path, overrides: list[str], steps: i
     (run_dir / 'command.txt').write_text(' '.join(command) + '\n')
     batch_header = re.compile(r'^\[(?:epoch=\d+\]\[)?batch=(\d+)/\d+\]')
     loss_line = re.compile(r'Train loss/train/total: (\S+)')
-    with open(run_dir / 'train.log', 'w', encoding='utf-8') as log_file, \
-            tqdm(total=steps, desc=f'train {name}', unit='ba') as bar, \
-            subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=dict(os.environ, PYTHONUNBUFFERED='1')) as process:
+    with (
+        open(run_dir / 'train.log', 'w', encoding='utf-8') as log_file,
+        tqdm(total=steps, desc=f'train {name}', unit='ba') as bar,
+        subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(os.environ, PYTHONUNBUFFERED='1'),
+        ) as process,
+    ):
         assert process.stdout is not None
         for line in process.stdout:
             log_file.write(line)
@@ -202,21 +247,32 @@ def train(name: str, config: Path, run_dir: Path, overrides: list[str], steps: i
         raise SystemExit(f'error: training {name} failed (exit {returncode}); see {run_dir / "train.log"}')
 
 
-def evaluate(configs: dict[str, Path], out: Path, overrides: list[str], heldout: Path,
-             args: argparse.Namespace) -> dict[str, dict[str, dict]]:
+def evaluate(
+    configs: dict[str, Path], out: Path, overrides: list[str], heldout: Path, args: argparse.Namespace
+) -> dict[str, dict[str, dict]]:
     """Held-out loss of each run's final checkpoint with the true URL, no URL and a wrong URL, on one token set."""
-    from meco_callbacks.demo_report import wrong_url_condition
-    from meco_callbacks.evaluation import NO_URL, TRUE_URL, compare_conditions, mismatched_url
-    from meco_callbacks.trained_models import load_composer_checkpoint
+    from demo.report import wrong_url_condition
+    from meco_callbacks.evaluation.conditional_loss import NO_URL, TRUE_URL, compare_conditions, mismatched_url
+    from meco_callbacks.evaluation.trained_models import load_composer_checkpoint
 
-    conditions = {'no URL': NO_URL, 'true URL': TRUE_URL,
-                  wrong_url_condition(args.wrong_url): mismatched_url(args.wrong_url)}
+    conditions = {
+        'no URL': NO_URL,
+        'true URL': TRUE_URL,
+        wrong_url_condition(args.wrong_url): mismatched_url(args.wrong_url),
+    }
     results = {}
     for name in RUNS:
-        model, tokenizer = load_composer_checkpoint(configs[name], out / 'runs' / name / 'checkpoints' / 'latest-rank0.pt',
-                                                    overrides)
-        results[name] = compare_conditions(model, tokenizer, heldout, conditions, device_batch_size=args.batch_size,
-                                           max_batches=args.eval_batches or None)
+        model, tokenizer = load_composer_checkpoint(
+            configs[name], out / 'runs' / name / 'checkpoints' / 'latest-rank0.pt', overrides
+        )
+        results[name] = compare_conditions(
+            model,
+            tokenizer,
+            heldout,
+            conditions,
+            device_batch_size=args.batch_size,
+            max_batches=args.eval_batches or None,
+        )
     return results
 
 

@@ -22,16 +22,15 @@ saved position then records both datasets, so resuming on either side of the bou
 from __future__ import annotations
 
 import logging
-from typing import Any
-
 from collections.abc import Mapping
+from typing import Any
 
 from composer.core import Callback, State, Time, TimeUnit
 from composer.loggers import Logger
 from composer.utils import dist
 
-from meco_callbacks.algorithm import find_meco_loader
-from meco_callbacks.dataloader import MeCoDataLoader, build_cooldown_loader
+from meco_callbacks.data.dataloader import MeCoDataLoader, build_cooldown_loader
+from meco_callbacks.training.algorithm import find_meco_loader
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +40,28 @@ _COMPARABLE_UNITS = (TimeUnit.BATCH, TimeUnit.TOKEN, TimeUnit.SAMPLE)
 def cooldown_boundary(max_duration: Time, cooldown: float | None = None, boundary: str | None = None) -> Time:
     """The time at which cooldown starts, in ``max_duration``'s unit; a clear error for anything ambiguous."""
     if max_duration.unit not in _COMPARABLE_UNITS:
-        raise ValueError(f'meco_cooldown needs max_duration in batches, tokens or samples (ba, tok, sp) to place '
-                         f'the boundary on an exact batch; got {max_duration}.')
+        raise ValueError(
+            f'meco_cooldown needs max_duration in batches, tokens or samples (ba, tok, sp) to place '
+            f'the boundary on an exact batch; got {max_duration}.'
+        )
     if boundary is not None:
         if cooldown is not None:
             raise ValueError('meco_cooldown takes either cooldown (a fraction) or boundary (a time), not both.')
         point = Time.from_timestring(str(boundary))
         if point.unit != max_duration.unit:
-            raise ValueError(f'meco_cooldown boundary {boundary} is in {point.unit.value} but max_duration '
-                             f'{max_duration} is in {max_duration.unit.value}: give it in the same unit.')
+            raise ValueError(
+                f'meco_cooldown boundary {boundary} is in {point.unit.value} but max_duration '
+                f'{max_duration} is in {max_duration.unit.value}: give it in the same unit.'
+            )
         if not 0 < point.value < max_duration.value:
             raise ValueError(f'meco_cooldown boundary {boundary} must lie inside the run (0, {max_duration}).')
         return point
     fraction = 0.1 if cooldown is None else float(cooldown)
     if not 0 < fraction < 1:
-        raise ValueError(f'meco_cooldown cooldown must be a fraction in (0, 1) of max_duration; got {cooldown}. '
-                         'To train without cooldown, leave the callback out.')
+        raise ValueError(
+            f'meco_cooldown cooldown must be a fraction in (0, 1) of max_duration; got {cooldown}. '
+            'To train without cooldown, leave the callback out.'
+        )
     value = round(max_duration.value * (1 - fraction))
     if not 0 < value < max_duration.value:
         raise ValueError(f'cooldown {fraction} of max_duration {max_duration} leaves no batch on one side.')
@@ -66,8 +71,12 @@ def cooldown_boundary(max_duration: Time, cooldown: float | None = None, boundar
 class MeCoCooldown(Callback):
     """Switch the MeCo train loader from conditioned to plain batches at an exact, resumable boundary."""
 
-    def __init__(self, cooldown: float | None = None, boundary: str | None = None,
-                 cooldown_streams: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        cooldown: float | None = None,
+        boundary: str | None = None,
+        cooldown_streams: Mapping[str, Any] | None = None,
+    ) -> None:
         if cooldown is not None and boundary is not None:
             raise ValueError('meco_cooldown takes either cooldown (a fraction) or boundary (a time), not both.')
         self.cooldown = cooldown
@@ -85,22 +94,27 @@ class MeCoCooldown(Callback):
     def fit_start(self, state: State, logger: Logger) -> None:
         loader = find_meco_loader(state, 'the meco_cooldown callback')
         if not loader.metadata.enabled or not loader.metadata.active:
-            raise ValueError('meco_cooldown switches metadata off, but the train loader never turns it on '
-                             f'(metadata kind {loader.metadata.kind!r}, enabled {loader.metadata.enabled}): '
-                             'remove the callback for a baseline run, or enable metadata.')
+            raise ValueError(
+                'meco_cooldown switches metadata off, but the train loader never turns it on '
+                f'(metadata kind {loader.metadata.kind!r}, enabled {loader.metadata.enabled}): '
+                'remove the callback for a baseline run, or enable metadata.'
+            )
         assert state.max_duration is not None
         self.boundary = cooldown_boundary(state.max_duration, self.cooldown, self.boundary_spec)
         now = state.timestamp.get(self.boundary.unit).value
         if self._loaded_switch is not None and now < self.boundary.value:
-            raise ValueError(f'the checkpoint was already in cooldown (since batch {self._loaded_switch}) but the '
-                             f'configured boundary {self.boundary} lies ahead: prefixes would come back. Use the '
-                             'cooldown/boundary and max_duration the run started with.')
+            raise ValueError(
+                f'the checkpoint was already in cooldown (since batch {self._loaded_switch}) but the '
+                f'configured boundary {self.boundary} lies ahead: prefixes would come back. Use the '
+                'cooldown/boundary and max_duration the run started with.'
+            )
         self.switched_at_batch = self._loaded_switch
         if self.cooldown_streams and loader.cooldown_loader is None:
             self._attach_cooldown_streams(state, loader)
         logger.log_hyperparameters({'meco/cooldown_boundary': str(self.boundary)})
-        log.info('meco_cooldown: conditioning until %s, plain documents from then to %s', self.boundary,
-                 state.max_duration)
+        log.info(
+            'meco_cooldown: conditioning until %s, plain documents from then to %s', self.boundary, state.max_duration
+        )
         self._set_phase(state, logger)
 
     def batch_end(self, state: State, logger: Logger) -> None:
@@ -115,8 +129,9 @@ class MeCoCooldown(Callback):
             self.switched_at_batch = int(state.timestamp.batch)
             if loader.cooldown_loader is not None:
                 loader.dataset.cooldown_start_sample = int(state.timestamp.sample_in_epoch)
-            log.info('meco_cooldown: switched to plain documents at batch %d (%s)', self.switched_at_batch,
-                     self.boundary)
+            log.info(
+                'meco_cooldown: switched to plain documents at batch %d (%s)', self.switched_at_batch, self.boundary
+            )
             logger.log_metrics({'meco/cooldown_start_batch': self.switched_at_batch})
 
     def _attach_cooldown_streams(self, state: State, loader: MeCoDataLoader) -> None:
@@ -127,17 +142,22 @@ class MeCoCooldown(Callback):
         total = self._as_samples(state.max_duration, loader)
         after = total - self._as_samples(self.boundary, loader)
         if total > main_dataset.epoch_size or after > cooldown_dataset.epoch_size:
-            raise ValueError(f'with cooldown_streams the run must fit in one epoch of each dataset: it needs '
-                             f'{total - after} + {after} samples, the train data has {main_dataset.epoch_size} and the '
-                             f'cooldown streams {cooldown_dataset.epoch_size}. Shorten max_duration or add data.')
+            raise ValueError(
+                f'with cooldown_streams the run must fit in one epoch of each dataset: it needs '
+                f'{total - after} + {after} samples, the train data has {main_dataset.epoch_size} and the '
+                f'cooldown streams {cooldown_dataset.epoch_size}. Shorten max_duration or add data.'
+            )
         pending = main_dataset.pending_cooldown_state
         if pending is not None:
             main_dataset.cooldown_start_sample = int(pending['start_sample'])
             cooldown_dataset.load_state_dict(pending['state'])
         main_dataset.cooldown_dataset = cooldown_dataset
         loader.cooldown_loader = cooldown
-        log.info('meco_cooldown: cooling down on streams %s (%d samples)', sorted(self.cooldown_streams or {}),
-                 cooldown_dataset.epoch_size)
+        log.info(
+            'meco_cooldown: cooling down on streams %s (%d samples)',
+            sorted(self.cooldown_streams or {}),
+            cooldown_dataset.epoch_size,
+        )
 
     @staticmethod
     def _as_samples(time: Time, loader: MeCoDataLoader) -> int:
@@ -149,8 +169,10 @@ class MeCoCooldown(Callback):
         return time.value
 
     def state_dict(self) -> dict[str, Any]:
-        return {'boundary': None if self.boundary is None else str(self.boundary),
-                'switched_at_batch': self.switched_at_batch}
+        return {
+            'boundary': None if self.boundary is None else str(self.boundary),
+            'switched_at_batch': self.switched_at_batch,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._loaded_switch = state.get('switched_at_batch')

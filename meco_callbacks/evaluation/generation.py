@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from meco_callbacks.evaluation import language_model
-from meco_callbacks.icl import url_prefix
-from meco_callbacks.metadata import DEFAULT_TEMPLATE
-from meco_callbacks.model import MeCoMPTForCausalLM
+from meco_callbacks.data.metadata import DEFAULT_TEMPLATE
+from meco_callbacks.evaluation.conditional_loss import language_model
+from meco_callbacks.evaluation.icl import url_prefix
+from meco_callbacks.model.mpt import MeCoMPTForCausalLM
 
 
 def generation_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -22,9 +22,17 @@ def generation_model(model: torch.nn.Module) -> torch.nn.Module:
     return lm.to_mpt().eval() if isinstance(lm, MeCoMPTForCausalLM) else lm.eval()
 
 
-def generate(model: torch.nn.Module, tokenizer: Any, prompt: str, url: str | None = None,
-             max_new_tokens: int = 64, template: str = DEFAULT_TEMPLATE, do_sample: bool = False,
-             temperature: float = 1.0, seed: int = 0) -> str:
+def generate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompt: str,
+    url: str | None = None,
+    max_new_tokens: int = 64,
+    template: str = DEFAULT_TEMPLATE,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> str:
     """The continuation of ``prompt`` (without the prompt), with ``URL: <url>\\n\\n`` in front when ``url`` is given."""
     text = (url_prefix(url, template) if url else '') + prompt
     lm = generation_model(model)
@@ -35,7 +43,13 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompt: str, url: str | Non
     if do_sample:
         kwargs['temperature'] = temperature
     with torch.no_grad():
-        out = lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                          pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                          else tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, use_cache=True, **kwargs)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        out = lm.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            use_cache=True,
+            **kwargs,
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from streaming import Stream, StreamingDataset
 
-from meco_callbacks.fingerprint import tokenizer_fingerprint
 from meco_callbacks.formats import DATASET_INFO_FILE, PACKED_FORMAT
+from meco_callbacks.tokenizer.fingerprint import tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,10 @@ class MeCoPackedDataset(StreamingDataset):
         if start is None or self.cooldown_dataset is None:
             return super().state_dict(num_samples, from_beginning)
         state = super().state_dict(start, from_beginning)
-        state['meco_cooldown'] = {'start_sample': start,
-                                  'state': self.cooldown_dataset.state_dict(num_samples - start, from_beginning)}
+        state['meco_cooldown'] = {
+            'start_sample': start,
+            'state': self.cooldown_dataset.state_dict(num_samples - start, from_beginning),
+        }
         return state
 
     def load_state_dict(self, obj: dict[str, Any]) -> None:
@@ -57,8 +59,10 @@ class MeCoPackedDataset(StreamingDataset):
         sample = super().__getitem__(idx)
         missing = [c for c in ('input_ids', 'segment_lengths', 'continued', 'urls', 'metadata') if c not in sample]
         if missing:
-            raise ValueError(f'sample {idx} lacks column(s) {missing}: this is not a MeCo packed dataset. '
-                             'Build one with convert/documents.py then convert/pack.py.')
+            raise ValueError(
+                f'sample {idx} lacks column(s) {missing}: this is not a MeCo packed dataset. '
+                'Build one with convert/documents.py then convert/pack.py.'
+            )
         return {
             'input_ids': np.asarray(sample['input_ids'], dtype=np.int64),
             'segment_lengths': np.asarray(sample['segment_lengths'], dtype=np.int64),
@@ -68,13 +72,17 @@ class MeCoPackedDataset(StreamingDataset):
         }
 
 
-def build_packed_dataset(config: Mapping[str, Any], batch_size: int, replication: int | None = None) -> MeCoPackedDataset:
+def build_packed_dataset(
+    config: Mapping[str, Any], batch_size: int, replication: int | None = None
+) -> MeCoPackedDataset:
     """Build the dataset from the loader's ``dataset`` block (llm-foundry's streaming keys plus ``max_seq_len``)."""
     config = dict(config)
     unknown = sorted(set(config) - STREAMING_KEYS - {'max_seq_len'})
     if unknown:
-        raise ValueError(f'unknown key(s) {unknown} in the MeCo dataset config; it takes max_seq_len, metadata, '
-                         f'document_masking and StreamingDataset\'s keys: {sorted(STREAMING_KEYS)}.')
+        raise ValueError(
+            f'unknown key(s) {unknown} in the MeCo dataset config; it takes max_seq_len, metadata, '
+            f"document_masking and StreamingDataset's keys: {sorted(STREAMING_KEYS)}."
+        )
     streams = config.pop('streams', None)
     if isinstance(streams, Mapping):
         streams = [Stream(**dict(stream)) for stream in streams.values()]
@@ -129,17 +137,23 @@ def check_packed_datasets(config: Mapping[str, Any], tokenizer: Any, max_seq_len
             log.warning('%s has no %s: cannot verify its tokenizer or row length', where, DATASET_INFO_FILE)
             continue
         if info.get('format') != PACKED_FORMAT:
-            raise ValueError(f'{where} holds a {info.get("format")!r} dataset, not {PACKED_FORMAT!r}: '
-                             'pack document datasets with convert/pack.py before training.')
+            raise ValueError(
+                f'{where} holds a {info.get("format")!r} dataset, not {PACKED_FORMAT!r}: '
+                'pack document datasets with convert/pack.py before training.'
+            )
         if int(info.get('max_seq_len', max_seq_len)) != max_seq_len:
-            raise ValueError(f'{where} was packed with max_seq_len {info["max_seq_len"]} but training uses '
-                             f'{max_seq_len}: repack with convert/pack.py --max-seq-len {max_seq_len} or change '
-                             'max_seq_len.')
+            raise ValueError(
+                f'{where} was packed with max_seq_len {info["max_seq_len"]} but training uses '
+                f'{max_seq_len}: repack with convert/pack.py --max-seq-len {max_seq_len} or change '
+                'max_seq_len.'
+            )
         have = (info.get('tokenizer') or {}).get('fingerprint')
         if have and have != want:
-            raise ValueError(f'{where} was tokenized with {info["tokenizer"].get("name")!r} (fingerprint {have}) '
-                             f'but training uses {getattr(tokenizer, "name_or_path", "?")!r} (fingerprint {want}): '
-                             'token ids would mean different text. Train with the dataset\'s tokenizer or '
-                             're-convert the corpus with yours.')
+            raise ValueError(
+                f'{where} was tokenized with {info["tokenizer"].get("name")!r} (fingerprint {have}) '
+                f'but training uses {getattr(tokenizer, "name_or_path", "?")!r} (fingerprint {want}): '
+                "token ids would mean different text. Train with the dataset's tokenizer or "
+                're-convert the corpus with yours.'
+            )
         infos.append(info)
     return infos

@@ -34,11 +34,21 @@ from typing import Any
 import numpy as np
 from streaming import MDSWriter
 
-from meco_callbacks.fingerprint import tokenizer_info
+from meco_callbacks.corpus.readers import (
+    MISSING,
+    FieldMapping,
+    Record,
+    Skip,
+    Source,
+    Unit,
+    UnitReader,
+    UnreadableFile,
+    find_sources,
+    plan_units,
+)
+from meco_callbacks.corpus.tokenization import TokenizerBackend, build_tokenizer_backend, load_tokenizer
 from meco_callbacks.formats import DOCUMENT_COLUMNS, DOCUMENT_FORMAT, read_dataset_info, write_dataset_info
-from meco_callbacks.readers import (MISSING, FieldMapping, Record, Skip, Source, Unit, UnitReader, UnreadableFile,
-                                    find_sources, plan_units)
-from meco_callbacks.tokenization import TokenizerBackend, build_tokenizer_backend, load_tokenizer
+from meco_callbacks.tokenizer.fingerprint import tokenizer_info
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +127,15 @@ class ConversionStats:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConversionStats:
         """Read back what ``to_dict`` wrote."""
-        return cls(data['documents_read'], data['documents_written'], data['tokens_written'], Counter(data['skipped']),
-                   Counter(data['urls_replaced_by_placeholder']), Counter(data['metadata_missing']),
-                   dict(data['files_unreadable']))
+        return cls(
+            data['documents_read'],
+            data['documents_written'],
+            data['tokens_written'],
+            Counter(data['skipped']),
+            Counter(data['urls_replaced_by_placeholder']),
+            Counter(data['metadata_missing']),
+            dict(data['files_unreadable']),
+        )
 
 
 @dataclass
@@ -235,11 +251,21 @@ class Document:
     metadata: dict[str, str]
 
 
-def convert_documents(inputs: Sequence[str], output: str | Path, tokenizer: Any, *,
-                      fields: FieldMapping = FieldMapping(), policy: DocumentPolicy = DocumentPolicy(),
-                      tokenizer_backend: str = 'auto', num_workers: int = 1, job_index: int = 0, num_jobs: int = 1,
-                      unit_bytes: int = DEFAULT_UNIT_BYTES, overwrite: bool = False,
-                      progress: bool = True) -> ConversionReport:
+def convert_documents(
+    inputs: Sequence[str],
+    output: str | Path,
+    tokenizer: Any,
+    *,
+    fields: FieldMapping = FieldMapping(),
+    policy: DocumentPolicy = DocumentPolicy(),
+    tokenizer_backend: str = 'auto',
+    num_workers: int = 1,
+    job_index: int = 0,
+    num_jobs: int = 1,
+    unit_bytes: int = DEFAULT_UNIT_BYTES,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ConversionReport:
     """Convert ``inputs`` (files, globs, dataset directories) into a document MDS at ``output``.
 
     ``tokenizer`` is a Hugging Face fast tokenizer or its name/path. With ``num_jobs`` > 1 this converts only
@@ -249,7 +275,9 @@ def convert_documents(inputs: Sequence[str], output: str | Path, tokenizer: Any,
     """
     start = time.perf_counter()
     if num_workers < 1 or num_jobs < 1 or not 0 <= job_index < num_jobs:
-        raise ValueError(f'need num_workers >= 1 and 0 <= job_index < num_jobs, got {num_workers}, {job_index}, {num_jobs}')
+        raise ValueError(
+            f'need num_workers >= 1 and 0 <= job_index < num_jobs, got {num_workers}, {job_index}, {num_jobs}'
+        )
     os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')  # parallelism comes from worker processes
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
     output = Path(output)
@@ -259,8 +287,11 @@ def convert_documents(inputs: Sequence[str], output: str | Path, tokenizer: Any,
     plan = _plan(discovery.sources, discovery.unreadable, units, fields, policy, tok, tokenizer_backend, unit_bytes)
     finished = _finished_dataset(output, plan['id'], overwrite)
     if finished is not None:
-        log.info('%s already holds this conversion (%d documents); nothing to do.', output,
-                 finished['stats']['documents_written'])
+        log.info(
+            '%s already holds this conversion (%d documents); nothing to do.',
+            output,
+            finished['stats']['documents_written'],
+        )
         return ConversionReport(output, finished, 0, finished['tokenizer_backend'], {}, time.perf_counter() - start)
     partial = _partial_dir(output)
     recorded = _recorded_plan(partial, plan['id'], overwrite)
@@ -271,18 +302,29 @@ def convert_documents(inputs: Sequence[str], output: str | Path, tokenizer: Any,
         _record_plan(partial, dict(plan, tokenizer_backend=backend.name, tokenizer_backend_reason=backend.reason))
     mine = [unit for unit in units if unit.index % num_jobs == job_index]
     pending = [unit for unit in mine if not _unit_dir(partial, unit, len(units)).is_dir()]
-    log.info('Converting %d inputs: %d units%s, %d already done; %d workers; tokenizer backend %s.',
-             len(discovery.sources), len(mine), f' (part {job_index} of {num_jobs})' if num_jobs > 1 else '',
-             len(mine) - len(pending), num_workers, backend.name)
+    log.info(
+        'Converting %d inputs: %d units%s, %d already done; %d workers; tokenizer backend %s.',
+        len(discovery.sources),
+        len(mine),
+        f' (part {job_index} of {num_jobs})' if num_jobs > 1 else '',
+        len(mine) - len(pending),
+        num_workers,
+        backend.name,
+    )
     context = _UnitContext(fields, checker, backend, partial, len(units))
     converting = time.perf_counter()
     stage_seconds = _run_units(pending, context, num_workers, progress)
     converted = time.perf_counter() - converting
     if num_jobs > 1:
-        log.info('Part %d of %d is done. When every part is, merge them: python convert/merge.py --output %s',
-                 job_index, num_jobs, output)
-        return ConversionReport(output, None, len(pending), backend.name, stage_seconds, time.perf_counter() - start,
-                                converted)
+        log.info(
+            'Part %d of %d is done. When every part is, merge them: python convert/merge.py --output %s',
+            job_index,
+            num_jobs,
+            output,
+        )
+        return ConversionReport(
+            output, None, len(pending), backend.name, stage_seconds, time.perf_counter() - start, converted
+        )
     info = merge_document_parts(output, overwrite=overwrite)
     wall = time.perf_counter() - start
     _log_summary(info, stage_seconds, wall, converted)
@@ -307,8 +349,10 @@ def merge_document_parts(output: str | Path, overwrite: bool = False) -> dict[st
     count = len(plan['units'])
     missing = [i for i in range(count) if not (partial / _unit_name(i, count)).is_dir()]
     if missing:
-        raise ConversionError(f'{len(missing)} of {count} units are not converted yet (e.g. {missing[:5]}); run the '
-                              'parts that hold them (unit i belongs to job i % num_jobs) and merge again')
+        raise ConversionError(
+            f'{len(missing)} of {count} units are not converted yet (e.g. {missing[:5]}); run the '
+            'parts that hold them (unit i belongs to job i % num_jobs) and merge again'
+        )
     stats = ConversionStats(files_unreadable=dict(plan['unreadable_inputs']))
     records_per_source: Counter = Counter()
     shards = []
@@ -354,9 +398,12 @@ class _UnitContext:
     unit_count: int
 
 
-def _convert_unit(unit: Unit, context: _UnitContext,
-                  on_progress: Callable[[int, int, int], None] = lambda size, docs, tokens: None,
-                  heartbeat: Callable[[], None] = lambda: None) -> dict[str, float]:
+def _convert_unit(
+    unit: Unit,
+    context: _UnitContext,
+    on_progress: Callable[[int, int, int], None] = lambda size, docs, tokens: None,
+    heartbeat: Callable[[], None] = lambda: None,
+) -> dict[str, float]:
     """Convert one unit into its own MDS directory, renamed into place when complete; returns CPU seconds per stage.
 
     ``on_progress(bytes, documents, tokens)`` is called after each written batch; ``heartbeat`` once per batch.
@@ -367,7 +414,7 @@ def _convert_unit(unit: Unit, context: _UnitContext,
     staging = final.with_name(final.name + '.tmp')
     shutil.rmtree(staging, ignore_errors=True)
     stats = ConversionStats()
-    columns = dict(DOCUMENT_COLUMNS, **{name: 'str' for name in context.fields.metadata_columns()})
+    columns = dict(DOCUMENT_COLUMNS, **dict.fromkeys(context.fields.metadata_columns(), 'str'))
     seconds = {'read': 0.0, 'tokenize': 0.0, 'write': 0.0}
     with MDSWriter(out=str(staging), columns=columns) as writer:
         batches = _read_batches(unit, context, stats)
@@ -416,12 +463,20 @@ def _read_batches(unit: Unit, context: _UnitContext, stats: ConversionStats) -> 
                 yield _Batch(documents, reader.bytes_done - reported)
                 documents, chars, reported = [], 0, reader.bytes_done
     except UnreadableFile as problem:
-        stats.files_unreadable[unit.source.path] = f'{problem} (after {stats.documents_read} records of unit {unit.index})'
+        stats.files_unreadable[unit.source.path] = (
+            f'{problem} (after {stats.documents_read} records of unit {unit.index})'
+        )
     yield _Batch(documents, unit.size - reported)
 
 
-def _write_batch(batch: _Batch, encoded_texts: list[list[int]], writer: Any, checker: DocumentChecker,
-                 stats: ConversionStats, on_progress: Callable[[int, int, int], None]) -> None:
+def _write_batch(
+    batch: _Batch,
+    encoded_texts: list[list[int]],
+    writer: Any,
+    checker: DocumentChecker,
+    stats: ConversionStats,
+    on_progress: Callable[[int, int, int], None],
+) -> None:
     encoded = iter(encoded_texts)
     written = tokens = 0
     for document in batch.documents:
@@ -451,8 +506,14 @@ def _run_units(units: list[Unit], context: _UnitContext, num_workers: int, progr
     workers = min(num_workers, len(units))
     units = sorted(units, key=lambda unit: -unit.size)  # largest first, so no worker is left with a big one at the end
     pool = _WorkerPool(units, context, workers) if workers > 1 else None
-    bar = tqdm(total=sum(unit.size for unit in units), unit='B', unit_scale=True, desc='documents',
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=sum(unit.size for unit in units),
+        unit='B',
+        unit_scale=True,
+        desc='documents',
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     counts = {'documents': 0, 'tokens': 0}
     began = time.perf_counter()
 
@@ -460,8 +521,9 @@ def _run_units(units: list[Unit], context: _UnitContext, num_workers: int, progr
         counts['documents'] += documents
         counts['tokens'] += tokens
         elapsed = max(time.perf_counter() - began, 1e-9)
-        bar.set_postfix_str(f'{counts["documents"] / elapsed:,.0f} docs/s, {counts["tokens"] / elapsed:,.0f} tokens/s',
-                            refresh=False)
+        bar.set_postfix_str(
+            f'{counts["documents"] / elapsed:,.0f} docs/s, {counts["tokens"] / elapsed:,.0f} tokens/s', refresh=False
+        )
         bar.update(size)
 
     try:
@@ -497,6 +559,7 @@ class _WorkerPool:
 
     def _work(self, parent: int) -> None:
         """Worker process body: convert units until the None sentinel."""
+
         def heartbeat() -> None:
             if os.getppid() != parent:  # the parent was killed: stop instead of writing on as an orphan
                 os._exit(3)
@@ -552,7 +615,8 @@ class _WorkerPool:
                 how = f'signal {-process.exitcode}' if process.exitcode < 0 else f'exit code {process.exitcode}'
                 raise ConversionError(
                     f'worker process {process.pid} died ({how}){doing}. The {len(self.units) - len(remaining)} units '
-                    f'finished in this run are kept in {self.context.partial}: run the same command again to resume.')
+                    f'finished in this run are kept in {self.context.partial}: run the same command again to resume.'
+                )
 
 
 def _describe(unit: Unit) -> str:
@@ -560,8 +624,16 @@ def _describe(unit: Unit) -> str:
     return f'unit {unit.index} ({unit.source.path}, {kind} {unit.start}-{unit.stop})'
 
 
-def _plan(sources: list[Source], unreadable: dict[str, str], units: list[Unit], fields: FieldMapping,
-          policy: DocumentPolicy, tokenizer: Any, backend: str, unit_bytes: int) -> dict[str, Any]:
+def _plan(
+    sources: list[Source],
+    unreadable: dict[str, str],
+    units: list[Unit],
+    fields: FieldMapping,
+    policy: DocumentPolicy,
+    tokenizer: Any,
+    backend: str,
+    unit_bytes: int,
+) -> dict[str, Any]:
     """The conversion's identity: inputs as found, units, settings and tokenizer; ``id`` hashes all but names."""
     index = {source: i for i, source in enumerate(sources)}
     plan = {
@@ -571,7 +643,7 @@ def _plan(sources: list[Source], unreadable: dict[str, str], units: list[Unit], 
         'units': [[index[unit.source], unit.start, unit.stop, unit.size] for unit in units],
         'fields': asdict(fields),
         'policy': asdict(policy),
-        'columns': dict(DOCUMENT_COLUMNS, **{name: 'str' for name in fields.metadata_columns()}),
+        'columns': dict(DOCUMENT_COLUMNS, **dict.fromkeys(fields.metadata_columns(), 'str')),
         'tokenizer': tokenizer_info(tokenizer),
         'tokenizer_backend_requested': backend,
         'unit_bytes': unit_bytes,
@@ -601,10 +673,15 @@ def _finished_dataset(output: Path, plan_id: str, overwrite: bool) -> dict[str, 
     if info is not None and info.get('conversion', {}).get('id') == plan_id:
         return info
     if not overwrite:
-        what = (f'a different {info.get("format")} dataset (conversion {info.get("conversion", {}).get("id")})'
-                if info else 'other files')
-        raise ConversionError(f'{output} already holds {what}; pass --overwrite (overwrite=True) to replace it once '
-                              'the new one is complete, or choose another output')
+        what = (
+            f'a different {info.get("format")} dataset (conversion {info.get("conversion", {}).get("id")})'
+            if info
+            else 'other files'
+        )
+        raise ConversionError(
+            f'{output} already holds {what}; pass --overwrite (overwrite=True) to replace it once '
+            'the new one is complete, or choose another output'
+        )
     return None
 
 
@@ -617,8 +694,10 @@ def _recorded_plan(partial: Path, plan_id: str, overwrite: bool) -> dict[str, An
     if recorded['id'] == plan_id:
         return recorded
     if not overwrite:
-        raise ConversionError(f'{partial} holds a different conversion in progress; rerun it with its own arguments '
-                              'to finish it, or pass --overwrite (overwrite=True) to discard it')
+        raise ConversionError(
+            f'{partial} holds a different conversion in progress; rerun it with its own arguments '
+            'to finish it, or pass --overwrite (overwrite=True) to discard it'
+        )
     log.warning('Discarding the different conversion in progress at %s (--overwrite).', partial)
     shutil.rmtree(partial)
     return None
@@ -697,14 +776,27 @@ def _encodable(text: str) -> bool:
 
 def _log_summary(info: dict[str, Any], seconds: dict[str, float], wall: float, converting: float) -> None:
     stats = info['stats']
-    log.info('Wrote %d documents (%d tokens) of %d read; skipped %s; %d unreadable and %d empty input files. '
-             'Tokenizer backend: %s.', stats['documents_written'], stats['tokens_written'], stats['documents_read'],
-             stats['skipped'] or 'none', len(stats['files_unreadable']), len(stats['inputs_empty']),
-             info['tokenizer_backend'])
+    log.info(
+        'Wrote %d documents (%d tokens) of %d read; skipped %s; %d unreadable and %d empty input files. '
+        'Tokenizer backend: %s.',
+        stats['documents_written'],
+        stats['tokens_written'],
+        stats['documents_read'],
+        stats['skipped'] or 'none',
+        len(stats['files_unreadable']),
+        len(stats['inputs_empty']),
+        info['tokenizer_backend'],
+    )
     for path, problem in stats['files_unreadable'].items():
         log.warning('Unreadable input %s: %s', path, problem)
     busy = sum(seconds.values())
     if busy > 0:
         shares = ', '.join(f'{stage} {100 * spent / busy:.0f}%' for stage, spent in seconds.items())
-        log.info('%.1fs wall (%.1fs converting units, the rest loading, planning, verifying and merging), %.0f tokens/s; '
-                 'CPU time by stage: %s.', wall, converting, stats['tokens_written'] / wall, shares)
+        log.info(
+            '%.1fs wall (%.1fs converting units, the rest loading, planning, verifying and merging), %.0f tokens/s; '
+            'CPU time by stage: %s.',
+            wall,
+            converting,
+            stats['tokens_written'] / wall,
+            shares,
+        )

@@ -14,7 +14,7 @@ from typing import Any
 from composer.core import Algorithm, Event, State
 from composer.loggers import Logger
 
-from meco_callbacks.dataloader import MeCoDataLoader
+from meco_callbacks.data.dataloader import MeCoDataLoader
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,10 @@ def find_meco_loader(state: State, role: str) -> MeCoDataLoader:
     """The run's MeCo train loader, or a clear error naming what it is instead."""
     loader = state.train_dataloader
     if not isinstance(loader, MeCoDataLoader):
-        raise ValueError(f'{role} needs the MeCo train loader (train_loader.name: meco), but the train loader is '
-                         f'{type(loader).__name__}. Convert the corpus with convert/pack.py and use name: meco.')
+        raise ValueError(
+            f'{role} needs the MeCo train loader (train_loader.name: meco), but the train loader is '
+            f'{type(loader).__name__}. Convert the corpus with convert/pack.py and use name: meco.'
+        )
     return loader
 
 
@@ -55,13 +57,15 @@ class MetadataConditioning(Algorithm):
         if not last:
             return
         tokens = max(last['tokens'], 1)
-        logger.log_metrics({
-            'meco/phase_conditioning': int(injector.enabled),
-            'meco/metadata_token_fraction': last['metadata_tokens'] / tokens,
-            'meco/dropped_token_fraction': last['dropped_tokens'] / tokens,
-            'meco/metadata_tokens_total': injector.stats.metadata_tokens,
-            'meco/dropped_tokens_total': injector.stats.dropped_tokens,
-        })
+        logger.log_metrics(
+            {
+                'meco/phase_conditioning': int(injector.enabled),
+                'meco/metadata_token_fraction': last['metadata_tokens'] / tokens,
+                'meco/dropped_token_fraction': last['dropped_tokens'] / tokens,
+                'meco/metadata_tokens_total': injector.stats.metadata_tokens,
+                'meco/dropped_tokens_total': injector.stats.dropped_tokens,
+            }
+        )
 
     def _check_model(self, state: State, loader: MeCoDataLoader) -> None:
         if not self.check_document_masking:
@@ -69,14 +73,24 @@ class MetadataConditioning(Algorithm):
         uses = model_uses_sequence_id(state.model)
         wants = loader.injector.document_masking
         if wants and uses is None:
-            raise ValueError(f'document masking is on (dataset.document_masking: true) but {type(state.model).__name__} '
-                             'cannot mask attention by sequence_id. Use an MPT model (name: meco_mpt_causal_lm) or set '
-                             'document_masking: false in the train_loader dataset block.')
+            raise ValueError(
+                f'document masking is on (dataset.document_masking: true) but {type(state.model).__name__} '
+                'cannot mask attention by sequence_id. Use an MPT model (name: meco_mpt_causal_lm) or set '
+                'document_masking: false in the train_loader dataset block.'
+            )
         if wants and not uses:
-            raise ValueError('document masking is on in the train loader but the model ignores sequence_id: set '
-                             'model.attn_config.attn_uses_sequence_id: true (or dataset.document_masking: false).')
+            raise ValueError(
+                'document masking is on in the train loader but the model ignores sequence_id: set '
+                'model.attn_config.attn_uses_sequence_id: true (or dataset.document_masking: false).'
+            )
         if uses and not wants:
-            raise ValueError('the model masks attention by sequence_id (attn_uses_sequence_id: true) but the train '
-                             'loader emits none: set dataset.document_masking: true in the train_loader.')
-        log.info('metadata_conditioning: document masking %s, metadata kind %s, prefixes %s',
-                 'on' if wants else 'off', loader.metadata.kind, 'on' if loader.injector.enabled else 'off')
+            raise ValueError(
+                'the model masks attention by sequence_id (attn_uses_sequence_id: true) but the train '
+                'loader emits none: set dataset.document_masking: true in the train_loader.'
+            )
+        log.info(
+            'metadata_conditioning: document masking %s, metadata kind %s, prefixes %s',
+            'on' if wants else 'off',
+            loader.metadata.kind,
+            'on' if loader.injector.enabled else 'off',
+        )

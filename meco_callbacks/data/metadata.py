@@ -28,8 +28,11 @@ _PLAIN_KINDS = ('domain', 'url', 'registered_domain', 'hash', 'none')
 
 def normalize_metadata(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> str:
     """One line of at most ``max_chars``: control and format characters dropped, whitespace runs -> one space."""
-    kept = ''.join(' ' if ch.isspace() else ch for ch in text
-                   if ch.isspace() or unicodedata.category(ch) not in ('Cc', 'Cf', 'Cs', 'Co', 'Cn'))
+    kept = ''.join(
+        ' ' if ch.isspace() else ch
+        for ch in text
+        if ch.isspace() or unicodedata.category(ch) not in ('Cc', 'Cf', 'Cs', 'Co', 'Cn')
+    )
     return _WHITESPACE.sub(' ', kept).strip()[:max_chars].strip()
 
 
@@ -90,12 +93,16 @@ class MetadataConfig:
         if not (self.kind in _PLAIN_KINDS or self.kind.startswith(('column:', 'constant:'))):
             raise ValueError(
                 f'metadata.kind {self.kind!r} is not known; use one of {", ".join(_PLAIN_KINDS)}, '
-                "'column:<name>' (a column carried in the packed dataset) or 'constant:<text>'.")
+                "'column:<name>' (a column carried in the packed dataset) or 'constant:<text>'."
+            )
         if self.kind in ('column:', 'constant:'):
             raise ValueError(f'metadata.kind {self.kind!r} needs a name or text after the colon, e.g. column:topic.')
         if self.template.count('{}') != 1 or self.template.replace('{}', '').count('{') + self.template.replace(
-                '{}', '').count('}'):
-            raise ValueError(f'metadata.template must contain exactly one "{{}}" and no other braces; got {self.template!r}.')
+            '{}', ''
+        ).count('}'):
+            raise ValueError(
+                f'metadata.template must contain exactly one "{{}}" and no other braces; got {self.template!r}.'
+            )
         if not isinstance(self.max_chars, int) or self.max_chars < 1:
             raise ValueError(f'metadata.max_chars must be a positive integer; got {self.max_chars!r}.')
 
@@ -103,7 +110,7 @@ class MetadataConfig:
     def from_dict(cls, cfg: Mapping[str, Any] | None) -> MetadataConfig:
         """Build from the YAML block, naming any unknown key (a typo must not silently change the recipe)."""
         cfg = dict(cfg or {})
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise ValueError(f'unknown key(s) {unknown} in the metadata block; known keys: {sorted(known)}.')
@@ -120,16 +127,19 @@ class MetadataConfig:
         if kind == 'none':
             return ''
         if kind.startswith('constant:'):
-            raw = kind[len('constant:'):]
+            raw = kind[len('constant:') :]
         elif kind.startswith('column:'):
-            value = (columns or {}).get(kind[len('column:'):])
+            value = (columns or {}).get(kind[len('column:') :])
             raw = '' if value is None else str(value)
         elif kind == 'url':
             raw = url
         else:
             host = url_host(url, self.strip_www)
-            raw = {'domain': host, 'registered_domain': registered_domain(host) if host else '',
-                   'hash': domain_hash(host)}[kind]
+            raw = {
+                'domain': host,
+                'registered_domain': registered_domain(host) if host else '',
+                'hash': domain_hash(host),
+            }[kind]
         return normalize_metadata(raw, self.max_chars)
 
     def prefix_for(self, metadata: str) -> str:

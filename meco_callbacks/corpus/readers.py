@@ -56,8 +56,10 @@ class FieldMapping:
         for path in self.metadata:
             name = path.rsplit('.', 1)[-1]
             if name in columns or name in ('input_ids', 'length', 'url'):
-                raise InputError(f'metadata field {path!r} would be stored as column {name!r}, which is already taken; '
-                                 'metadata columns are named by the last part of their path and must be distinct')
+                raise InputError(
+                    f'metadata field {path!r} would be stored as column {name!r}, which is already taken; '
+                    'metadata columns are named by the last part of their path and must be distinct'
+                )
             columns[name] = path
         return columns
 
@@ -187,8 +189,14 @@ class UnitReader:
     def __iter__(self) -> Iterator[Record | Skip]:
         """Records in input order; raises UnreadableFile (after what could be read) when the file is damaged."""
         source = self.unit.source
-        readers = {'jsonl': self._jsonl, 'json-array': self._json_array, 'parquet': self._parquet,
-                   'arrow': self._arrow, 'mds-text': self._mds, 'mds-tokens': self._mds}
+        readers = {
+            'jsonl': self._jsonl,
+            'json-array': self._json_array,
+            'parquet': self._parquet,
+            'arrow': self._arrow,
+            'mds-text': self._mds,
+            'mds-tokens': self._mds,
+        }
         try:
             yield from readers[source.format]()
         except (OSError, EOFError, ValueError, zstandard.ZstdError) as error:
@@ -198,8 +206,11 @@ class UnitReader:
     def _record(self, obj: Any) -> Record | Skip:
         if not isinstance(obj, dict):
             return Skip('not_a_json_object')
-        return Record(text=lookup(obj, self.fields.text), url=lookup(obj, self.fields.url),
-                      metadata={name: lookup(obj, path) for name, path in self.metadata_columns.items()})
+        return Record(
+            text=lookup(obj, self.fields.text),
+            url=lookup(obj, self.fields.url),
+            metadata={name: lookup(obj, path) for name, path in self.metadata_columns.items()},
+        )
 
     def _jsonl(self) -> Iterator[Record | Skip]:
         unit = self.unit
@@ -275,7 +286,7 @@ class UnitReader:
         directory = self.unit.source.path
         shards = _mds_index(directory)['shards']
         passthrough = self.unit.source.format == 'mds-tokens'
-        for info in shards[self.unit.start:self.unit.stop]:
+        for info in shards[self.unit.start : self.unit.stop]:
             reader = reader_from_json(directory, None, info)
             raw_path = Path(directory) / info['raw_data']['basename']
             if raw_path.is_file():
@@ -289,8 +300,13 @@ class UnitReader:
                 metadata = {name: lookup(sample, path) for name, path in self.metadata_columns.items()}
                 url = lookup(sample, self.fields.url)
                 if passthrough:
-                    yield Record(text=MISSING, url=url, metadata=metadata, token_ids=sample['input_ids'],
-                                 length=sample.get('length', MISSING))
+                    yield Record(
+                        text=MISSING,
+                        url=url,
+                        metadata=metadata,
+                        token_ids=sample['input_ids'],
+                        length=sample.get('length', MISSING),
+                    )
                 else:
                     yield Record(text=lookup(sample, self.fields.text), url=url, metadata=metadata)
             self.bytes_done += info['raw_data']['bytes']
@@ -305,15 +321,19 @@ def _sources_at(path: str, wanted: list[tuple[str, str]]) -> list[Source]:
             return _hf_sources(path, wanted)
         if os.path.isfile(os.path.join(path, 'dataset_dict.json')):
             splits = json.loads(Path(path, 'dataset_dict.json').read_text())['splits']
-            raise InputError(f'{path} is a Hugging Face DatasetDict with splits {splits}; pass one split directory, '
-                             f'e.g. {os.path.join(path, splits[0])}')
-        raise InputError(f'{path} is a directory but neither an MDS dataset (index.json) nor a Hugging Face '
-                         f'save_to_disk dataset (state.json); pass its files instead, e.g. "{path}/*.jsonl"')
+            raise InputError(
+                f'{path} is a Hugging Face DatasetDict with splits {splits}; pass one split directory, '
+                f'e.g. {os.path.join(path, splits[0])}'
+            )
+        raise InputError(
+            f'{path} is a directory but neither an MDS dataset (index.json) nor a Hugging Face '
+            f'save_to_disk dataset (state.json); pass its files instead, e.g. "{path}/*.jsonl"'
+        )
     name = os.path.basename(path).lower()
     compression = None
     for suffix, kind in COMPRESSIONS.items():
         if name.endswith(suffix):
-            name, compression = name[:-len(suffix)], kind
+            name, compression = name[: -len(suffix)], kind
     try:
         stat = os.stat(path)
     except OSError as error:
@@ -322,8 +342,10 @@ def _sources_at(path: str, wanted: list[tuple[str, str]]) -> list[Source]:
         _check_columns(path, _parquet_schema_names(path), wanted, 'Parquet file')
         return [Source(path, 'parquet', None, stat.st_size, stat.st_mtime_ns)]
     if not name.endswith(JSON_SUFFIXES):
-        raise InputError(f'cannot tell the format of {path} from its name; use .jsonl/.json/.ndjson (optionally '
-                         '.gz or .zst), .parquet, an MDS directory or a Hugging Face save_to_disk directory')
+        raise InputError(
+            f'cannot tell the format of {path} from its name; use .jsonl/.json/.ndjson (optionally '
+            '.gz or .zst), .parquet, an MDS directory or a Hugging Face save_to_disk directory'
+        )
     fmt = 'json-array' if name.endswith('.json') and _starts_with_bracket(path, compression) else 'jsonl'
     return [Source(path, fmt, compression, stat.st_size, stat.st_mtime_ns)]
 
@@ -333,8 +355,10 @@ def _check_columns(path: str, names: dict[str, Any], wanted: list[tuple[str, str
     for role, field_path in wanted:
         if not _schema_has(names, field_path):
             flag = {'text': '--text-field', 'url': '--url-field', 'metadata': '--metadata-fields'}[role]
-            raise InputError(f'{what} {path} has no {role} column {field_path!r} (columns: {sorted(names)}); '
-                             f'name the right one with {flag}')
+            raise InputError(
+                f'{what} {path} has no {role} column {field_path!r} (columns: {sorted(names)}); '
+                f'name the right one with {flag}'
+            )
 
 
 def _schema_has(names: dict[str, Any], field_path: str) -> bool:
@@ -413,8 +437,10 @@ def _mds_source(directory: str, wanted: list[tuple[str, str]]) -> Source:
         _check_columns(directory, columns, wanted, 'MDS dataset')
         return Source(directory, 'mds-text', None, size, mtime)
     if encoding_of['input_ids'] not in TOKEN_ENCODINGS:
-        raise InputError(f'MDS dataset {directory} stores input_ids as {encoding_of["input_ids"]}; token passthrough '
-                         f'reads {" or ".join(TOKEN_ENCODINGS)} (the MeCo release format)')
+        raise InputError(
+            f'MDS dataset {directory} stores input_ids as {encoding_of["input_ids"]}; token passthrough '
+            f'reads {" or ".join(TOKEN_ENCODINGS)} (the MeCo release format)'
+        )
     _check_columns(directory, columns, wanted[1:], 'MDS dataset')
     return Source(directory, 'mds-tokens', None, size, mtime)
 

@@ -1,12 +1,12 @@
 """The ``meco`` dataloader, registered in llm-foundry: packed rows in, MeCo training batches out.
 
-    train_loader:
-      name: meco
-      dataset: {local: /data/packed, shuffle: true, max_seq_len: 8192,
-                metadata: {kind: domain, template: "URL: {}\\n\\n", enabled: true, max_chars: 100},
-                document_masking: true}
-      drop_last: true
-      num_workers: 8
+train_loader:
+  name: meco
+  dataset: {local: /data/packed, shuffle: true, max_seq_len: 8192,
+            metadata: {kind: domain, template: "URL: {}\\n\\n", enabled: true, max_chars: 100},
+            document_masking: true}
+  drop_last: true
+  num_workers: 8
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 from composer.core import DataSpec
 from torch.utils.data import DataLoader
 
-from meco_callbacks.collator import PackedCollator, PrefixInjector
-from meco_callbacks.dataset import MeCoPackedDataset, build_packed_dataset, check_packed_datasets
-from meco_callbacks.fingerprint import adds_bos_token
-from meco_callbacks.metadata import MetadataConfig
+from meco_callbacks.data.collator import PackedCollator, PrefixInjector
+from meco_callbacks.data.dataset import MeCoPackedDataset, build_packed_dataset, check_packed_datasets
+from meco_callbacks.data.metadata import MetadataConfig
+from meco_callbacks.tokenizer.fingerprint import adds_bos_token
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,16 @@ class MeCoDataLoader(DataLoader):
     prefetched past that point are discarded, and the main dataset's saved position is the boundary.
     """
 
-    def __init__(self, dataset: MeCoPackedDataset, *, injector: PrefixInjector, metadata: MetadataConfig,
-                 dataset_config: Mapping[str, Any], loader_config: Mapping[str, Any], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dataset: MeCoPackedDataset,
+        *,
+        injector: PrefixInjector,
+        metadata: MetadataConfig,
+        dataset_config: Mapping[str, Any],
+        loader_config: Mapping[str, Any],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(dataset, **kwargs)
         self.injector = injector
         self.metadata = metadata
@@ -63,12 +71,20 @@ class MeCoDataLoader(DataLoader):
         yield from self.cooldown_loader
 
 
-def build_meco_loader(tokenizer: Any, device_batch_size: int, dataset: Mapping[str, Any], drop_last: bool = True,
-                      num_workers: int = 0, pin_memory: bool = False, prefetch_factor: int | None = 2,
-                      persistent_workers: bool = True, timeout: int = 0) -> MeCoDataLoader:
+def build_meco_loader(
+    tokenizer: Any,
+    device_batch_size: int,
+    dataset: Mapping[str, Any],
+    drop_last: bool = True,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    prefetch_factor: int | None = 2,
+    persistent_workers: bool = True,
+    timeout: int = 0,
+) -> MeCoDataLoader:
     """Build the loader from the YAML's ``dataset`` block and loader keys (see the module docstring)."""
     if tokenizer is None:
-        raise ValueError('the meco dataloader needs the run\'s tokenizer (set `tokenizer:` in the YAML).')
+        raise ValueError("the meco dataloader needs the run's tokenizer (set `tokenizer:` in the YAML).")
     if int(device_batch_size) != device_batch_size:
         raise ValueError(f'device_batch_size must be a whole number of rows, got {device_batch_size}.')
     config = dict(dataset)
@@ -79,44 +95,81 @@ def build_meco_loader(tokenizer: Any, device_batch_size: int, dataset: Mapping[s
     max_seq_len = int(config['max_seq_len'])
     check_packed_datasets(config, tokenizer, max_seq_len)
     packed = build_packed_dataset(config, batch_size=int(device_batch_size))
-    injector = PrefixInjector(max_seq_len, enabled=metadata.enabled and metadata.active,
-                              document_masking=document_masking)
+    injector = PrefixInjector(
+        max_seq_len, enabled=metadata.enabled and metadata.active, document_masking=document_masking
+    )
     collator = PackedCollator(tokenizer, metadata, max_seq_len, adds_bos=adds_bos_token(tokenizer))
     workers = {'prefetch_factor': prefetch_factor, 'persistent_workers': persistent_workers} if num_workers else {}
-    log.info('meco loader: metadata %s (%s), document masking %s, %d workers', metadata.kind,
-             'on' if injector.enabled else 'off', 'on' if document_masking else 'off', num_workers)
-    loader_config = {'drop_last': drop_last, 'num_workers': num_workers, 'pin_memory': pin_memory,
-                     'prefetch_factor': prefetch_factor, 'persistent_workers': persistent_workers, 'timeout': timeout}
-    return MeCoDataLoader(packed, injector=injector, metadata=metadata, dataset_config=dict(dataset),
-                          loader_config=loader_config, batch_size=int(device_batch_size), collate_fn=collator,
-                          drop_last=drop_last, num_workers=num_workers, pin_memory=pin_memory, timeout=timeout,
-                          **workers)
+    log.info(
+        'meco loader: metadata %s (%s), document masking %s, %d workers',
+        metadata.kind,
+        'on' if injector.enabled else 'off',
+        'on' if document_masking else 'off',
+        num_workers,
+    )
+    loader_config = {
+        'drop_last': drop_last,
+        'num_workers': num_workers,
+        'pin_memory': pin_memory,
+        'prefetch_factor': prefetch_factor,
+        'persistent_workers': persistent_workers,
+        'timeout': timeout,
+    }
+    return MeCoDataLoader(
+        packed,
+        injector=injector,
+        metadata=metadata,
+        dataset_config=dict(dataset),
+        loader_config=loader_config,
+        batch_size=int(device_batch_size),
+        collate_fn=collator,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        timeout=timeout,
+        **workers,
+    )
 
 
 def build_cooldown_loader(main: MeCoDataLoader, streams: Mapping[str, Any]) -> DataLoader:
     """A loader over ``streams`` with the main loader's settings and collator (prefixes stay off in cooldown)."""
-    config = {k: v for k, v in main.dataset_config.items()
-              if k not in ('streams', 'local', 'remote', 'split', 'metadata', 'document_masking')}
+    config = {
+        k: v
+        for k, v in main.dataset_config.items()
+        if k not in ('streams', 'local', 'remote', 'split', 'metadata', 'document_masking')
+    }
     config['streams'] = dict(streams)
     check_packed_datasets(config, main.collate_fn.tokenizer, int(config['max_seq_len']))
     dataset = build_packed_dataset(config, batch_size=int(main.batch_size))
     settings = main.loader_config
-    workers = ({'prefetch_factor': settings['prefetch_factor'], 'persistent_workers': settings['persistent_workers']}
-               if settings['num_workers'] else {})
-    return DataLoader(dataset, batch_size=main.batch_size, collate_fn=main.collate_fn,
-                      drop_last=settings['drop_last'], num_workers=settings['num_workers'],
-                      pin_memory=settings['pin_memory'], timeout=settings['timeout'], **workers)
+    workers = (
+        {'prefetch_factor': settings['prefetch_factor'], 'persistent_workers': settings['persistent_workers']}
+        if settings['num_workers']
+        else {}
+    )
+    return DataLoader(
+        dataset,
+        batch_size=main.batch_size,
+        collate_fn=main.collate_fn,
+        drop_last=settings['drop_last'],
+        num_workers=settings['num_workers'],
+        pin_memory=settings['pin_memory'],
+        timeout=settings['timeout'],
+        **workers,
+    )
 
 
 def meco_data_spec(loader: MeCoDataLoader) -> DataSpec:
     """Wrap a loader so Composer injects prefixes per batch in the main process and counts tokens right."""
     from llmfoundry.data.utils import get_tokens_per_batch_func
 
-    return DataSpec(dataloader=loader, batch_transforms=loader.injector,
-                    get_num_tokens_in_batch=get_tokens_per_batch_func())
+    return DataSpec(
+        dataloader=loader, batch_transforms=loader.injector, get_num_tokens_in_batch=get_tokens_per_batch_func()
+    )
 
 
-def build_meco_dataloader(tokenizer: Any, device_batch_size: int, dataset: Mapping[str, Any],
-                          **loader_kwargs: Any) -> DataSpec:
+def build_meco_dataloader(
+    tokenizer: Any, device_batch_size: int, dataset: Mapping[str, Any], **loader_kwargs: Any
+) -> DataSpec:
     """llm-foundry's ``dataloaders`` entry ``meco``: the loader wrapped in its DataSpec."""
     return meco_data_spec(build_meco_loader(tokenizer, device_batch_size, dataset, **loader_kwargs))

@@ -14,14 +14,14 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 from llmfoundry.layers_registry import attention_implementations
 from llmfoundry.models.layers.attention import GroupedQueryAttention, is_flash_v2_installed
 from llmfoundry.models.mpt import ComposerMPTCausalLM, MPTConfig, MPTForCausalLM, MPTModel
 
-from meco_callbacks.attention import FLEX_ATTN_IMPL, build_document_block_mask, flex_attention_unavailable_reason
+from meco_callbacks.model.attention import FLEX_ATTN_IMPL, build_document_block_mask, flex_attention_unavailable_reason
 
 __all__ = ['MeCoMPTConfig', 'MeCoMPTModel', 'MeCoMPTForCausalLM', 'MeCoMPTCausalLM']
 
@@ -37,18 +37,24 @@ class MeCoMPTConfig(MPTConfig):
         """MPT's validation, with ``flex`` checked here and everything else checked by MPT as for ``torch``."""
         attn_impl = self.attn_config.get('attn_impl', 'flash')
         if attn_impl != FLEX_ATTN_IMPL:
-            if (self.attn_config.get('attn_uses_sequence_id') and attn_impl == 'flash' and
-                    not is_flash_v2_installed(v2_version='v2.1.2')):
+            if (
+                self.attn_config.get('attn_uses_sequence_id')
+                and attn_impl == 'flash'
+                and not is_flash_v2_installed(v2_version='v2.1.2')
+            ):
                 raise ValueError(
                     'model.attn_config.attn_uses_sequence_id: true (document masking) with attn_impl: flash needs '
                     'flash-attn >= 2.1.2, which is not installed. Set model.attn_config.attn_impl: flex '
-                    '(document-masked flex attention), or torch (dense mask, slow and memory-hungry at long sequences).')
+                    '(document-masked flex attention), or torch (dense mask, slow and memory-hungry at long sequences).'
+                )
             super()._validate_config()
             return
         reason = flex_attention_unavailable_reason()
         if reason is not None:
-            raise ValueError(f'model.attn_config.attn_impl: flex is unavailable: {reason}. Flex attention needs '
-                             'torch >= 2.5; upgrade torch or set model.attn_config.attn_impl: torch.')
+            raise ValueError(
+                f'model.attn_config.attn_impl: flex is unavailable: {reason}. Flex attention needs '
+                'torch >= 2.5; upgrade torch or set model.attn_config.attn_impl: torch.'
+            )
         self.attn_config['attn_impl'] = 'torch'
         try:
             super()._validate_config()
@@ -69,8 +75,10 @@ class MeCoMPTConfig(MPTConfig):
         }
         asked = [setting for setting, is_set in lacking.items() if is_set]
         if asked:
-            raise ValueError(f'model.attn_config.attn_impl: flex does not support {", ".join(asked)}; drop '
-                             f'{"them" if len(asked) > 1 else "it"} or use attn_impl: torch.')
+            raise ValueError(
+                f'model.attn_config.attn_impl: flex does not support {", ".join(asked)}; drop '
+                f'{"them" if len(asked) > 1 else "it"} or use attn_impl: torch.'
+            )
 
     def to_mpt_config(self) -> MPTConfig:
         """This config as a plain llm-foundry ``MPTConfig`` with ``attn_impl: torch``, ``init_device: cpu``: what export loads."""
@@ -104,16 +112,16 @@ class MeCoMPTModel(MPTModel):
 
     def forward(
         self,
-        input_ids: Optional[torch.LongTensor] = None,
-        past_key_values: Optional[list[tuple[torch.FloatTensor]]] = None,
-        attention_mask: Optional[torch.ByteTensor] = None,
-        sequence_id: Optional[torch.LongTensor] = None,
-        return_dict: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        use_cache: Optional[bool] = None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
+        input_ids: torch.LongTensor | None = None,
+        past_key_values: list[tuple[torch.FloatTensor]] | None = None,
+        attention_mask: torch.ByteTensor | None = None,
+        sequence_id: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        use_cache: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
     ) -> Any:
         """MPT's forward; with ``flex`` a missing ``attention_mask`` becomes all ones, which sizes the block mask."""
         if self.attn_impl == FLEX_ATTN_IMPL and attention_mask is None:
@@ -138,9 +146,9 @@ class MeCoMPTModel(MPTModel):
         self,
         device: torch.device,
         dtype: torch.dtype,
-        attention_mask: Optional[torch.ByteTensor] = None,
-        sequence_id: Optional[torch.LongTensor] = None,
-    ) -> tuple[Any, Optional[torch.ByteTensor]]:
+        attention_mask: torch.ByteTensor | None = None,
+        sequence_id: torch.LongTensor | None = None,
+    ) -> tuple[Any, torch.ByteTensor | None]:
         """MPT calls this once per forward; with ``flex`` it returns the batch's ``BlockMask`` (padding included)."""
         if self.attn_impl != FLEX_ATTN_IMPL:
             return super()._attn_bias(device, dtype, attention_mask=attention_mask, sequence_id=sequence_id)
@@ -173,7 +181,7 @@ class MeCoMPTForCausalLM(MPTForCausalLM):
         mpt.load_state_dict(self.state_dict(), assign=True)
         return mpt.train(self.training)
 
-    def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs: Any) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Save as plain MPT (:meth:`to_mpt`) with llm-foundry's modeling code beside it, as ``hf_checkpointer`` does.
 
         ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`` then loads it without flex attention,

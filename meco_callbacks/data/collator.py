@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from meco_callbacks.metadata import MetadataConfig
+from meco_callbacks.data.metadata import MetadataConfig
 
 IGNORE_INDEX = -100
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -67,26 +67,32 @@ class PackedCollator:
     def __call__(self, samples: Sequence[Mapping[str, Any]]) -> PackedBatch:
         tokens = np.stack([np.asarray(s['input_ids'], dtype=np.int64) for s in samples])
         if tokens.shape[1] != self.max_seq_len:
-            raise ValueError(f'packed rows hold {tokens.shape[1]} tokens but max_seq_len is {self.max_seq_len}: '
-                             'pack the dataset with convert/pack.py --max-seq-len equal to the training max_seq_len.')
+            raise ValueError(
+                f'packed rows hold {tokens.shape[1]} tokens but max_seq_len is {self.max_seq_len}: '
+                'pack the dataset with convert/pack.py --max-seq-len equal to the training max_seq_len.'
+            )
         rows = []
         for row, sample in zip(tokens, samples):
             lengths = np.asarray(sample['segment_lengths'], dtype=np.int64)
             if int(lengths.sum()) != self.max_seq_len:
-                raise ValueError(f'a packed row\'s segment_lengths sum to {int(lengths.sum())}, not max_seq_len '
-                                 f'{self.max_seq_len}: the dataset is corrupt or not a MeCo packed dataset.')
+                raise ValueError(
+                    f"a packed row's segment_lengths sum to {int(lengths.sum())}, not max_seq_len "
+                    f'{self.max_seq_len}: the dataset is corrupt or not a MeCo packed dataset.'
+                )
             urls, extras = sample['urls'], sample['metadata']
             starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
             segments = []
             for s, (length, start) in enumerate(zip(lengths.tolist(), starts.tolist())):
                 new_document = not (s == 0 and bool(sample['continued']))
                 meta = self.metadata.metadata_for(urls[s], extras[s] if extras else None)
-                segments.append(Segment(
-                    length=length,
-                    prefix=self.prefix_ids(meta) if meta else _EMPTY,
-                    new_document=new_document,
-                    starts_with_bos=self.bos_id is not None and new_document and int(row[start]) == self.bos_id,
-                ))
+                segments.append(
+                    Segment(
+                        length=length,
+                        prefix=self.prefix_ids(meta) if meta else _EMPTY,
+                        new_document=new_document,
+                        starts_with_bos=self.bos_id is not None and new_document and int(row[start]) == self.bos_id,
+                    )
+                )
             rows.append(segments)
         return PackedBatch(tokens=tokens, segments=rows)
 
@@ -106,8 +112,12 @@ class InjectionStats:
         self.metadata_tokens += metadata_tokens
         self.dropped_tokens += dropped_tokens
         self.document_tokens += document_tokens
-        self.last = {'tokens': tokens, 'metadata_tokens': metadata_tokens, 'dropped_tokens': dropped_tokens,
-                     'document_tokens': document_tokens}
+        self.last = {
+            'tokens': tokens,
+            'metadata_tokens': metadata_tokens,
+            'dropped_tokens': dropped_tokens,
+            'document_tokens': document_tokens,
+        }
 
 
 class PrefixInjector:
@@ -135,7 +145,8 @@ class PrefixInjector:
         position_ids = np.empty((n, length), dtype=np.int64)
         metadata_tokens = sum(
             self._inject_row(row, segments, input_ids[r], labels[r], sequence_id[r], position_ids[r])
-            for r, (row, segments) in enumerate(zip(batch.tokens, batch.segments)))
+            for r, (row, segments) in enumerate(zip(batch.tokens, batch.segments))
+        )
         total = n * length
         # A row holds exactly max_seq_len document tokens and the output as many slots, so every metadata token
         # kept pushed exactly one document token off the end of its row.
@@ -150,8 +161,15 @@ class PrefixInjector:
             out['position_ids'] = torch.from_numpy(position_ids)
         return out
 
-    def _inject_row(self, row: np.ndarray, segments: list[Segment], ids_out: np.ndarray, labels_out: np.ndarray,
-                    seq_out: np.ndarray, pos_out: np.ndarray) -> int:
+    def _inject_row(
+        self,
+        row: np.ndarray,
+        segments: list[Segment],
+        ids_out: np.ndarray,
+        labels_out: np.ndarray,
+        seq_out: np.ndarray,
+        pos_out: np.ndarray,
+    ) -> int:
         """Fill one output row in place; returns the number of metadata tokens it kept."""
         length = self.max_seq_len
         write = 0  # next free position in the output row
@@ -160,7 +178,7 @@ class PrefixInjector:
         for s, seg in enumerate(segments):
             if write >= length:
                 break
-            doc = row[offset:offset + seg.length]
+            doc = row[offset : offset + seg.length]
             offset += seg.length
             prefix = seg.prefix if self.enabled else _EMPTY
             head = 1 if (seg.starts_with_bos and len(prefix)) else 0  # a BOS stays first, before the prefix
@@ -175,7 +193,7 @@ class PrefixInjector:
                 ids = np.concatenate(pieces)[:kept] if len(prefix) else doc[:kept]
                 ids_out[write:end] = ids
                 labels_out[write:end] = ids
-                labels_out[write:write + min(masked, kept)] = IGNORE_INDEX
+                labels_out[write : write + min(masked, kept)] = IGNORE_INDEX
                 seq_out[write:end] = s
                 pos_out[write:end] = np.arange(kept)
                 metadata_tokens += min(len(prefix), max(kept - head, 0))

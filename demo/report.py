@@ -66,13 +66,24 @@ def plot_losses(runs: Sequence[RunLog], tokens_per_batch: int, cooldown_batch: i
         batches = sorted(run.losses)
         tokens = [b * tokens_per_batch for b in batches]
         losses = [run.losses[b] for b in batches]
-        raw, = ax.plot(tokens, losses, lw=0.8, alpha=0.3)
-        ax.plot(tokens, moving_average(losses, max(1, len(losses) // 30)), color=raw.get_color(), lw=1.8,
-                label=f'{run.name} (moving average)')
+        (raw,) = ax.plot(tokens, losses, lw=0.8, alpha=0.3)
+        ax.plot(
+            tokens,
+            moving_average(losses, max(1, len(losses) // 30)),
+            color=raw.get_color(),
+            lw=1.8,
+            label=f'{run.name} (moving average)',
+        )
     if cooldown_batch is not None:
         ax.axvline(cooldown_batch * tokens_per_batch, color='grey', ls='--', lw=1)
-        ax.annotate('cooldown (no URLs) ', (cooldown_batch * tokens_per_batch, ax.get_ylim()[1]), va='top',
-                    ha='right', color='grey', fontsize=9)
+        ax.annotate(
+            'cooldown (no URLs) ',
+            (cooldown_batch * tokens_per_batch, ax.get_ylim()[1]),
+            va='top',
+            ha='right',
+            color='grey',
+            fontsize=9,
+        )
     ax.set_xlabel('training tokens')
     ax.set_ylabel('training loss (nats/token)')
     ax.set_title('MeCo vs standard pre-training (tiny model, demo corpus)')
@@ -107,29 +118,50 @@ def reading(evaluation: Mapping[str, Mapping[str, float]], wrong_url: str, token
     def compare(label: str, ours: float, theirs: float) -> str:
         return f'- {label}: {ours - theirs:+.4f} nats/token ({"lower" if ours < theirs else "not lower"}).'
 
-    return ['## Reading the result', '',
-            'Differences in held-out loss (negative means the first is better):', '',
-            compare('MeCo with the true URL vs the baseline with none', meco['true URL'], baseline['no URL']),
-            compare('MeCo with no URL vs the baseline with none', meco['no URL'], baseline['no URL']),
-            compare(f'MeCo with the true URL vs MeCo with {wrong_url}', meco['true URL'], meco[wrong]), '',
-            f'Each model here saw {tokens_per_run:,} training tokens, from one seed; the paper measured its gains at '
-            '1.6B parameters and 160B tokens. Read these numbers as a check that the pipeline runs end to end; '
-            'one tiny run cannot tell whether differences of a few hundredths are real.', '']
+    return [
+        '## Reading the result',
+        '',
+        'Differences in held-out loss (negative means the first is better):',
+        '',
+        compare('MeCo with the true URL vs the baseline with none', meco['true URL'], baseline['no URL']),
+        compare('MeCo with no URL vs the baseline with none', meco['no URL'], baseline['no URL']),
+        compare(f'MeCo with the true URL vs MeCo with {wrong_url}', meco['true URL'], meco[wrong]),
+        '',
+        f'Each model here saw {tokens_per_run:,} training tokens, from one seed; the paper measured its gains at '
+        '1.6B parameters and 160B tokens. Read these numbers as a check that the pipeline runs end to end; '
+        'one tiny run cannot tell whether differences of a few hundredths are real.',
+        '',
+    ]
 
 
-def write_report(out_md: str | Path, runs: Sequence[RunLog], tokens_per_batch: int, cooldown_batch: int | None,
-                 evaluation: Mapping[str, Mapping[str, float]], corpus: Mapping, settings: Mapping[str, object],
-                 plot_name: str = 'loss.png') -> Path:
+def write_report(
+    out_md: str | Path,
+    runs: Sequence[RunLog],
+    tokens_per_batch: int,
+    cooldown_batch: int | None,
+    evaluation: Mapping[str, Mapping[str, float]],
+    corpus: Mapping,
+    settings: Mapping[str, object],
+    plot_name: str = 'loss.png',
+) -> Path:
     """Write the Markdown report: setup, the final training losses, the evaluation table and the plot."""
-    lines = ['# MeCo demo report', '',
-             'Two tiny models trained on the same data with the same budget: **MeCo** (every document preceded by '
-             '`URL: <domain>` for the first 90% of steps, then plain documents) and the **baseline** (plain '
-             'documents throughout).', '',
-             '## Setup', '']
+    lines = [
+        '# MeCo demo report',
+        '',
+        'Two tiny models trained on the same data with the same budget: **MeCo** (every document preceded by '
+        '`URL: <domain>` for the first 90% of steps, then plain documents) and the **baseline** (plain '
+        'documents throughout).',
+        '',
+        '## Setup',
+        '',
+    ]
     lines += [f'- {key}: {value}' for key, value in settings.items()]
-    lines += [f'- corpus: {sum(corpus["documents"].values())} documents '
-              f'({", ".join(f"{k}: {v}" for k, v in corpus["documents"].items())}), {corpus["held_out"]} held out, '
-              f'{corpus["chars"] / 1e6:.1f} MB of text', '']
+    lines += [
+        f'- corpus: {sum(corpus["documents"].values())} documents '
+        f'({", ".join(f"{k}: {v}" for k, v in corpus["documents"].items())}), {corpus["held_out"]} held out, '
+        f'{corpus["chars"] / 1e6:.1f} MB of text',
+        '',
+    ]
     if cooldown_batch is not None:
         lines += [f'MeCo cooldown began at batch {cooldown_batch} ({cooldown_batch * tokens_per_batch:,} tokens).', '']
     lines += ['## Training loss', '', '| run | batches | tokens | final training loss |', '|---|---|---|---|']
@@ -139,11 +171,18 @@ def write_report(out_md: str | Path, runs: Sequence[RunLog], tokens_per_batch: i
     lines += ['', f'![training loss]({plot_name})', '']
     if evaluation:
         conditions = list(dict.fromkeys(c for results in evaluation.values() for c in results))
-        lines += ['## Held-out loss', '', 'Mean loss per document token on the held-out documents (lower is better).', '',
-                  '| run | ' + ' | '.join(conditions) + ' |', '|---|' + '---|' * len(conditions)]
+        lines += [
+            '## Held-out loss',
+            '',
+            'Mean loss per document token on the held-out documents (lower is better).',
+            '',
+            '| run | ' + ' | '.join(conditions) + ' |',
+            '|---|' + '---|' * len(conditions),
+        ]
         for run_name, results in evaluation.items():
-            lines.append(f'| {run_name} | ' + ' | '.join(f'{results[c]:.4f}' if c in results else '–'
-                                                          for c in conditions) + ' |')
+            lines.append(
+                f'| {run_name} | ' + ' | '.join(f'{results[c]:.4f}' if c in results else '–' for c in conditions) + ' |'
+            )
         lines.append('')
         lines += reading(evaluation, str(settings.get('wrong URL', '')), max(runs[0].losses) * tokens_per_batch)
     Path(out_md).write_text('\n'.join(lines), encoding='utf-8')

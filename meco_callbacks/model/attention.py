@@ -3,7 +3,7 @@
 llm-foundry 0.22 masks documents either with flash-attn (not installable everywhere) or with ``torch``, which
 materialises a dense ``(batch, 1, seq, seq)`` bias and the full score matrix. Flex attention takes a sparse
 ``BlockMask`` instead: blocks that cross a document boundary or lie above the diagonal are skipped, so document
-masking makes attention cheaper, not dearer. The model (``meco_callbacks.model``) builds the mask once per forward
+masking makes attention cheaper, not dearer. The model (``meco_callbacks.model.mpt``) builds the mask once per forward
 with :func:`build_document_block_mask` and hands it to every layer as ``attn_bias``; :func:`flex_attention_fn` is
 the per-layer function registered in ``llmfoundry.layers_registry.attention_implementations``.
 
@@ -16,7 +16,8 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-from typing import TYPE_CHECKING, Callable, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,7 +33,7 @@ FLEX_ATTN_IMPL = 'flex'
 _FLEX_MODULE = 'torch.nn.attention.flex_attention'
 
 
-def flex_attention_unavailable_reason() -> Optional[str]:
+def flex_attention_unavailable_reason() -> str | None:
     """Why this torch cannot run ``attn_impl: flex`` (``None`` when it can): flex attention with GQA needs torch >= 2.5."""
     try:
         module = importlib.import_module(_FLEX_MODULE)
@@ -44,12 +45,12 @@ def flex_attention_unavailable_reason() -> Optional[str]:
 
 
 def _document_block_mask(
-    sequence_id: Optional[torch.Tensor],
-    key_is_token: Optional[torch.Tensor],
+    sequence_id: torch.Tensor | None,
+    key_is_token: torch.Tensor | None,
     batch_size: int,
     seq_len: int,
     device: torch.device,
-) -> 'BlockMask':
+) -> BlockMask:
     """Evaluate the causal / same-document / non-padding rule block by block into a flex ``BlockMask``."""
 
     def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
@@ -80,9 +81,9 @@ def _compiled(fn: Callable) -> Callable:
 def build_document_block_mask(
     seq_len: int,
     device: torch.device,
-    sequence_id: Optional[torch.Tensor] = None,
-    attention_mask: Optional[torch.Tensor] = None,
-) -> 'BlockMask':
+    sequence_id: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> BlockMask:
     """The ``BlockMask`` for one batch: causal, within each row's document (same ``sequence_id``), off padded keys.
 
     ``sequence_id`` and ``attention_mask`` are ``[batch, seq_len]``; either may be ``None`` (no document structure,
@@ -90,8 +91,10 @@ def build_document_block_mask(
     """
     for name, tensor in (('sequence_id', sequence_id), ('attention_mask', attention_mask)):
         if tensor is not None and (tensor.dim() != 2 or tensor.shape[-1] != seq_len):
-            raise ValueError(f'{name} must be [batch, {seq_len}] to mask a sequence of {seq_len} tokens; got '
-                             f'shape {tuple(tensor.shape)}.')
+            raise ValueError(
+                f'{name} must be [batch, {seq_len}] to mask a sequence of {seq_len} tokens; got '
+                f'shape {tuple(tensor.shape)}.'
+            )
     rows = [t.shape[0] for t in (sequence_id, attention_mask) if t is not None]
     if len(set(rows)) > 1:
         raise ValueError(f'sequence_id and attention_mask disagree on the batch size: {rows}.')
@@ -108,15 +111,15 @@ def flex_attention_fn(
     value: torch.Tensor,
     n_heads: int,
     kv_n_heads: int,
-    past_key_value: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-    softmax_scale: Optional[float] = None,
-    attn_bias: Optional['BlockMask'] = None,
-    key_padding_mask: Optional[torch.Tensor] = None,
+    past_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
+    softmax_scale: float | None = None,
+    attn_bias: BlockMask | None = None,
+    key_padding_mask: torch.Tensor | None = None,
     is_causal: bool = True,
     dropout_p: float = 0.0,
     training: bool = False,
     needs_weights: bool = False,
-    attn_logit_softcapping: Optional[float] = None,
+    attn_logit_softcapping: float | None = None,
     sliding_window_size: int = -1,
 ) -> tuple[torch.Tensor, None, None]:
     """llm-foundry attention implementation ``flex``: ``[b, s, h*d]`` q/k/v in, ``[b, s, h*d]`` context out.
@@ -128,7 +131,8 @@ def flex_attention_fn(
     if not isinstance(attn_bias, flex_api.BlockMask):
         raise TypeError(
             f'attn_impl: flex needs the model to pass a flex BlockMask as attn_bias, got {type(attn_bias).__name__}. '
-            'Use the model `meco_mpt_causal_lm`, which builds it once per forward from sequence_id.')
+            'Use the model `meco_mpt_causal_lm`, which builds it once per forward from sequence_id.'
+        )
     unsupported = {
         'past_key_value (KV cache / generation)': past_key_value is not None,
         'key_padding_mask (padding belongs in the BlockMask)': key_padding_mask is not None,
@@ -142,7 +146,8 @@ def flex_attention_fn(
     if asked:
         raise NotImplementedError(
             f'attn_impl: flex does not support {", ".join(asked)}. Use attn_impl: torch for this, or export the '
-            'model to plain MPT (MeCoMPTForCausalLM.to_mpt()) for generation.')
+            'model to plain MPT (MeCoMPTForCausalLM.to_mpt()) for generation.'
+        )
 
     batch, seq_len = query.shape[:2]
     q = query.view(batch, seq_len, n_heads, -1).transpose(1, 2)

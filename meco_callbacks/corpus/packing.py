@@ -34,21 +34,43 @@ from streaming.base.compression import decompress
 from streaming.base.format.mds.encodings import mds_decode
 from tqdm import tqdm
 
-from meco_callbacks.fingerprint import tokenizer_info
-from meco_callbacks.formats import (DOCUMENT_FORMAT, PACKED_COLUMNS, PACKED_FORMAT, read_dataset_info,
-                                    write_dataset_info)
+from meco_callbacks.formats import DOCUMENT_FORMAT, PACKED_COLUMNS, PACKED_FORMAT, read_dataset_info, write_dataset_info
+from meco_callbacks.tokenizer.fingerprint import tokenizer_info
 
 logger = logging.getLogger(__name__)
 
 TOKEN_ENCODINGS = {'ndarray:uint32': np.uint32, 'ndarray:int32': np.int32}
 # Scalar encodings a metadata column may have; their values are carried as strings.
-METADATA_ENCODINGS = frozenset({
-    'str', 'int', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16', 'uint32', 'uint64',
-    'float16', 'float32', 'float64', 'str_int', 'str_float', 'str_decimal',
-})
+METADATA_ENCODINGS = frozenset(
+    {
+        'str',
+        'int',
+        'int8',
+        'int16',
+        'int32',
+        'int64',
+        'uint8',
+        'uint16',
+        'uint32',
+        'uint64',
+        'float16',
+        'float32',
+        'float64',
+        'str_int',
+        'str_float',
+        'str_decimal',
+    }
+)
 # Fixed-width integer encodings (a ``length`` column), read for a whole range at once.
-INTEGER_ENCODINGS = {'int': np.int64, 'int64': np.int64, 'uint64': np.uint64, 'int32': np.int32, 'uint32': np.uint32,
-                     'int16': np.int16, 'uint16': np.uint16}
+INTEGER_ENCODINGS = {
+    'int': np.int64,
+    'int64': np.int64,
+    'uint64': np.uint64,
+    'int32': np.int32,
+    'uint32': np.uint32,
+    'int16': np.int16,
+    'uint16': np.uint16,
+}
 DEFAULT_DOCUMENTS_PER_TASK = 16384  # about one 64 MB shard of web documents
 READ_AHEAD_DOCUMENTS = 256  # documents read at a time past a part's own range to finish its last row
 SKIP_EMPTY = 'empty_document'
@@ -144,28 +166,38 @@ def open_document_dataset(documents_dir: str | Path, metadata_columns: Sequence[
     directory = Path(documents_dir)
     index_path = directory / 'index.json'
     if not index_path.is_file():
-        raise FileNotFoundError(f'{directory} holds no index.json: it is not an MDS dataset. Point the packer at '
-                                f'the output of convert/documents.py or at the MeCo authors\' released MDS data.')
+        raise FileNotFoundError(
+            f'{directory} holds no index.json: it is not an MDS dataset. Point the packer at '
+            f"the output of convert/documents.py or at the MeCo authors' released MDS data."
+        )
     shards = json.loads(index_path.read_text())['shards']
     if not shards:
         raise ValueError(f'{index_path} lists no shards: the document dataset is empty.')
     for shard in shards:
         if shard.get('format') != 'mds':
-            raise ValueError(f'{index_path}: shard {shard["raw_data"]["basename"]} is in format '
-                             f'{shard.get("format")!r}; the packer reads MDS shards only.')
+            raise ValueError(
+                f'{index_path}: shard {shard["raw_data"]["basename"]} is in format '
+                f'{shard.get("format")!r}; the packer reads MDS shards only.'
+            )
     names, encodings = shards[0]['column_names'], shards[0]['column_encodings']
     for shard in shards[1:]:
         if shard['column_names'] != names or shard['column_encodings'] != encodings:
-            raise ValueError(f'{index_path}: shards disagree on their columns ({names} vs {shard["column_names"]}); '
-                             f'a dataset must have one schema.')
+            raise ValueError(
+                f'{index_path}: shards disagree on their columns ({names} vs {shard["column_names"]}); '
+                f'a dataset must have one schema.'
+            )
     columns = dict(zip(names, encodings))
     for required in ('input_ids', 'url'):
         if required not in columns:
-            raise ValueError(f'{directory} has no {required!r} column (columns: {sorted(columns)}); a document '
-                             f'dataset needs input_ids, url and optionally length (see meco_callbacks/formats.py).')
+            raise ValueError(
+                f'{directory} has no {required!r} column (columns: {sorted(columns)}); a document '
+                f'dataset needs input_ids, url and optionally length (see meco_callbacks/formats.py).'
+            )
     if columns['input_ids'] not in TOKEN_ENCODINGS:
-        raise ValueError(f'{directory}: input_ids is stored as {columns["input_ids"]!r}; the packer reads '
-                         f'{" or ".join(TOKEN_ENCODINGS)}. Re-convert the documents with convert/documents.py.')
+        raise ValueError(
+            f'{directory}: input_ids is stored as {columns["input_ids"]!r}; the packer reads '
+            f'{" or ".join(TOKEN_ENCODINGS)}. Re-convert the documents with convert/documents.py.'
+        )
     extra = [name for name in names if name not in ('input_ids', 'url', 'length')]
     chosen = tuple(extra if metadata_columns is None else metadata_columns)
     for name in chosen:
@@ -175,14 +207,22 @@ def open_document_dataset(documents_dir: str | Path, metadata_columns: Sequence[
             raise ValueError(f'{name!r} is not a metadata column; choose among the extra columns {extra}.')
         if columns[name] not in METADATA_ENCODINGS:
             others = ','.join(column for column in extra if column != name) or "''"
-            raise ValueError(f'metadata column {name!r} of {directory} is stored as {columns[name]!r}, which cannot '
-                             f'be carried as text; leave it out with --metadata-columns {others}.')
-    return DocumentDataset(directory=directory, shards=shards, token_dtype=columns['input_ids'],
-                           metadata_columns=chosen, num_documents=sum(shard['samples'] for shard in shards))
+            raise ValueError(
+                f'metadata column {name!r} of {directory} is stored as {columns[name]!r}, which cannot '
+                f'be carried as text; leave it out with --metadata-columns {others}.'
+            )
+    return DocumentDataset(
+        directory=directory,
+        shards=shards,
+        token_dtype=columns['input_ids'],
+        metadata_columns=chosen,
+        num_documents=sum(shard['samples'] for shard in shards),
+    )
 
 
-def plan_ranges(dataset: DocumentDataset, documents_per_task: int, special: SpecialTokens,
-                vocab_size: int | None) -> list[DocumentRange]:
+def plan_ranges(
+    dataset: DocumentDataset, documents_per_task: int, special: SpecialTokens, vocab_size: int | None
+) -> list[DocumentRange]:
     """Split the dataset into contiguous document ranges, in dataset order, independent of the worker count.
 
     Uncompressed shards are split into ranges of at most ``documents_per_task`` documents; a shard stored only
@@ -195,10 +235,19 @@ def plan_ranges(dataset: DocumentDataset, documents_per_task: int, special: Spec
         step = documents_per_task if _raw_shard_path(str(dataset.directory), shard).is_file() else max(samples, 1)
         for begin in range(0, samples, step):
             end = min(begin + step, samples)
-            ranges.append(DocumentRange(directory=str(dataset.directory), shard=shard, begin=begin, end=end,
-                                        first_document=first + begin, token_dtype=dataset.token_dtype,
-                                        metadata_columns=dataset.metadata_columns, special=special,
-                                        vocab_size=vocab_size))
+            ranges.append(
+                DocumentRange(
+                    directory=str(dataset.directory),
+                    shard=shard,
+                    begin=begin,
+                    end=end,
+                    first_document=first + begin,
+                    token_dtype=dataset.token_dtype,
+                    metadata_columns=dataset.metadata_columns,
+                    special=special,
+                    vocab_size=vocab_size,
+                )
+            )
         first += samples
     return ranges
 
@@ -207,9 +256,13 @@ def measure_range(task: DocumentRange) -> RangeMeasure:
     """Pass 1: a range's stream length and document counts, from the sample layout alone (no token copies)."""
     layout = _decode_layout(task)
     counts = layout.token_counts[layout.kept]
-    return RangeMeasure(stream_tokens=int(counts.sum()) + len(counts) * (1 + (task.special.bos is not None)),
-                        document_tokens=int(counts.sum()), documents_read=layout.documents_read,
-                        documents_kept=len(counts), skipped=layout.skipped)
+    return RangeMeasure(
+        stream_tokens=int(counts.sum()) + len(counts) * (1 + (task.special.bos is not None)),
+        document_tokens=int(counts.sum()),
+        documents_read=layout.documents_read,
+        documents_kept=len(counts),
+        skipped=layout.skipped,
+    )
 
 
 def read_range(task: DocumentRange) -> DocumentChunk:
@@ -230,16 +283,25 @@ def read_range(task: DocumentRange) -> DocumentChunk:
         tokens[starts] = task.special.bos
     tokens[starts + lengths - 1] = task.special.eos
     for source, size, target in zip(layout.token_starts[kept].tolist(), counts.tolist(), (starts + bos).tolist()):
-        tokens[target:target + size] = np.frombuffer(blob, dtype, size, source)
+        tokens[target : target + size] = np.frombuffer(blob, dtype, size, source)
     _check_token_ids(tokens, lengths, kept, task)
     url_starts, url_sizes = (column[kept].tolist() for column in spans['url'])
-    urls = [blob[start:start + size].decode('utf-8') for start, size in zip(url_starts, url_sizes)]
+    urls = [blob[start : start + size].decode('utf-8') for start, size in zip(url_starts, url_sizes)]
     columns = [_column_texts(blob, spans[name], kept, layout.encodings[name]) for name in task.metadata_columns]
-    metadata = [dict(zip(task.metadata_columns, values)) for values in zip(*columns)] if columns \
+    metadata = (
+        [dict(zip(task.metadata_columns, values)) for values in zip(*columns)]
+        if columns
         else [{} for _ in range(len(kept))]
-    return DocumentChunk(tokens=tokens.astype(np.uint32, copy=False), lengths=lengths.astype(np.int64), urls=urls,
-                         metadata=metadata, documents_read=layout.documents_read, document_tokens=int(counts.sum()),
-                         skipped=layout.skipped)
+    )
+    return DocumentChunk(
+        tokens=tokens.astype(np.uint32, copy=False),
+        lengths=lengths.astype(np.int64),
+        urls=urls,
+        metadata=metadata,
+        documents_read=layout.documents_read,
+        document_tokens=int(counts.sum()),
+        skipped=layout.skipped,
+    )
 
 
 class RowPacker:
@@ -285,13 +347,15 @@ class RowPacker:
             continued = int(starts[first] < lo)
             self.segments += last - first
             self.continued_segments += continued
-            rows.append({
-                'input_ids': self._tokens[lo:lo + size],
-                'segment_lengths': segment_lengths.astype(np.uint32),
-                'continued': continued,
-                'urls': self._urls[first:last],
-                'metadata': self._metadata[first:last],
-            })
+            rows.append(
+                {
+                    'input_ids': self._tokens[lo : lo + size],
+                    'segment_lengths': segment_lengths.astype(np.uint32),
+                    'continued': continued,
+                    'urls': self._urls[first:last],
+                    'metadata': self._metadata[first:last],
+                }
+            )
         self.rows += num_rows
         self._drop(num_rows * size)
         return rows
@@ -314,8 +378,13 @@ class RowPacker:
         self._metadata = self._metadata[first:]
 
 
-def plan_parts(ranges: list[DocumentRange], measures: list[RangeMeasure], max_seq_len: int,
-               parts_dir: Path, compression: str | None) -> list[PartTask]:
+def plan_parts(
+    ranges: list[DocumentRange],
+    measures: list[RangeMeasure],
+    max_seq_len: int,
+    parts_dir: Path,
+    compression: str | None,
+) -> list[PartTask]:
     """Give each range the rows that begin inside it; ranges where no row begins get no part."""
     ends = np.cumsum([measure.stream_tokens for measure in measures], dtype=np.int64)
     starts = ends - np.asarray([measure.stream_tokens for measure in measures], np.int64)
@@ -328,10 +397,17 @@ def plan_parts(ranges: list[DocumentRange], measures: list[RangeMeasure], max_se
             continue
         needed = stop_row * max_seq_len  # the stream position the last row reaches
         last = k if end >= needed else int(np.searchsorted(ends, needed, side='left'))
-        parts.append(PartTask(out=str(parts_dir / f'part.{len(parts):05d}'), documents=ranges[k],
-                              skip=first_row * max_seq_len - begin, rows=stop_row - first_row,
-                              read_ahead=tuple(ranges[k + 1:last + 1]), max_seq_len=max_seq_len,
-                              compression=compression))
+        parts.append(
+            PartTask(
+                out=str(parts_dir / f'part.{len(parts):05d}'),
+                documents=ranges[k],
+                skip=first_row * max_seq_len - begin,
+                rows=stop_row - first_row,
+                read_ahead=tuple(ranges[k + 1 : last + 1]),
+                max_seq_len=max_seq_len,
+                compression=compression,
+            )
+        )
     return parts
 
 
@@ -349,8 +425,12 @@ def write_part(task: PartTask) -> PartStats:
             for begin in range(following.begin, following.end, step):
                 if packer.rows == task.rows:
                     break
-                piece = replace(following, begin=begin, end=min(begin + step, following.end),
-                                first_document=following.first_document + begin - following.begin)
+                piece = replace(
+                    following,
+                    begin=begin,
+                    end=min(begin + step, following.end),
+                    first_document=following.first_document + begin - following.begin,
+                )
                 packer.extend(read_range(piece))
                 for row in packer.take_rows(task.rows - packer.rows):
                     writer.write(row)
@@ -359,10 +439,18 @@ def write_part(task: PartTask) -> PartStats:
     return PartStats(rows=packer.rows, segments=packer.segments, continued_segments=packer.continued_segments)
 
 
-def pack_documents(documents_dir: str | Path, out_dir: str | Path, max_seq_len: int, tokenizer: Any = None,
-                   num_workers: int = 1, overwrite: bool = False, progress: bool = True,
-                   metadata_columns: Sequence[str] | None = None, compression: str | None = None,
-                   documents_per_task: int = DEFAULT_DOCUMENTS_PER_TASK) -> dict[str, Any]:
+def pack_documents(
+    documents_dir: str | Path,
+    out_dir: str | Path,
+    max_seq_len: int,
+    tokenizer: Any = None,
+    num_workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+    metadata_columns: Sequence[str] | None = None,
+    compression: str | None = None,
+    documents_per_task: int = DEFAULT_DOCUMENTS_PER_TASK,
+) -> dict[str, Any]:
     """Pack a document MDS into rows of exactly ``max_seq_len`` tokens in ``out_dir``; returns the stats.
 
     ``tokenizer`` (a path, hub name or loaded tokenizer) is required when the documents carry no info file
@@ -380,18 +468,26 @@ def pack_documents(documents_dir: str | Path, out_dir: str | Path, max_seq_len: 
     out = Path(out_dir).resolve()
     doc_info = read_dataset_info(documents)
     if doc_info is not None and doc_info.get('format') != DOCUMENT_FORMAT:
-        raise ValueError(f'{documents} holds a {doc_info.get("format")!r} dataset, not documents '
-                         f'({DOCUMENT_FORMAT!r}); the packer reads the output of convert/documents.py.')
+        raise ValueError(
+            f'{documents} holds a {doc_info.get("format")!r} dataset, not documents '
+            f'({DOCUMENT_FORMAT!r}); the packer reads the output of convert/documents.py.'
+        )
     dataset = open_document_dataset(documents, metadata_columns)
     tokenizer_entry = resolve_tokenizer(documents, doc_info, tokenizer)
-    special = SpecialTokens(eos=int(tokenizer_entry['eos_token_id']),
-                            bos=int(tokenizer_entry['bos_token_id']) if tokenizer_entry['adds_bos'] else None)
+    special = SpecialTokens(
+        eos=int(tokenizer_entry['eos_token_id']),
+        bos=int(tokenizer_entry['bos_token_id']) if tokenizer_entry['adds_bos'] else None,
+    )
     info: dict[str, Any] = {
         'format': PACKED_FORMAT,
         'max_seq_len': max_seq_len,
         'tokenizer': tokenizer_entry,
-        'source': {'path': str(documents), 'format': doc_info.get('format') if doc_info else None,
-                   'documents': dataset.num_documents, 'metadata_columns': list(dataset.metadata_columns)},
+        'source': {
+            'path': str(documents),
+            'format': doc_info.get('format') if doc_info else None,
+            'documents': dataset.num_documents,
+            'metadata_columns': list(dataset.metadata_columns),
+        },
         'compression': compression,
     }
     _check_output_dir(out, documents, info, overwrite)
@@ -404,9 +500,11 @@ def pack_documents(documents_dir: str | Path, out_dir: str | Path, max_seq_len: 
     try:
         stats = _pack(ranges, staging, max_seq_len, num_workers, progress, compression)
         if stats['rows'] == 0:
-            raise ValueError(f'{documents} holds {stats["tokens_dropped"]} tokens (BOS/EOS included), fewer than '
-                             f'one row of max_seq_len={max_seq_len}: nothing to train on. Use a smaller '
-                             f'--max-seq-len or more documents.')
+            raise ValueError(
+                f'{documents} holds {stats["tokens_dropped"]} tokens (BOS/EOS included), fewer than '
+                f'one row of max_seq_len={max_seq_len}: nothing to train on. Use a smaller '
+                f'--max-seq-len or more documents.'
+            )
         write_dataset_info(staging, {**info, 'stats': stats})
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -417,10 +515,20 @@ def pack_documents(documents_dir: str | Path, out_dir: str | Path, max_seq_len: 
         out.unlink()
     staging.rename(out)
     seconds = time.perf_counter() - started
-    logger.info('Packed %d documents (%d skipped: %s) into %d rows of %d tokens in %s with %d worker(s): '
-                '%.0f documents/s, %.0f tokens/s; %d tokens dropped at the end.', stats['documents_packed'],
-                sum(stats['skipped'].values()), stats['skipped'], stats['rows'], max_seq_len, out, num_workers,
-                stats['documents_read'] / seconds, stats['tokens'] / seconds, stats['tokens_dropped'])
+    logger.info(
+        'Packed %d documents (%d skipped: %s) into %d rows of %d tokens in %s with %d worker(s): '
+        '%.0f documents/s, %.0f tokens/s; %d tokens dropped at the end.',
+        stats['documents_packed'],
+        sum(stats['skipped'].values()),
+        stats['skipped'],
+        stats['rows'],
+        max_seq_len,
+        out,
+        num_workers,
+        stats['documents_read'] / seconds,
+        stats['tokens'] / seconds,
+        stats['tokens_dropped'],
+    )
     return stats
 
 
@@ -429,13 +537,17 @@ def resolve_tokenizer(documents_dir: Path, doc_info: dict[str, Any] | None, toke
     recorded = doc_info.get('tokenizer') if doc_info else None
     if tokenizer is None:
         if recorded is None:
-            raise ValueError(f'{documents_dir} has no tokenizer record (no meco_dataset.json, e.g. the MeCo authors\' '
-                             f'released data): pass --tokenizer with the tokenizer that produced its input_ids '
-                             f'(for the MeCo release: meta-llama/Meta-Llama-3-8B) so its fingerprint is recorded.')
+            raise ValueError(
+                f"{documents_dir} has no tokenizer record (no meco_dataset.json, e.g. the MeCo authors' "
+                f'released data): pass --tokenizer with the tokenizer that produced its input_ids '
+                f'(for the MeCo release: meta-llama/Meta-Llama-3-8B) so its fingerprint is recorded.'
+            )
         missing = {'fingerprint', 'eos_token_id', 'bos_token_id', 'adds_bos'} - recorded.keys()
         if missing:
-            raise ValueError(f'the tokenizer record of {documents_dir} lacks {sorted(missing)}: pass --tokenizer '
-                             f'with the tokenizer that produced the documents.')
+            raise ValueError(
+                f'the tokenizer record of {documents_dir} lacks {sorted(missing)}: pass --tokenizer '
+                f'with the tokenizer that produced the documents.'
+            )
         return recorded
     if isinstance(tokenizer, (str, Path)):
         from transformers import AutoTokenizer
@@ -443,22 +555,31 @@ def resolve_tokenizer(documents_dir: Path, doc_info: dict[str, Any] | None, toke
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
     given = tokenizer_info(tokenizer)
     if recorded is not None and recorded.get('fingerprint') != given['fingerprint']:
-        raise ValueError(f'tokenizer {given["name"]!r} (fingerprint {given["fingerprint"]}) is not the one that '
-                         f'produced {documents_dir}: it was tokenized with {recorded.get("name")!r} (fingerprint '
-                         f'{recorded.get("fingerprint")}). Pass that tokenizer, or omit --tokenizer to use the record.')
+        raise ValueError(
+            f'tokenizer {given["name"]!r} (fingerprint {given["fingerprint"]}) is not the one that '
+            f'produced {documents_dir}: it was tokenized with {recorded.get("name")!r} (fingerprint '
+            f'{recorded.get("fingerprint")}). Pass that tokenizer, or omit --tokenizer to use the record.'
+        )
     if given['eos_token_id'] is None:
         raise ValueError(f'tokenizer {given["name"]!r} has no EOS token; the packer ends every document with one.')
     return {**given, **recorded} if recorded is not None else given
 
 
-def _pack(ranges: list[DocumentRange], staging: Path, max_seq_len: int, num_workers: int, progress: bool,
-          compression: str | None) -> dict[str, Any]:
+def _pack(
+    ranges: list[DocumentRange],
+    staging: Path,
+    max_seq_len: int,
+    num_workers: int,
+    progress: bool,
+    compression: str | None,
+) -> dict[str, Any]:
     """Run both passes (in worker processes when ``num_workers`` > 1), join the parts, and total the stats."""
     with _task_map(num_workers) as run:
         measured = run(measure_range, ranges)
         measures = []
-        with tqdm(total=sum(task.end - task.begin for task in ranges), unit='doc', desc='measuring',
-                  disable=not progress) as bar:
+        with tqdm(
+            total=sum(task.end - task.begin for task in ranges), unit='doc', desc='measuring', disable=not progress
+        ) as bar:
             for measure in measured:
                 measures.append(measure)
                 bar.update(measure.documents_read)
@@ -523,7 +644,7 @@ def _join_parts(staging: Path, part_dirs: list[Path]) -> None:
             for key in ('raw_data', 'zip_data'):
                 if shard.get(key):
                     basename = shard[key]['basename']
-                    shard[key]['basename'] = new_name + basename[len(old_name):]
+                    shard[key]['basename'] = new_name + basename[len(old_name) :]
                     if (part_dir / basename).is_file():
                         (part_dir / basename).rename(staging / shard[key]['basename'])
             shards.append(shard)
@@ -544,12 +665,16 @@ def _check_output_dir(out: Path, documents: Path, info: dict[str, Any], overwrit
         return
     existing = read_dataset_info(out) if out.is_dir() else None
     if existing is None or existing.get('format') != PACKED_FORMAT:
-        raise FileExistsError(f'{out} already exists and holds something other than a packed dataset; pass '
-                              f'--overwrite (overwrite=True) to replace it, or choose another output directory.')
+        raise FileExistsError(
+            f'{out} already exists and holds something other than a packed dataset; pass '
+            f'--overwrite (overwrite=True) to replace it, or choose another output directory.'
+        )
     differences = [key for key, value in _identity(info).items() if _identity(existing).get(key) != value]
     if differences:
-        raise FileExistsError(f'{out} holds a different packed dataset (it differs in {", ".join(differences)}); '
-                              f'pass --overwrite (overwrite=True) to replace it, or choose another output directory.')
+        raise FileExistsError(
+            f'{out} holds a different packed dataset (it differs in {", ".join(differences)}); '
+            f'pass --overwrite (overwrite=True) to replace it, or choose another output directory.'
+        )
     logger.info('%s holds a packed dataset made with the same settings; rebuilding it.', out)
 
 
@@ -614,19 +739,24 @@ def _column_spans(blob: bytes, offsets: np.ndarray, shard: dict[str, Any]) -> di
         spans[name] = (position, sizes)
         position = position + sizes
     if not np.array_equal(position, offsets[1:]):
-        raise ValueError(f'shard {shard["raw_data"]["basename"]}: sample sizes disagree with the columns '
-                         f'{shard["column_names"]}; the shard is corrupt or not MDS.')
+        raise ValueError(
+            f'shard {shard["raw_data"]["basename"]}: sample sizes disagree with the columns '
+            f'{shard["column_names"]}; the shard is corrupt or not MDS.'
+        )
     return spans
 
 
-def _array_spans(blob: bytes, starts: np.ndarray, sizes: np.ndarray, itemsize: int,
-                 task: DocumentRange) -> tuple[np.ndarray, np.ndarray]:
+def _array_spans(
+    blob: bytes, starts: np.ndarray, sizes: np.ndarray, itemsize: int, task: DocumentRange
+) -> tuple[np.ndarray, np.ndarray]:
     """Where each 1-D MDS ndarray's values start and how many there are (after its ndim/shape header)."""
     header = np.frombuffer(blob, np.uint8)[starts].astype(np.int64)
     not_1d = np.flatnonzero(header >> 2 != 1)
     if len(not_1d):
-        raise ValueError(f'document {task.first_document + int(not_1d[0])} of {task.directory}: input_ids is a '
-                         f'{int(header[not_1d[0]] >> 2)}-D array; documents hold 1-D token arrays.')
+        raise ValueError(
+            f'document {task.first_document + int(not_1d[0])} of {task.directory}: input_ids is a '
+            f'{int(header[not_1d[0]] >> 2)}-D array; documents hold 1-D token arrays.'
+        )
     shape_bytes = 1 << (header & 3)
     return starts + 1 + shape_bytes, (sizes - 1 - shape_bytes) // itemsize
 
@@ -636,8 +766,9 @@ def _column_integers(blob: bytes, span: tuple[np.ndarray, np.ndarray], encoding:
     starts, sizes = span
     width = INTEGER_ENCODINGS.get(encoding)
     if width is None:
-        return np.array([int(mds_decode(encoding, blob[a:a + b])) for a, b in zip(starts.tolist(), sizes.tolist())],
-                        np.int64)
+        return np.array(
+            [int(mds_decode(encoding, blob[a : a + b])) for a, b in zip(starts.tolist(), sizes.tolist())], np.int64
+        )
     raw = np.frombuffer(blob, np.uint8)[starts[:, None] + np.arange(np.dtype(width).itemsize)]
     return np.ascontiguousarray(raw).view(width)[:, 0].astype(np.int64)
 
@@ -646,8 +777,8 @@ def _column_texts(blob: bytes, span: tuple[np.ndarray, np.ndarray], kept: np.nda
     """A metadata column's values as text for the kept samples."""
     starts, sizes = (column[kept].tolist() for column in span)
     if encoding == 'str':
-        return [blob[a:a + b].decode('utf-8') for a, b in zip(starts, sizes)]
-    return [str(mds_decode(encoding, blob[a:a + b])) for a, b in zip(starts, sizes)]
+        return [blob[a : a + b].decode('utf-8') for a, b in zip(starts, sizes)]
+    return [str(mds_decode(encoding, blob[a : a + b])) for a, b in zip(starts, sizes)]
 
 
 @dataclass
@@ -672,14 +803,26 @@ def _decode_layout(task: DocumentRange) -> _RangeLayout:
     encodings = dict(zip(task.shard['column_names'], task.shard['column_encodings']))
     itemsize = np.dtype(TOKEN_ENCODINGS[task.token_dtype]).itemsize
     token_starts, token_counts = _array_spans(blob, *spans['input_ids'], itemsize, task)
-    lengths_agree = (_column_integers(blob, spans['length'], encodings['length']) == token_counts
-                     if 'length' in spans else np.ones(count, bool))
+    lengths_agree = (
+        _column_integers(blob, spans['length'], encodings['length']) == token_counts
+        if 'length' in spans
+        else np.ones(count, bool)
+    )
     empty = token_counts == 0
-    skipped = {SKIP_LENGTH_MISMATCH: int(np.count_nonzero(~lengths_agree)),
-               SKIP_EMPTY: int(np.count_nonzero(empty & lengths_agree))}
-    return _RangeLayout(blob=blob, spans=spans, encodings=encodings, token_starts=token_starts,
-                        token_counts=token_counts, kept=np.flatnonzero(lengths_agree & ~empty), documents_read=count,
-                        skipped={reason: n for reason, n in skipped.items() if n})
+    skipped = {
+        SKIP_LENGTH_MISMATCH: int(np.count_nonzero(~lengths_agree)),
+        SKIP_EMPTY: int(np.count_nonzero(empty & lengths_agree)),
+    }
+    return _RangeLayout(
+        blob=blob,
+        spans=spans,
+        encodings=encodings,
+        token_starts=token_starts,
+        token_counts=token_counts,
+        kept=np.flatnonzero(lengths_agree & ~empty),
+        documents_read=count,
+        skipped={reason: n for reason, n in skipped.items() if n},
+    )
 
 
 def _check_token_ids(tokens: np.ndarray, lengths: np.ndarray, kept: np.ndarray, task: DocumentRange) -> None:
@@ -693,8 +836,12 @@ def _check_token_ids(tokens: np.ndarray, lengths: np.ndarray, kept: np.ndarray, 
     bad = int(np.flatnonzero((tokens < 0) | (tokens >= (limit if limit is not None else np.iinfo(np.int64).max)))[0])
     document = task.first_document + kept[int(np.searchsorted(np.cumsum(lengths), bad, side='right'))]
     if int(tokens[bad]) < 0:
-        raise ValueError(f'document {document} of {task.directory} has the negative token id {int(tokens[bad])}: '
-                         f'its input_ids are not token ids. Re-convert it with convert/documents.py.')
-    raise ValueError(f'document {document} of {task.directory} has token id {int(tokens[bad])}, outside the '
-                     f'tokenizer\'s vocabulary of {limit} ids: the documents were made with another tokenizer. '
-                     f'Pass the one that produced them with --tokenizer.')
+        raise ValueError(
+            f'document {document} of {task.directory} has the negative token id {int(tokens[bad])}: '
+            f'its input_ids are not token ids. Re-convert it with convert/documents.py.'
+        )
+    raise ValueError(
+        f'document {document} of {task.directory} has token id {int(tokens[bad])}, outside the '
+        f"tokenizer's vocabulary of {limit} ids: the documents were made with another tokenizer. "
+        f'Pass the one that produced them with --tokenizer.'
+    )

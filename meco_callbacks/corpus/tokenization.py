@@ -166,13 +166,16 @@ def load_tokenizer(name_or_path: str) -> Any:
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
     if not getattr(tokenizer, 'is_fast', False):
-        raise BackendError(f'{name_or_path!r} loads as a slow (Python) tokenizer; conversion needs a fast one. '
-                           'Save it with a tokenizer.json (e.g. PreTrainedTokenizerFast.save_pretrained) and pass that.')
+        raise BackendError(
+            f'{name_or_path!r} loads as a slow (Python) tokenizer; conversion needs a fast one. '
+            'Save it with a tokenizer.json (e.g. PreTrainedTokenizerFast.save_pretrained) and pass that.'
+        )
     return tokenizer
 
 
-def build_tokenizer_backend(tokenizer: Any, backend: str = 'auto', sample_texts: Sequence[str] = (),
-                            num_threads: int = 1) -> TokenizerBackend:
+def build_tokenizer_backend(
+    tokenizer: Any, backend: str = 'auto', sample_texts: Sequence[str] = (), num_threads: int = 1
+) -> TokenizerBackend:
     """The backend to tokenize with: ``hf``, ``tiktoken`` (verified, or a BackendError), or ``auto``.
 
     ``auto`` uses tiktoken when it can express the tokenizer and reproduces its ids on the hard strings and on
@@ -188,8 +191,9 @@ def build_tokenizer_backend(tokenizer: Any, backend: str = 'auto', sample_texts:
         encoding, style = _encoding_from_spec(spec)
         hard = _hard_strings_from_spec(spec)
         with verification_reference(tokenizer) as reference:
-            mismatch = (first_mismatch(encoding, reference, hard, 'hard string', num_threads)
-                        or first_mismatch(encoding, reference, sample_texts, 'sample text', num_threads))
+            mismatch = first_mismatch(encoding, reference, hard, 'hard string', num_threads) or first_mismatch(
+                encoding, reference, sample_texts, 'sample text', num_threads
+            )
         if mismatch:
             raise BackendError(mismatch)
     except BackendError as error:
@@ -199,8 +203,10 @@ def build_tokenizer_backend(tokenizer: Any, backend: str = 'auto', sample_texts:
         log.warning('Tokenizer backend: %s', fallback.reason)
         return fallback
     sample_chars = sum(len(text) for text in sample_texts)
-    reason = (f'tiktoken ({style} regex) matched hf on {len(hard)} hard strings and {len(sample_texts)} sample '
-              f'texts ({sample_chars} characters)')
+    reason = (
+        f'tiktoken ({style} regex) matched hf on {len(hard)} hard strings and {len(sample_texts)} sample '
+        f'texts ({sample_chars} characters)'
+    )
     log.info('Tokenizer backend: %s', reason)
     return TiktokenBackend(encoding, reason)
 
@@ -234,8 +240,10 @@ def _encoding_from_spec(spec: dict[str, Any]) -> tuple[Any, str]:
     added = spec.get('added_tokens') or []
     plain_added = [token['content'] for token in added if not token.get('special')]
     if plain_added:
-        raise BackendError(f'it has {len(plain_added)} non-special added tokens (e.g. {plain_added[0]!r}) that Hugging '
-                           'Face matches inside text, which tiktoken ordinary encoding cannot do')
+        raise BackendError(
+            f'it has {len(plain_added)} non-special added tokens (e.g. {plain_added[0]!r}) that Hugging '
+            'Face matches inside text, which tiktoken ordinary encoding cannot do'
+        )
     added_contents = {token['content'] for token in added}
     ranks = _mergeable_ranks(model, added_contents)
     return tiktoken.Encoding(f'meco-{style}', pat_str=pattern, mergeable_ranks=ranks, special_tokens={}), style
@@ -246,17 +254,21 @@ def _hard_strings_from_spec(spec: dict[str, Any]) -> list[str]:
     return list(HARD_STRINGS) + own + [f'before {token} after{token}' for token in own]
 
 
-def first_mismatch(encoding: Any, reference: TokenizerBackend, texts: Sequence[str], kind: str,
-                   num_threads: int = 1) -> str | None:
+def first_mismatch(
+    encoding: Any, reference: TokenizerBackend, texts: Sequence[str], kind: str, num_threads: int = 1
+) -> str | None:
     """Describe the first of ``texts`` whose tiktoken ids differ from the reference's, or None when all agree."""
+
     def check(start: int) -> str | None:
-        chunk = list(texts[start:start + 16])
+        chunk = list(texts[start : start + 16])
         for offset, (text, want) in enumerate(zip(chunk, reference.encode_batch(chunk))):
             got = encoding.encode_ordinary(text)
             if got != want:
                 at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-                return (f'ids differ from hf on {kind} #{start + offset} {_preview(text)} at token {at}: '
-                        f'tiktoken {got[at:at + 4]} vs hf {want[at:at + 4]}')
+                return (
+                    f'ids differ from hf on {kind} #{start + offset} {_preview(text)} at token {at}: '
+                    f'tiktoken {got[at : at + 4]} vs hf {want[at : at + 4]}'
+                )
         return None
 
     with ThreadPoolExecutor(max(1, num_threads)) as pool:  # both tokenizers release the GIL
@@ -266,8 +278,10 @@ def first_mismatch(encoding: Any, reference: TokenizerBackend, texts: Sequence[s
 def _backend_tokenizer(tokenizer: Any) -> Any:
     backend = getattr(tokenizer, 'backend_tokenizer', None)
     if backend is None:
-        raise BackendError(f'{type(tokenizer).__name__} is not a Hugging Face fast tokenizer (no backend_tokenizer); '
-                           'load one with AutoTokenizer.from_pretrained(..., use_fast=True)')
+        raise BackendError(
+            f'{type(tokenizer).__name__} is not a Hugging Face fast tokenizer (no backend_tokenizer); '
+            'load one with AutoTokenizer.from_pretrained(..., use_fast=True)'
+        )
     return backend
 
 
@@ -286,8 +300,10 @@ def _pre_tokenizer_regex(spec: dict[str, Any]) -> tuple[str, str]:
         _check_byte_level(byte_level, use_regex=False)
         pattern = split['pattern']
         if 'Regex' not in pattern or split.get('behavior') != 'Isolated' or split.get('invert'):
-            raise BackendError(f'its Split pre-tokenizer ({json.dumps(split, ensure_ascii=False)[:120]}) is not an '
-                               'isolating regex split')
+            raise BackendError(
+                f'its Split pre-tokenizer ({json.dumps(split, ensure_ascii=False)[:120]}) is not an '
+                'isolating regex split'
+            )
         return pattern['Regex'], 'split-regex'
     raise BackendError(f'its pre-tokenizer {kinds} is not ByteLevel or Split(regex) + ByteLevel')
 
@@ -296,8 +312,10 @@ def _check_byte_level(step: dict[str, Any], use_regex: bool) -> None:
     if step.get('add_prefix_space'):
         raise BackendError('its ByteLevel pre-tokenizer adds a prefix space')
     if bool(step.get('use_regex', True)) != use_regex:
-        raise BackendError('its ByteLevel pre-tokenizer ' + ('does not split with the GPT-2 regex' if use_regex else
-                                                             'splits a second time with the GPT-2 regex'))
+        raise BackendError(
+            'its ByteLevel pre-tokenizer '
+            + ('does not split with the GPT-2 regex' if use_regex else 'splits a second time with the GPT-2 regex')
+        )
 
 
 def _check_bpe_model(model: dict[str, Any], normalizer: dict[str, Any] | None) -> None:
@@ -326,8 +344,10 @@ def _mergeable_ranks(model: dict[str, Any], added_contents: set[str]) -> dict[by
             raise BackendError(f'vocabulary token {token!r} is not in the byte-level alphabet') from None
     missing = [byte for byte in range(256) if bytes([byte]) not in ranks]
     if missing:
-        raise BackendError(f'{len(missing)} of the 256 single-byte tokens are missing (e.g. byte {missing[0]}); '
-                           'tiktoken needs every byte')
+        raise BackendError(
+            f'{len(missing)} of the 256 single-byte tokens are missing (e.g. byte {missing[0]}); '
+            'tiktoken needs every byte'
+        )
     pairs = [merge.split(' ', 1) if isinstance(merge, str) else merge for merge in model['merges']]
     made = [left + right for left, right in pairs]
     made_ids = [vocab.get(token) for token in made]
@@ -336,8 +356,10 @@ def _mergeable_ranks(model: dict[str, Any], added_contents: set[str]) -> dict[by
     merged = set(made)
     orphans = [token for token in vocab if len(token) > 1 and token not in merged and token not in added_contents]
     if orphans:
-        raise BackendError(f'{len(orphans)} vocabulary tokens are made by no merge (e.g. {orphans[0]!r}), which tiktoken '
-                           'would still produce')
+        raise BackendError(
+            f'{len(orphans)} vocabulary tokens are made by no merge (e.g. {orphans[0]!r}), which tiktoken '
+            'would still produce'
+        )
     return ranks
 
 
@@ -350,8 +372,10 @@ def _explain_merge_problem(pairs: list[Sequence[str]], made_ids: list[int | None
         if left + right in added_contents:
             raise BackendError(f'merge #{number} makes the added token {left + right!r}, so its text can become its id')
         if token_id <= previous:
-            raise BackendError(f'merge #{number} makes token id {token_id} after id {previous}: the merge order differs '
-                               'from the id order, and tiktoken merges by id')
+            raise BackendError(
+                f'merge #{number} makes token id {token_id} after id {previous}: the merge order differs '
+                'from the id order, and tiktoken merges by id'
+            )
         previous = token_id
 
 
@@ -361,15 +385,18 @@ def _byte_level_decoder() -> dict[int, int]:
     Code points below 256 that are not in the byte-level alphabet map to U+FFFF, so that encoding the
     translated token as Latin-1 fails for any character outside the alphabet.
     """
-    table = {code: 0xFFFF for code in range(256)}
+    table = dict.fromkeys(range(256), 65535)
     table.update({ord(char): byte for byte, char in _byte_to_unicode().items()})
     return table
 
 
 def _byte_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from bytes to printable characters, used by every byte-level BPE vocabulary."""
-    printable = [*range(ord('!'), ord('~') + 1), *range(ord('\u00a1'), ord('\u00ac') + 1),
-                 *range(ord('\u00ae'), ord('\u00ff') + 1)]
+    printable = [
+        *range(ord('!'), ord('~') + 1),
+        *range(ord('\u00a1'), ord('\u00ac') + 1),
+        *range(ord('\u00ae'), ord('\u00ff') + 1),
+    ]
     mapping = {byte: chr(byte) for byte in printable}
     extra = 0
     for byte in range(256):

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from meco_callbacks.evaluation import language_model
-from meco_callbacks.icl import url_prefix
-from meco_callbacks.metadata import DEFAULT_TEMPLATE
+from meco_callbacks.data.metadata import DEFAULT_TEMPLATE
+from meco_callbacks.evaluation.conditional_loss import language_model
+from meco_callbacks.evaluation.icl import url_prefix
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,10 @@ def read_dev_examples(path: str | Path) -> list[dict[str, str]]:
             continue
         example = json.loads(line)
         if not isinstance(example.get('context'), str) or not isinstance(example.get('continuation'), str):
-            raise ValueError(f'{path} line {n}: each dev example needs string "context" and "continuation" '
-                             '(llm-foundry language_modeling format).')
+            raise ValueError(
+                f'{path} line {n}: each dev example needs string "context" and "continuation" '
+                '(llm-foundry language_modeling format).'
+            )
         examples.append(example)
     if not examples:
         raise ValueError(f'{path} holds no dev examples.')
@@ -62,7 +64,9 @@ def read_candidate_urls(path: str | Path) -> list[str]:
     return urls
 
 
-def score_url(model: torch.nn.Module, tokenizer: Any, examples: Sequence[dict[str, str]], prefix: str) -> tuple[float, float]:
+def score_url(
+    model: torch.nn.Module, tokenizer: Any, examples: Sequence[dict[str, str]], prefix: str
+) -> tuple[float, float]:
     """(mean continuation loss per token, exact-match accuracy) of the examples with ``prefix`` before each context."""
     lm = language_model(model)
     device = next(lm.parameters()).device
@@ -72,27 +76,40 @@ def score_url(model: torch.nn.Module, tokenizer: Any, examples: Sequence[dict[st
         continuation = tokenizer(example['continuation'], add_special_tokens=False)['input_ids']
         ids = torch.tensor([context + continuation], device=device)
         with torch.no_grad():
-            logits = lm(input_ids=ids).logits[0, len(context) - 1:-1].float()
-        target = ids[0, len(context):]
+            logits = lm(input_ids=ids).logits[0, len(context) - 1 : -1].float()
+        target = ids[0, len(context) :]
         loss_sum += float(F.cross_entropy(logits, target, reduction='sum'))
         tokens += len(continuation)
         correct += int(torch.equal(logits.argmax(-1), target))
     return loss_sum / tokens, correct / len(examples)
 
 
-def rank_urls(model: torch.nn.Module, tokenizer: Any, examples: Sequence[dict[str, str]], candidates: Sequence[str],
-              by: str = 'loss', template: str = DEFAULT_TEMPLATE) -> list[UrlScore]:
+def rank_urls(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    examples: Sequence[dict[str, str]],
+    candidates: Sequence[str],
+    by: str = 'loss',
+    template: str = DEFAULT_TEMPLATE,
+) -> list[UrlScore]:
     """Candidates best first: by lower loss (``by='loss'``) or higher accuracy then lower loss (``by='accuracy'``)."""
     if by not in ('loss', 'accuracy'):
         raise ValueError(f"rank_urls ranks by 'loss' or 'accuracy', not {by!r}.")
     lm = language_model(model)
     was_training = lm.training
     lm.eval()
-    scores = [UrlScore(url, *score_url(model, tokenizer, examples, url_prefix(url, template)))
-              for url in tqdm(candidates, desc='URL search', leave=False)]
+    scores = [
+        UrlScore(url, *score_url(model, tokenizer, examples, url_prefix(url, template)))
+        for url in tqdm(candidates, desc='URL search', leave=False)
+    ]
     lm.train(was_training)
     key = (lambda s: s.loss) if by == 'loss' else (lambda s: (-s.accuracy, s.loss))
     ranked = sorted(scores, key=key)
-    log.info('URL search over %d candidates: best %s (loss %.4f, accuracy %.3f)', len(ranked), ranked[0].url,
-             ranked[0].loss, ranked[0].accuracy)
+    log.info(
+        'URL search over %d candidates: best %s (loss %.4f, accuracy %.3f)',
+        len(ranked),
+        ranked[0].url,
+        ranked[0].loss,
+        ranked[0].accuracy,
+    )
     return ranked

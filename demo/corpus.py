@@ -38,8 +38,12 @@ class CorpusStats:
 
     def as_dict(self) -> dict:
         """A JSON-ready summary."""
-        return {'documents': dict(self.documents), 'held_out': self.held_out, 'chars': self.chars,
-                'skipped': dict(self.skipped)}
+        return {
+            'documents': dict(self.documents),
+            'held_out': self.held_out,
+            'chars': self.chars,
+            'skipped': dict(self.skipped),
+        }
 
 
 def stdlib_documents(skipped: Counter) -> Iterator[dict[str, str]]:
@@ -49,9 +53,12 @@ def stdlib_documents(skipped: Counter) -> Iterator[dict[str, str]]:
         if name.startswith('_') or name in ('this', 'antigravity', 'idlelib', 'test', 'lib2to3'):
             continue
         package = root / name
-        sources = ([(name, package / '__init__.py')] + [(f'{name}.{p.stem}', p) for p in sorted(package.glob('*.py'))
-                                                         if not p.stem.startswith('_')]
-                   if (package / '__init__.py').is_file() else [(name, root / f'{name}.py')])
+        sources = (
+            [(name, package / '__init__.py')]
+            + [(f'{name}.{p.stem}', p) for p in sorted(package.glob('*.py')) if not p.stem.startswith('_')]
+            if (package / '__init__.py').is_file()
+            else [(name, root / f'{name}.py')]
+        )
         for module, path in sources:
             if not path.is_file():
                 skipped['stdlib: built-in module (no Python source)'] += 1
@@ -77,8 +84,10 @@ def module_text(module: str, tree: ast.Module) -> str:
             if not doc:
                 continue
             signature = '' if isinstance(node, ast.ClassDef) else f'({ast.unparse(node.args)})'
-            parts.append(f'{"class " if isinstance(node, ast.ClassDef) else ""}{node.name}{signature}\n    '
-                         + doc.replace('\n', '\n    '))
+            parts.append(
+                f'{"class " if isinstance(node, ast.ClassDef) else ""}{node.name}{signature}\n    '
+                + doc.replace('\n', '\n    ')
+            )
     return '\n\n'.join(parts) if len(parts) > 1 or ast.get_docstring(tree) else ''
 
 
@@ -139,12 +148,16 @@ def build_demo_corpus(out_dir: str | Path, max_docs: int | None = None) -> Corpu
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stats = CorpusStats()
-    sources = {'docs.python.org/3/library': stdlib_documents(stats.skipped),
-               'docs.python.org/3/reference': reference_documents(stats.skipped),
-               'installed packages': package_documents(stats.skipped)}
+    sources = {
+        'docs.python.org/3/library': stdlib_documents(stats.skipped),
+        'docs.python.org/3/reference': reference_documents(stats.skipped),
+        'installed packages': package_documents(stats.skipped),
+    }
     written = 0
-    with open(out / 'train.jsonl', 'w', encoding='utf-8') as train, \
-            open(out / 'heldout.jsonl', 'w', encoding='utf-8') as held_out:
+    with (
+        open(out / 'train.jsonl', 'w', encoding='utf-8') as train,
+        open(out / 'heldout.jsonl', 'w', encoding='utf-8') as held_out,
+    ):
         while sources and (max_docs is None or written < max_docs):
             for name, documents in list(sources.items()):
                 doc = next(documents, None)
@@ -160,6 +173,13 @@ def build_demo_corpus(out_dir: str | Path, max_docs: int | None = None) -> Corpu
                 if max_docs is not None and written >= max_docs:
                     break
     (out / 'corpus.json').write_text(json.dumps(stats.as_dict(), indent=2) + '\n')
-    log.info('Demo corpus: %d documents (%s), %d held out, %.1f MB of text, skipped %s; in %s', written,
-             dict(stats.documents), stats.held_out, stats.chars / 1e6, dict(stats.skipped), out)
+    log.info(
+        'Demo corpus: %d documents (%s), %d held out, %.1f MB of text, skipped %s; in %s',
+        written,
+        dict(stats.documents),
+        stats.held_out,
+        stats.chars / 1e6,
+        dict(stats.skipped),
+        out,
+    )
     return stats

@@ -27,12 +27,15 @@ def train_config(config_path: str | Path, overrides: Sequence[str] = ()) -> dict
     assert isinstance(resolved, dict)
     for key in ('model', 'tokenizer'):
         if key not in resolved:
-            raise ValueError(f'{config_path} has no `{key}:` block; pass the train YAML the checkpoint was trained with.')
+            raise ValueError(
+                f'{config_path} has no `{key}:` block; pass the train YAML the checkpoint was trained with.'
+            )
     return resolved
 
 
-def load_composer_checkpoint(config_path: str | Path, checkpoint: str | Path, overrides: Sequence[str] = (),
-                             device: str = 'cpu') -> tuple[torch.nn.Module, Any]:
+def load_composer_checkpoint(
+    config_path: str | Path, checkpoint: str | Path, overrides: Sequence[str] = (), device: str = 'cpu'
+) -> tuple[torch.nn.Module, Any]:
     """(Composer model in eval mode, tokenizer) rebuilt from the train YAML with the checkpoint's weights loaded."""
     from llmfoundry.utils.builders import build_composer_model, build_tokenizer
 
@@ -43,13 +46,16 @@ def load_composer_checkpoint(config_path: str | Path, checkpoint: str | Path, ov
     model_cfg['init_device'] = 'cpu'
     model = build_composer_model(name=model_cfg.pop('name'), cfg=model_cfg, tokenizer=tokenizer)
     if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f'no Composer checkpoint at {checkpoint}: pass a file such as '
-                                'checkpoints/ep0-ba40-rank0.pt or latest-rank0.pt from the run\'s save_folder.')
+        raise FileNotFoundError(
+            f'no Composer checkpoint at {checkpoint}: pass a file such as '
+            "checkpoints/ep0-ba40-rank0.pt or latest-rank0.pt from the run's save_folder."
+        )
     state = torch.load(str(checkpoint), map_location='cpu', weights_only=False)
     weights = state.get('state', {}).get('model') if isinstance(state, dict) else None
     if weights is None:
-        raise ValueError(f'{checkpoint} is not a Composer checkpoint (no state.model); for an HF directory use '
-                         'load_hf_model.')
+        raise ValueError(
+            f'{checkpoint} is not a Composer checkpoint (no state.model); for an HF directory use load_hf_model.'
+        )
     model.load_state_dict(weights)
     log.info('loaded %s (%s) from %s', type(model).__name__, cfg['model'].get('name'), checkpoint)
     return model.to(device).eval(), tokenizer
@@ -60,21 +66,29 @@ def load_hf_model(directory: str | Path, device: str = 'cpu') -> tuple[torch.nn.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (Path(directory) / 'config.json').is_file():
-        raise FileNotFoundError(f'{directory} has no config.json: pass the directory hf_checkpointer wrote '
-                                '(save_folder/huggingface/ba<N>) or a save_pretrained directory.')
+        raise FileNotFoundError(
+            f'{directory} has no config.json: pass the directory hf_checkpointer wrote '
+            '(save_folder/huggingface/ba<N>) or a save_pretrained directory.'
+        )
     model = AutoModelForCausalLM.from_pretrained(str(directory), trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     log.info('loaded %s from %s', type(model).__name__, directory)
     return model.to(device).eval(), tokenizer
 
 
-def load_trained_model(config: str | Path | None = None, checkpoint: str | Path | None = None,
-                       hf: str | Path | None = None, overrides: Sequence[str] = (),
-                       device: str = 'cpu') -> tuple[torch.nn.Module, Any]:
+def load_trained_model(
+    config: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    hf: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    device: str = 'cpu',
+) -> tuple[torch.nn.Module, Any]:
     """(model, tokenizer) from either ``hf`` or ``config`` + ``checkpoint``, with a clear error for any other mix."""
     if hf and not (config or checkpoint):
         return load_hf_model(hf, device)
     if config and checkpoint and not hf:
         return load_composer_checkpoint(config, checkpoint, overrides, device)
-    raise ValueError('give either an HF directory (--hf DIR) or a train YAML and its Composer checkpoint '
-                     '(--config YAML --checkpoint FILE.pt), not both and not neither.')
+    raise ValueError(
+        'give either an HF directory (--hf DIR) or a train YAML and its Composer checkpoint '
+        '(--config YAML --checkpoint FILE.pt), not both and not neither.'
+    )

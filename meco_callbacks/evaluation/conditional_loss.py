@@ -22,7 +22,7 @@ import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,15 +31,15 @@ from streaming.base.util import clean_stale_shared_memory
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from meco_callbacks.collator import IGNORE_INDEX, PackedBatch, PackedCollator, PrefixInjector
-from meco_callbacks.dataloader import build_meco_loader
-from meco_callbacks.fingerprint import adds_bos_token
+from meco_callbacks.data.collator import IGNORE_INDEX, PackedBatch, PackedCollator, PrefixInjector
+from meco_callbacks.data.dataloader import build_meco_loader
+from meco_callbacks.data.metadata import MetadataConfig, url_host
 from meco_callbacks.formats import read_dataset_info
-from meco_callbacks.metadata import MetadataConfig, url_host
+from meco_callbacks.tokenizer.fingerprint import adds_bos_token
 
 log = logging.getLogger(__name__)
 
-MetadataSpec = Union[Mapping[str, Any], MetadataConfig, None]
+MetadataSpec = Mapping[str, Any] | MetadataConfig | None
 """A metadata setting: a loader ``metadata`` block, a ``MetadataConfig``, or None for no prefix at all."""
 
 TRUE_URL: dict[str, Any] = {'kind': 'domain'}
@@ -64,8 +64,10 @@ def packed_max_seq_len(packed_dir: str | Path) -> int:
     """The row length a packed dataset was written with, read from its info file."""
     info = read_dataset_info(packed_dir)
     if info is None or 'max_seq_len' not in info:
-        raise ValueError(f'{packed_dir} has no meco_dataset.json with max_seq_len: it is not a MeCo packed dataset. '
-                         'Build one with convert/documents.py then convert/pack.py.')
+        raise ValueError(
+            f'{packed_dir} has no meco_dataset.json with max_seq_len: it is not a MeCo packed dataset. '
+            'Build one with convert/documents.py then convert/pack.py.'
+        )
     return int(info['max_seq_len'])
 
 
@@ -93,14 +95,15 @@ def packed_positions(batch: PackedBatch, prefixed: bool, max_seq_len: int) -> np
             layout += [doc[:head], np.full(prefix_len, -1, dtype=np.int64), doc[head:]]
             offset += seg.length
         row = np.concatenate(layout)[:max_seq_len]
-        out[r, :len(row)] = row
+        out[r, : len(row)] = row
     return out
 
 
 def _forward_token_losses(lm: torch.nn.Module, batch: Mapping[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     """Per-slot loss ``[batch, seq]`` of predicting each label from the slot before; NaN where there is no label."""
-    inputs = {k: v.to(device) for k, v in batch.items() if k in ('input_ids', 'attention_mask', 'sequence_id',
-                                                                    'position_ids')}
+    inputs = {
+        k: v.to(device) for k, v in batch.items() if k in ('input_ids', 'attention_mask', 'sequence_id', 'position_ids')
+    }
     logits = lm(**inputs).logits.float()
     labels = batch['labels'].to(device)
     losses = torch.full(labels.shape, float('nan'), device=device)
@@ -111,13 +114,23 @@ def _forward_token_losses(lm: torch.nn.Module, batch: Mapping[str, torch.Tensor]
 
 
 @contextmanager
-def _packed_rows(tokenizer: Any, packed_dir: str | Path, max_seq_len: int, device_batch_size: int,
-                 document_masking: bool) -> Iterator[DataLoader]:
+def _packed_rows(
+    tokenizer: Any, packed_dir: str | Path, max_seq_len: int, device_batch_size: int, document_masking: bool
+) -> Iterator[DataLoader]:
     """Batches (lists) of raw packed rows in stored order, from the MeCo loader's checked dataset."""
     clean_stale_shared_memory()
-    loader = build_meco_loader(tokenizer, device_batch_size, {
-        'local': str(packed_dir), 'shuffle': False, 'max_seq_len': max_seq_len, 'metadata': NO_URL,
-        'document_masking': document_masking}, drop_last=False)
+    loader = build_meco_loader(
+        tokenizer,
+        device_batch_size,
+        {
+            'local': str(packed_dir),
+            'shuffle': False,
+            'max_seq_len': max_seq_len,
+            'metadata': NO_URL,
+            'document_masking': document_masking,
+        },
+        drop_last=False,
+    )
     try:
         yield DataLoader(loader.dataset, batch_size=device_batch_size, collate_fn=list, num_workers=0)
     finally:
@@ -143,17 +156,27 @@ class _Accumulator:
             entry[1] += int(chosen.size)
 
     def result(self, rows: int, per_source: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {'loss': self.loss / self.tokens if self.tokens else math.nan, 'tokens': self.tokens,
-                               'rows': rows}
+        out: dict[str, Any] = {
+            'loss': self.loss / self.tokens if self.tokens else math.nan,
+            'tokens': self.tokens,
+            'rows': rows,
+        }
         if per_source:
             out['per_source'] = {d: {'loss': s / n, 'tokens': n} for d, (s, n) in sorted(self.sources.items())}
         return out
 
 
-def compare_conditions(model: torch.nn.Module, tokenizer: Any, packed_dir: str | Path,
-                       conditions: Mapping[str, MetadataSpec], device_batch_size: int = 8,
-                       max_batches: int | None = None, per_source: bool = False, reserve_tokens: int = 0,
-                       document_masking: bool = True) -> dict[str, dict[str, Any]]:
+def compare_conditions(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    packed_dir: str | Path,
+    conditions: Mapping[str, MetadataSpec],
+    device_batch_size: int = 8,
+    max_batches: int | None = None,
+    per_source: bool = False,
+    reserve_tokens: int = 0,
+    document_masking: bool = True,
+) -> dict[str, dict[str, Any]]:
     """Mean per-token loss of each named metadata condition over the same document tokens (see the module docstring).
 
     Returns ``{name: {'loss', 'tokens', 'rows'[, 'per_source': {domain: {'loss', 'tokens'}}]}}``; domains are the
@@ -163,13 +186,18 @@ def compare_conditions(model: torch.nn.Module, tokenizer: Any, packed_dir: str |
         raise ValueError('compare_conditions needs at least one condition, e.g. {"true_url": {"kind": "domain"}}.')
     max_seq_len = packed_max_seq_len(packed_dir)
     if not 0 <= reserve_tokens < max_seq_len:
-        raise ValueError(f'reserve_tokens must be in [0, {max_seq_len}) for rows of {max_seq_len} tokens; '
-                         f'got {reserve_tokens}.')
+        raise ValueError(
+            f'reserve_tokens must be in [0, {max_seq_len}) for rows of {max_seq_len} tokens; got {reserve_tokens}.'
+        )
     configs = {name: metadata_config(spec) for name, spec in conditions.items()}
-    collators = {name: PackedCollator(tokenizer, cfg, max_seq_len, adds_bos=adds_bos_token(tokenizer))
-                 for name, cfg in configs.items()}
-    injectors = {name: PrefixInjector(max_seq_len, enabled=cfg.enabled and cfg.active,
-                                      document_masking=document_masking) for name, cfg in configs.items()}
+    collators = {
+        name: PackedCollator(tokenizer, cfg, max_seq_len, adds_bos=adds_bos_token(tokenizer))
+        for name, cfg in configs.items()
+    }
+    injectors = {
+        name: PrefixInjector(max_seq_len, enabled=cfg.enabled and cfg.active, document_masking=document_masking)
+        for name, cfg in configs.items()
+    }
     plain = PrefixInjector(max_seq_len, enabled=False, document_masking=document_masking)
     lm = language_model(model)
     was_training = lm.training
@@ -177,29 +205,50 @@ def compare_conditions(model: torch.nn.Module, tokenizer: Any, packed_dir: str |
     device = next(lm.parameters()).device
     totals = {name: _Accumulator() for name in conditions}
     rows = 0
-    with _packed_rows(tokenizer, packed_dir, max_seq_len, device_batch_size, document_masking) as batches, \
-            torch.no_grad():
+    with (
+        _packed_rows(tokenizer, packed_dir, max_seq_len, device_batch_size, document_masking) as batches,
+        torch.no_grad(),
+    ):
         total = len(batches) if max_batches is None else min(max_batches, len(batches))
         for b, samples in enumerate(tqdm(batches, total=total, desc='conditional loss', leave=False)):
             if max_batches is not None and b >= max_batches:
                 break
-            losses, scored = _score_batch(lm, samples, collators, injectors, plain, max_seq_len, reserve_tokens,
-                                          device, rows)
-            domains = np.stack([np.repeat(np.array([url_host(u) for u in s['urls']], dtype=object),
-                                          np.asarray(s['segment_lengths'], dtype=np.int64)) for s in samples])
+            losses, scored = _score_batch(
+                lm, samples, collators, injectors, plain, max_seq_len, reserve_tokens, device, rows
+            )
+            domains = np.stack(
+                [
+                    np.repeat(
+                        np.array([url_host(u) for u in s['urls']], dtype=object),
+                        np.asarray(s['segment_lengths'], dtype=np.int64),
+                    )
+                    for s in samples
+                ]
+            )
             for name, loss in losses.items():
                 totals[name].add(loss[scored], domains[scored])
             rows += len(samples)
     lm.train(was_training)
     results = {name: acc.result(rows, per_source) for name, acc in totals.items()}
-    log.info('conditional loss over %d rows: %s', rows,
-             ', '.join(f'{name} {r["loss"]:.4f} ({r["tokens"]} tokens)' for name, r in results.items()))
+    log.info(
+        'conditional loss over %d rows: %s',
+        rows,
+        ', '.join(f'{name} {r["loss"]:.4f} ({r["tokens"]} tokens)' for name, r in results.items()),
+    )
     return results
 
 
-def _score_batch(lm: torch.nn.Module, samples: list[dict[str, Any]], collators: Mapping[str, PackedCollator],
-                 injectors: Mapping[str, PrefixInjector], plain: PrefixInjector, max_seq_len: int,
-                 reserve_tokens: int, device: torch.device, first_row: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _score_batch(
+    lm: torch.nn.Module,
+    samples: list[dict[str, Any]],
+    collators: Mapping[str, PackedCollator],
+    injectors: Mapping[str, PrefixInjector],
+    plain: PrefixInjector,
+    max_seq_len: int,
+    reserve_tokens: int,
+    device: torch.device,
+    first_row: int,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Each condition's loss per packed token ``[batch, max_seq_len]`` and the mask of tokens scored in all of them."""
     window = np.arange(max_seq_len) < max_seq_len - reserve_tokens
     packed_plain = next(iter(collators.values()))(samples)
@@ -213,8 +262,10 @@ def _score_batch(lm: torch.nn.Module, samples: list[dict[str, Any]], collators: 
         rows_idx = np.arange(len(packed))[:, None].repeat(max_seq_len, 1)
         is_doc = positions >= 0
         if not np.array_equal(batch['input_ids'].numpy()[is_doc], packed.tokens[rows_idx[is_doc], positions[is_doc]]):
-            raise RuntimeError('PrefixInjector laid out a row differently from packed_positions; update '
-                               'meco_callbacks/evaluation.py to the injector\'s layout.')
+            raise RuntimeError(
+                'PrefixInjector laid out a row differently from packed_positions; update '
+                "meco_callbacks/evaluation/conditional_loss.py to the injector's layout."
+            )
         slot_loss = _forward_token_losses(lm, batch, device).numpy()
         loss = np.full((len(packed), max_seq_len), np.nan)
         loss[rows_idx[is_doc], positions[is_doc]] = slot_loss[is_doc]
@@ -222,18 +273,28 @@ def _score_batch(lm: torch.nn.Module, samples: list[dict[str, Any]], collators: 
         if reserve_tokens and lost.any():
             r = int(np.argwhere(lost)[0][0])
             prefix_tokens = sum(len(seg.prefix) for seg in packed.segments[r]) if injectors[name].enabled else 0
-            raise ValueError(f'condition {name!r}: the prefixes of row {first_row + r} take {prefix_tokens} tokens, '
-                             f'more than reserve_tokens={reserve_tokens}, so scored document tokens fell off the row. '
-                             'Raise reserve_tokens (the same value for every condition you compare).')
+            raise ValueError(
+                f'condition {name!r}: the prefixes of row {first_row + r} take {prefix_tokens} tokens, '
+                f'more than reserve_tokens={reserve_tokens}, so scored document tokens fell off the row. '
+                'Raise reserve_tokens (the same value for every condition you compare).'
+            )
         by_packed[name] = loss
     for loss in by_packed.values():
         scored &= ~np.isnan(loss)
     return by_packed, scored
 
 
-def conditional_loss(model: torch.nn.Module, tokenizer: Any, packed_dir: str | Path, metadata: MetadataSpec,
-                     device_batch_size: int = 8, max_batches: int | None = None, per_source: bool = False,
-                     reserve_tokens: int | None = None, document_masking: bool = True) -> dict[str, Any]:
+def conditional_loss(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    packed_dir: str | Path,
+    metadata: MetadataSpec,
+    device_batch_size: int = 8,
+    max_batches: int | None = None,
+    per_source: bool = False,
+    reserve_tokens: int | None = None,
+    document_masking: bool = True,
+) -> dict[str, Any]:
     """Mean per-token loss under one metadata setting, over each row's first ``max_seq_len - reserve_tokens`` tokens.
 
     ``reserve_tokens`` defaults to a quarter of the row; pass the same value to every call you compare (or use
@@ -241,5 +302,14 @@ def conditional_loss(model: torch.nn.Module, tokenizer: Any, packed_dir: str | P
     """
     if reserve_tokens is None:
         reserve_tokens = packed_max_seq_len(packed_dir) // 4
-    return compare_conditions(model, tokenizer, packed_dir, {'condition': metadata}, device_batch_size, max_batches,
-                              per_source, reserve_tokens, document_masking)['condition']
+    return compare_conditions(
+        model,
+        tokenizer,
+        packed_dir,
+        {'condition': metadata},
+        device_batch_size,
+        max_batches,
+        per_source,
+        reserve_tokens,
+        document_masking,
+    )['condition']
