@@ -30,47 +30,24 @@ from typing import Any
 
 import numpy as np
 from streaming import MDSWriter
-from streaming.base.compression import decompress
-from streaming.base.format.mds.encodings import mds_decode
 from tqdm import tqdm
 
+from meco_callbacks.corpus.mds import (
+    METADATA_ENCODINGS,
+    TOKEN_ENCODINGS,
+    Spans,
+    array_spans,
+    column_integers,
+    column_spans,
+    column_texts,
+    raw_shard_path,
+    sample_bytes,
+)
 from meco_callbacks.formats import DOCUMENT_FORMAT, PACKED_COLUMNS, PACKED_FORMAT, read_dataset_info, write_dataset_info
 from meco_callbacks.tokenizer.fingerprint import tokenizer_info
 
 logger = logging.getLogger(__name__)
 
-TOKEN_ENCODINGS = {'ndarray:uint32': np.uint32, 'ndarray:int32': np.int32}
-# Scalar encodings a metadata column may have; their values are carried as strings.
-METADATA_ENCODINGS = frozenset(
-    {
-        'str',
-        'int',
-        'int8',
-        'int16',
-        'int32',
-        'int64',
-        'uint8',
-        'uint16',
-        'uint32',
-        'uint64',
-        'float16',
-        'float32',
-        'float64',
-        'str_int',
-        'str_float',
-        'str_decimal',
-    }
-)
-# Fixed-width integer encodings (a ``length`` column), read for a whole range at once.
-INTEGER_ENCODINGS = {
-    'int': np.int64,
-    'int64': np.int64,
-    'uint64': np.uint64,
-    'int32': np.int32,
-    'uint32': np.uint32,
-    'int16': np.int16,
-    'uint16': np.uint16,
-}
 DEFAULT_DOCUMENTS_PER_TASK = 16384  # about one 64 MB shard of web documents
 READ_AHEAD_DOCUMENTS = 256  # documents read at a time past a part's own range to finish its last row
 SKIP_EMPTY = 'empty_document'
@@ -232,7 +209,7 @@ def plan_ranges(
     first = 0
     for shard in dataset.shards:
         samples = shard['samples']
-        step = documents_per_task if _raw_shard_path(str(dataset.directory), shard).is_file() else max(samples, 1)
+        step = documents_per_task if raw_shard_path(str(dataset.directory), shard).is_file() else max(samples, 1)
         for begin in range(0, samples, step):
             end = min(begin + step, samples)
             ranges.append(
@@ -287,7 +264,7 @@ def read_range(task: DocumentRange) -> DocumentChunk:
     _check_token_ids(tokens, lengths, kept, task)
     url_starts, url_sizes = (column[kept].tolist() for column in spans['url'])
     urls = [blob[start : start + size].decode('utf-8') for start, size in zip(url_starts, url_sizes)]
-    columns = [_column_texts(blob, spans[name], kept, layout.encodings[name]) for name in task.metadata_columns]
+    columns = [column_texts(blob, spans[name], kept, layout.encodings[name]) for name in task.metadata_columns]
     metadata = (
         [dict(zip(task.metadata_columns, values)) for values in zip(*columns)]
         if columns
@@ -420,7 +397,7 @@ def write_part(task: PartTask) -> PartStats:
         for row in packer.take_rows(task.rows):
             writer.write(row)
         for following in task.read_ahead:
-            raw = _raw_shard_path(following.directory, following.shard).is_file()
+            raw = raw_shard_path(following.directory, following.shard).is_file()
             step = READ_AHEAD_DOCUMENTS if raw else following.end - following.begin
             for begin in range(following.begin, following.end, step):
                 if packer.rows == task.rows:
@@ -690,103 +667,12 @@ def _identity(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _raw_shard_path(directory: str, shard: dict[str, Any]) -> Path:
-    return Path(directory) / shard['raw_data']['basename']
-
-
-def _range_bytes(task: DocumentRange) -> tuple[bytes, np.ndarray]:
-    """The bytes holding samples ``[begin, end)`` of the task's shard, and the samples' offsets into them.
-
-    An MDS shard starts with its sample count and the uint32 byte offsets of its samples; a shard stored only
-    compressed is decompressed whole.
-    """
-    raw = _raw_shard_path(task.directory, task.shard)
-    count = task.end - task.begin
-    if raw.is_file():
-        with open(raw, 'rb', 0) as f:
-            f.seek(4 * (1 + task.begin))
-            offsets = np.frombuffer(f.read(4 * (count + 1)), np.uint32).astype(np.int64)
-            f.seek(int(offsets[0]))
-            blob = f.read(int(offsets[-1] - offsets[0]))
-        return blob, offsets - offsets[0]
-    zip_info = task.shard.get('zip_data')
-    if not zip_info or not (Path(task.directory) / zip_info['basename']).is_file():
-        raise FileNotFoundError(f'shard {raw} is missing (neither its raw nor its compressed file is there).')
-    blob = decompress(task.shard['compression'], (Path(task.directory) / zip_info['basename']).read_bytes())
-    offsets = np.frombuffer(blob, np.uint32, count=count + 1, offset=4 * (1 + task.begin)).astype(np.int64)
-    return blob, offsets
-
-
-def _column_spans(blob: bytes, offsets: np.ndarray, shard: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Each column's ``(starts, sizes)`` in ``blob`` for every sample, from the MDS sample layout.
-
-    An MDS sample is the uint32 sizes of its variable-size columns, then the columns' bytes in order.
-    """
-    column_sizes = shard['column_sizes']
-    variable = sum(size is None for size in column_sizes)
-    begins = offsets[:-1]
-    head = np.frombuffer(blob, np.uint8)[(begins[:, None] + np.arange(4 * variable))]
-    variable_sizes = np.ascontiguousarray(head).view(np.uint32).astype(np.int64)  # (samples, variable)
-    position = begins + 4 * variable
-    spans = {}
-    k = 0
-    for name, size in zip(shard['column_names'], column_sizes):
-        if size is None:
-            sizes = variable_sizes[:, k]
-            k += 1
-        else:
-            sizes = np.full(len(begins), size, np.int64)
-        spans[name] = (position, sizes)
-        position = position + sizes
-    if not np.array_equal(position, offsets[1:]):
-        raise ValueError(
-            f'shard {shard["raw_data"]["basename"]}: sample sizes disagree with the columns '
-            f'{shard["column_names"]}; the shard is corrupt or not MDS.'
-        )
-    return spans
-
-
-def _array_spans(
-    blob: bytes, starts: np.ndarray, sizes: np.ndarray, itemsize: int, task: DocumentRange
-) -> tuple[np.ndarray, np.ndarray]:
-    """Where each 1-D MDS ndarray's values start and how many there are (after its ndim/shape header)."""
-    header = np.frombuffer(blob, np.uint8)[starts].astype(np.int64)
-    not_1d = np.flatnonzero(header >> 2 != 1)
-    if len(not_1d):
-        raise ValueError(
-            f'document {task.first_document + int(not_1d[0])} of {task.directory}: input_ids is a '
-            f'{int(header[not_1d[0]] >> 2)}-D array; documents hold 1-D token arrays.'
-        )
-    shape_bytes = 1 << (header & 3)
-    return starts + 1 + shape_bytes, (sizes - 1 - shape_bytes) // itemsize
-
-
-def _column_integers(blob: bytes, span: tuple[np.ndarray, np.ndarray], encoding: str) -> np.ndarray:
-    """An integer column's values for every sample (e.g. ``length``): fixed-width ones read at once."""
-    starts, sizes = span
-    width = INTEGER_ENCODINGS.get(encoding)
-    if width is None:
-        return np.array(
-            [int(mds_decode(encoding, blob[a : a + b])) for a, b in zip(starts.tolist(), sizes.tolist())], np.int64
-        )
-    raw = np.frombuffer(blob, np.uint8)[starts[:, None] + np.arange(np.dtype(width).itemsize)]
-    return np.ascontiguousarray(raw).view(width)[:, 0].astype(np.int64)
-
-
-def _column_texts(blob: bytes, span: tuple[np.ndarray, np.ndarray], kept: np.ndarray, encoding: str) -> list[str]:
-    """A metadata column's values as text for the kept samples."""
-    starts, sizes = (column[kept].tolist() for column in span)
-    if encoding == 'str':
-        return [blob[a : a + b].decode('utf-8') for a, b in zip(starts, sizes)]
-    return [str(mds_decode(encoding, blob[a : a + b])) for a, b in zip(starts, sizes)]
-
-
 @dataclass
 class _RangeLayout:
     """Where a range's columns lie in its bytes, which documents are kept, and why the others were skipped."""
 
     blob: bytes
-    spans: dict[str, tuple[np.ndarray, np.ndarray]]
+    spans: dict[str, Spans]
     encodings: dict[str, str]
     token_starts: np.ndarray
     token_counts: np.ndarray
@@ -797,14 +683,14 @@ class _RangeLayout:
 
 def _decode_layout(task: DocumentRange) -> _RangeLayout:
     """Locate every document's columns in the range's bytes and decide which documents are kept."""
-    blob, offsets = _range_bytes(task)
+    blob, offsets = sample_bytes(task.directory, task.shard, task.begin, task.end)
     count = len(offsets) - 1
-    spans = _column_spans(blob, offsets, task.shard)
+    spans = column_spans(blob, offsets, task.shard)
     encodings = dict(zip(task.shard['column_names'], task.shard['column_encodings']))
     itemsize = np.dtype(TOKEN_ENCODINGS[task.token_dtype]).itemsize
-    token_starts, token_counts = _array_spans(blob, *spans['input_ids'], itemsize, task)
+    token_starts, token_counts = array_spans(blob, *spans['input_ids'], itemsize, task.first_document, task.directory)
     lengths_agree = (
-        _column_integers(blob, spans['length'], encodings['length']) == token_counts
+        column_integers(blob, spans['length'], encodings['length']) == token_counts
         if 'length' in spans
         else np.ones(count, bool)
     )
