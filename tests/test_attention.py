@@ -317,6 +317,7 @@ def test_flex_in_a_model_that_passes_no_block_mask_is_a_clear_error() -> None:
         attention(torch.randn(1, 8, 32), attn_bias=None)
 
 
+@pytest.mark.slow
 def test_training_then_hf_checkpointer_exports_plain_mpt_with_the_same_outputs(tmp_path: Path) -> None:
     model = build(model_config('flex'))
     rows = [{key: value[i] for key, value in packed_batch(seed=seed).items()} for seed in (1, 2) for i in (0, 1)]

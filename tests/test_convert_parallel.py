@@ -113,6 +113,7 @@ def _cli(inputs: str, out: Path, tokenizer_dir: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_rerun_after_a_worker_is_killed_gives_the_uninterrupted_output(tokenizer_dir, tmp_path):
     inputs = write_corpus(tmp_path / 'in', files=4, per_file=150)
     partial = tmp_path / 'out.partial'

@@ -26,6 +26,7 @@ def uninterrupted(tmp_path_factory, tiny_packed, tokenizer_dir):
     return runs
 
 
+@pytest.mark.slow
 def test_batches_before_the_boundary_carry_prefixes_and_none_after(uninterrupted, tokenizer):
     records = uninterrupted[0][1]
     assert [r['batch'] for r in records] == list(range(16))
@@ -36,10 +37,12 @@ def test_batches_before_the_boundary_carry_prefixes_and_none_after(uninterrupted
     assert not any('URL: ' in tokenizer.decode(r['first_row']) for r in records[12:])
 
 
+@pytest.mark.slow
 def test_the_run_is_the_same_with_two_dataloader_workers(uninterrupted):
     assert [r['hash'] for r in uninterrupted[0][1]] == [r['hash'] for r in uninterrupted[2][1]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('workers', [0, 2])
 @pytest.mark.parametrize('stop', [8, 12, 14], ids=['before', 'at', 'after'])
 def test_resuming_reproduces_the_uninterrupted_batches_and_losses(
@@ -58,6 +61,7 @@ def test_resuming_reproduces_the_uninterrupted_batches_and_losses(
     assert [(r['hash'], r['loss']) for r in resumed] == [(r['hash'], r['loss']) for r in full[stop:]]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_in_cooldown_refuses_a_later_boundary(uninterrupted, tiny_packed, tokenizer_dir, tmp_path):
     run_dir, _ = uninterrupted[0]
     with pytest.raises(ValueError, match='already in cooldown'):
@@ -71,6 +75,7 @@ def test_a_checkpoint_in_cooldown_refuses_a_later_boundary(uninterrupted, tiny_p
         )
 
 
+@pytest.mark.slow
 def test_two_ranks_switch_at_the_same_batch_and_never_share_a_sample(tiny_packed, tokenizer_dir, tmp_path):
     records = tmp_path / 'records.jsonl'
     cmd = [
@@ -156,12 +161,14 @@ def with_cooldown_streams(tmp_path_factory, tiny_packed, tokenizer_dir, cooldown
     return run_dir, train_tiny(run_dir, tiny_packed, tokenizer_dir, *RUN, cooldown_stream(cooldown_data[0]))
 
 
+@pytest.mark.slow
 def test_cooldown_streams_supply_every_batch_after_the_boundary(with_cooldown_streams, cooldown_data):
     records = with_cooldown_streams[1]
     from_cooldown = [tuple(r['first_row']) in cooldown_data[1] for r in records]
     assert from_cooldown == [False] * 12 + [True] * 4
 
 
+@pytest.mark.slow
 def test_resuming_inside_cooldown_streams_reproduces_the_run(
     with_cooldown_streams, tiny_packed, tokenizer_dir, cooldown_data, tmp_path
 ):

@@ -60,6 +60,7 @@ def last_logged_loss(log: Path) -> str:
     return re.findall(r'Train loss/train/total: (\S+)', log.read_text())[-1]
 
 
+@pytest.mark.slow
 def test_the_demo_writes_the_report_and_the_plot_and_says_where(demo):
     out, done = demo
     assert (out / 'report.md').is_file()
@@ -68,6 +69,7 @@ def test_the_demo_writes_the_report_and_the_plot_and_says_where(demo):
     assert f'plot:   {out / "loss.png"}' in done.stdout
 
 
+@pytest.mark.slow
 def test_the_corpus_is_json_lines_with_real_urls_from_several_sites(demo):
     out, _ = demo
     docs = [json.loads(line) for name in ('train', 'heldout') for line in open(out / 'corpus' / f'{name}.jsonl')]
@@ -78,6 +80,7 @@ def test_the_corpus_is_json_lines_with_real_urls_from_several_sites(demo):
     assert 'https://docs.python.org/3/library/abc.html' in {doc['url'] for doc in docs}
 
 
+@pytest.mark.slow
 def test_the_report_final_losses_are_the_last_losses_in_the_runs_logs(demo):
     out, _ = demo
     report = (out / 'report.md').read_text()
@@ -86,6 +89,7 @@ def test_the_report_final_losses_are_the_last_losses_in_the_runs_logs(demo):
         assert f'| {run} | {STEPS} | {STEPS * 4 * 64:,} | {loss} |' in report
 
 
+@pytest.mark.slow
 def test_meco_cooled_down_for_the_last_tenth_and_the_baseline_never_conditioned(demo):
     out, _ = demo
     meco_log = (out / 'runs' / 'meco' / 'train.log').read_text()
@@ -96,6 +100,7 @@ def test_meco_cooled_down_for_the_last_tenth_and_the_baseline_never_conditioned(
     assert 'kind: none' in (out / 'baseline.yaml').read_text()
 
 
+@pytest.mark.slow
 def test_the_report_evaluation_table_holds_the_held_out_losses_of_both_models(demo):
     out, _ = demo
     results = json.loads((out / 'evaluation.json').read_text())
@@ -108,6 +113,7 @@ def test_the_report_evaluation_table_holds_the_held_out_losses_of_both_models(de
         assert f'| {run} | {row} |' in report
 
 
+@pytest.mark.slow
 def test_a_second_run_reuses_everything_it_built(demo):
     out, _ = demo
     logs = {run: (out / 'runs' / run / 'train.log').stat().st_mtime_ns for run in ('meco', 'baseline')}
@@ -116,6 +122,7 @@ def test_a_second_run_reuses_everything_it_built(demo):
     assert logs == {run: (out / 'runs' / run / 'train.log').stat().st_mtime_ns for run in ('meco', 'baseline')}
 
 
+@pytest.mark.slow
 def test_the_report_spells_out_the_papers_comparisons_from_the_held_out_losses(demo):
     out, _ = demo
     loss = {

@@ -244,6 +244,7 @@ def meco_run(tiny_packed: Path, tokenizer_dir: Path, tmp_path_factory: pytest.Te
     return run_dir, run_shrunk('meco-1b', run_dir, tiny_packed, tokenizer_dir)
 
 
+@pytest.mark.slow
 def test_shrunk_meco_recipe_trains_conditioned_then_cools_down(meco_run: tuple[Path, str]) -> None:
     run_dir, output = meco_run
     fractions = logged(output, 'meco/metadata_token_fraction')
@@ -253,6 +254,7 @@ def test_shrunk_meco_recipe_trains_conditioned_then_cools_down(meco_run: tuple[P
     assert (run_dir / 'ep0-ba10-rank0.pt').is_file() and (run_dir / 'huggingface' / 'ba10' / 'config.json').is_file()
 
 
+@pytest.mark.slow
 def test_shrunk_baseline_recipe_trains_without_metadata(tiny_packed: Path, tokenizer_dir: Path, tmp_path: Path) -> None:
     output = run_shrunk('baseline-1b', tmp_path, tiny_packed, tokenizer_dir)
 
@@ -261,6 +263,7 @@ def test_shrunk_baseline_recipe_trains_without_metadata(tiny_packed: Path, token
     assert (tmp_path / 'ep0-ba10-rank0.pt').is_file() and (tmp_path / 'huggingface' / 'ba10' / 'config.json').is_file()
 
 
+@pytest.mark.slow
 def test_recipe_export_loads_in_transformers_with_the_composer_logits_and_generates_after_a_url(
     meco_run: tuple[Path, str], tiny_packed: Path, tokenizer_dir: Path
 ) -> None:

@@ -10,6 +10,7 @@ import pytest
 from conftest import REPO_ROOT, TINY_MODEL, train_tiny
 
 
+@pytest.mark.slow
 def test_composer_train_py_trains_the_tiny_recipe_and_the_loss_falls(tiny_packed, tokenizer_dir, tmp_path):
     done = subprocess.run(
         [
@@ -68,6 +69,7 @@ def test_meco_components_on_a_plain_text_loader_stop_the_run(tokenizer_dir, tmp_
         )
 
 
+@pytest.mark.slow
 def test_two_meco_eval_loaders_track_loss_with_and_without_urls_through_the_cooldown(
     tiny_packed, tokenizer_dir, tmp_path
 ):
