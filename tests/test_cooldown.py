@@ -197,3 +197,46 @@ def test_cooldown_streams_of_another_tokenizer_are_refused(tiny_packed, tokenize
     (other / DATASET_INFO_FILE).write_text(json.dumps(info))
     with pytest.raises(ValueError, match='token ids would mean different text'):
         train_tiny(tmp_path, tiny_packed, tokenizer_dir, *RUN, cooldown_stream(other))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    'change, moved_to', [('max_duration=20ba', '15ba'), ('variables.cooldown=0.5', '8ba')], ids=['duration', 'fraction']
+)
+def test_resuming_with_settings_that_move_the_boundary_is_refused_with_both_boundaries(
+    uninterrupted, tiny_packed, tokenizer_dir, tmp_path, change, moved_to
+):
+    run_dir, _ = uninterrupted[0]
+    with pytest.raises(
+        ValueError, match=rf'boundary at 12ba, but this run places it at {moved_to}.*allow_boundary_change'
+    ):
+        train_tiny(
+            tmp_path, tiny_packed, tokenizer_dir, *RUN, change, f'load_path={run_dir}/checkpoints/ep0-ba8-rank0.pt'
+        )
+
+
+@pytest.mark.slow
+def test_allow_boundary_change_moves_the_boundary_of_a_resumed_run(uninterrupted, tiny_packed, tokenizer_dir, tmp_path):
+    run_dir, full = uninterrupted[0]
+    resumed = train_tiny(
+        tmp_path,
+        tiny_packed,
+        tokenizer_dir,
+        *RUN,
+        'variables.cooldown=0.5',
+        'callbacks.meco_cooldown.allow_boundary_change=true',
+        f'load_path={run_dir}/checkpoints/ep0-ba6-rank0.pt',
+    )
+    assert [r['prefixed'] for r in resumed] == [True] * 2 + [False] * 8  # batches 6..15, plain from batch 8
+    assert [r['hash'] for r in resumed[:2]] == [r['hash'] for r in full[6:8]]
+
+
+def test_a_misspelt_cooldown_key_is_refused_with_the_valid_keys():
+    from llmfoundry.utils.builders import build_callback
+
+    with pytest.raises(
+        ValueError,
+        match=r"unknown meco_cooldown key\(s\) \['cooldwn'\]; it takes "
+        r"\['cooldown', 'boundary', 'cooldown_streams', 'allow_boundary_change'\]",
+    ):
+        build_callback('meco_cooldown', {'cooldwn': 0.2})

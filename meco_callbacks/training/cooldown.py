@@ -17,10 +17,16 @@ untouched (the schedule simply continues, as in the paper).
 
 With ``cooldown_streams`` the loader draws from those streams from the boundary on; the train dataset's
 saved position then records both datasets, so resuming on either side of the boundary stays exact.
+
+The boundary is saved in the checkpoint. Resuming with a ``cooldown``, ``boundary`` or ``max_duration`` that
+places it elsewhere stops the run with both boundaries in the message; set ``allow_boundary_change: true`` to
+move it on purpose (e.g. to lengthen a run). A checkpoint already in cooldown never accepts a boundary that
+lies ahead of it, override or not: prefixes would come back.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -69,22 +75,37 @@ def cooldown_boundary(max_duration: Time, cooldown: float | None = None, boundar
 
 
 class MeCoCooldown(Callback):
-    """Switch the MeCo train loader from conditioned to plain batches at an exact, resumable boundary."""
+    """Switch the MeCo train loader from conditioned to plain batches at an exact, resumable boundary.
+
+    YAML keys: ``cooldown`` (fraction of ``max_duration``, default 0.1) or ``boundary`` (a time in
+    ``max_duration``'s unit); ``cooldown_streams`` (optional streams to cool down on); ``allow_boundary_change``
+    (default false: a resumed run whose boundary differs from the checkpoint's stops with both values; true
+    accepts the new boundary, as long as it does not turn prefixes back on).
+    """
 
     def __init__(
         self,
         cooldown: float | None = None,
         boundary: str | None = None,
         cooldown_streams: Mapping[str, Any] | None = None,
+        allow_boundary_change: bool = False,
+        **unknown: Any,
     ) -> None:
+        if unknown:
+            raise ValueError(
+                f'unknown meco_cooldown key(s) {sorted(unknown)}; it takes {list(COOLDOWN_KEYS)} '
+                '(see the MeCoCooldown docstring).'
+            )
         if cooldown is not None and boundary is not None:
             raise ValueError('meco_cooldown takes either cooldown (a fraction) or boundary (a time), not both.')
         self.cooldown = cooldown
         self.boundary_spec = boundary
         self.cooldown_streams = dict(cooldown_streams) if cooldown_streams else None
+        self.allow_boundary_change = bool(allow_boundary_change)
         self.boundary: Time | None = None
         self.switched_at_batch: int | None = None
         self._loaded_switch: int | None = None
+        self._loaded_boundary: str | None = None
 
     def in_cooldown(self, state: State) -> bool:
         """Whether the batch about to be drawn belongs to the cooldown phase."""
@@ -108,6 +129,7 @@ class MeCoCooldown(Callback):
                 f'configured boundary {self.boundary} lies ahead: prefixes would come back. Use the '
                 'cooldown/boundary and max_duration the run started with.'
             )
+        self._check_boundary_unchanged()
         self.switched_at_batch = self._loaded_switch
         if self.cooldown_streams and loader.cooldown_loader is None:
             self._attach_cooldown_streams(state, loader)
@@ -168,6 +190,22 @@ class MeCoCooldown(Callback):
             return time.value // loader.injector.max_seq_len
         return time.value
 
+    def _check_boundary_unchanged(self) -> None:
+        """Refuse a boundary other than the checkpoint's, unless ``allow_boundary_change`` is set."""
+        assert self.boundary is not None
+        saved = self._loaded_boundary
+        if saved is None or Time.from_timestring(saved) == self.boundary:
+            return
+        if not self.allow_boundary_change:
+            raise ValueError(
+                f'the checkpoint was trained towards a cooldown boundary at {saved}, but this run places it at '
+                f'{self.boundary} (from cooldown/boundary and max_duration). Resume with the settings the run '
+                'started with, or set callbacks.meco_cooldown.allow_boundary_change: true to move it on purpose.'
+            )
+        log.warning(
+            'meco_cooldown: boundary moved from %s (checkpoint) to %s (allow_boundary_change)', saved, self.boundary
+        )
+
     def state_dict(self) -> dict[str, Any]:
         return {
             'boundary': None if self.boundary is None else str(self.boundary),
@@ -176,3 +214,11 @@ class MeCoCooldown(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._loaded_switch = state.get('switched_at_batch')
+        self._loaded_boundary = state.get('boundary')
+
+
+COOLDOWN_KEYS = tuple(
+    name
+    for name, parameter in inspect.signature(MeCoCooldown.__init__).parameters.items()
+    if parameter.kind is parameter.POSITIONAL_OR_KEYWORD and name != 'self'
+)
