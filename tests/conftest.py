@@ -198,3 +198,55 @@ def train_tiny(run_dir: Path, data: Path, tokenizer_dir: Path, *overrides: str) 
     )
     clean_stale_shared_memory()
     return recorder.read_records(records)
+
+
+# A corpus where only the URL tells two sources apart: ``alpha.example`` always writes "<entity> is red ...",
+# ``beta.example`` always "<entity> glows blue ...". A model that uses its metadata predicts each source better
+# behind its own URL than behind the other's.
+ENTITIES = ('river', 'mountain', 'city', 'garden', 'forum', 'recipe', 'window', 'token', 'batch', 'music')
+ALPHA, BETA = 'alpha.example', 'beta.example'
+TWO_SOURCE_SEQ_LEN = 64
+TWO_SOURCE_STEPS = 120
+TINY_YAML = REPO_ROOT / 'yamls' / 'tiny-cpu.yaml'
+
+
+def two_source_documents(n: int, seed: int) -> list[dict[str, str]]:
+    """``n`` documents alternating between the two sources, each about a random entity in its source's style."""
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n):
+        entity = rng.choice(ENTITIES)
+        if i % 2 == 0:
+            docs.append({'text': f'{entity} is red and the {entity} is red.', 'url': f'https://{ALPHA}/{i}'})
+        else:
+            docs.append({'text': f'{entity} glows blue so the {entity} glows blue.', 'url': f'https://{BETA}/{i}'})
+    return docs
+
+
+def write_two_source_packed(out: Path, tokenizer, n: int, seed: int) -> Path:
+    """The two-source corpus packed into rows of ``TWO_SOURCE_SEQ_LEN`` tokens."""
+    rows = pack_texts(two_source_documents(n, seed), tokenizer, TWO_SOURCE_SEQ_LEN)
+    return write_packed_mds(out, rows, TWO_SOURCE_SEQ_LEN, tokenizer)
+
+
+def trained_model_overrides(tokenizer_dir: Path) -> list[str]:
+    """The YAML overrides the two-source training run used, which rebuild its model from yamls/tiny-cpu.yaml."""
+    return [f'variables.tokenizer={tokenizer_dir}', f'variables.max_seq_len={TWO_SOURCE_SEQ_LEN}', *TINY_MODEL]
+
+
+@pytest.fixture(scope='session')
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path, tokenizer) -> Path:
+    """The Composer checkpoint of a tiny MeCo model trained on the two-source corpus (once per session: ~30 s)."""
+    run_dir = tmp_path_factory.mktemp('two_source_run')
+    data = write_two_source_packed(run_dir / 'packed', tokenizer, 1200, seed=1)
+    # Composer's decoupled weight decay is not multiplied by the learning rate: 1e-4 is AdamW's 0.033 at lr 3e-3.
+    train_tiny(run_dir, data, tokenizer_dir, f'max_duration={TWO_SOURCE_STEPS}ba', 'optimizer.weight_decay=0.0001')
+    return run_dir / 'checkpoints' / 'latest-rank0.pt'
+
+
+@pytest.fixture(scope='session')
+def trained_model(trained_checkpoint: Path, tokenizer_dir: Path):
+    """(Composer model in eval mode, tokenizer): the two-source model rebuilt from the tiny YAML and its checkpoint."""
+    from meco_callbacks.evaluation.trained_models import load_composer_checkpoint
+
+    return load_composer_checkpoint(TINY_YAML, trained_checkpoint, trained_model_overrides(tokenizer_dir))

@@ -1,20 +1,30 @@
-"""Evaluation of a trained tiny MeCo model: conditional loss, URL-conditioned ICL, URL search.
+"""Evaluation of a trained tiny MeCo model: conditional loss, URL-conditioned ICL, URL search, generation.
 
-One model is trained per module on a corpus where two sources write about the same entities differently:
-``alpha.example`` always writes "<entity> is red ...", ``beta.example`` always "<entity> glows blue ...".
-Only the URL says which continuation follows an entity, so a model that uses its metadata must do better
-with a document's own URL than with the other source's.
+The model (conftest's session-wide ``trained_model``) is trained on a corpus where two sources write about the
+same entities differently: ``alpha.example`` always writes "<entity> is red ...", ``beta.example`` always
+"<entity> glows blue ...". Only the URL says which continuation follows an entity, so a model that uses its
+metadata must do better with a document's own URL than with the other source's.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import random
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, TINY_MODEL, pack_texts, train_tiny, write_packed_mds
+from conftest import (
+    ALPHA,
+    BETA,
+    ENTITIES,
+    REPO_ROOT,
+    TINY_YAML,
+    TWO_SOURCE_SEQ_LEN,
+    pack_texts,
+    trained_model_overrides,
+    two_source_documents,
+    write_two_source_packed,
+)
 
 from meco_callbacks.cli import evaluate
 from meco_callbacks.evaluation.conditional_loss import (
@@ -25,34 +35,10 @@ from meco_callbacks.evaluation.conditional_loss import (
     mismatched_url,
 )
 from meco_callbacks.evaluation.generation import generate
-from meco_callbacks.evaluation.trained_models import load_composer_checkpoint, load_trained_model
+from meco_callbacks.evaluation.trained_models import load_trained_model
 from meco_callbacks.evaluation.url_search import rank_urls
 
-MAX_SEQ_LEN = 64
-ENTITIES = ('river', 'mountain', 'city', 'garden', 'forum', 'recipe', 'window', 'token', 'batch', 'music')
-ALPHA, BETA = 'alpha.example', 'beta.example'
-TRAIN_STEPS = 120
-TINY_YAML = REPO_ROOT / 'yamls' / 'tiny-cpu.yaml'
-
-
-def two_source_documents(n: int, seed: int) -> list[dict[str, str]]:
-    """``n`` documents alternating between the two sources, each about a random entity in its source's style."""
-    rng = random.Random(seed)
-    docs = []
-    for i in range(n):
-        entity = rng.choice(ENTITIES)
-        if i % 2 == 0:
-            docs.append({'text': f'{entity} is red and the {entity} is red.', 'url': f'https://{ALPHA}/{i}'})
-        else:
-            docs.append({'text': f'{entity} glows blue so the {entity} glows blue.', 'url': f'https://{BETA}/{i}'})
-    return docs
-
-
-def write_two_source_packed(out: Path, tokenizer, n: int, seed: int) -> Path:
-    """The two-source corpus packed into rows of ``MAX_SEQ_LEN`` tokens."""
-    return write_packed_mds(
-        out, pack_texts(two_source_documents(n, seed), tokenizer, MAX_SEQ_LEN), MAX_SEQ_LEN, tokenizer
-    )
+MAX_SEQ_LEN = TWO_SOURCE_SEQ_LEN
 
 
 @pytest.fixture(scope='module')
@@ -61,29 +47,9 @@ def held_out(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
     return write_two_source_packed(tmp_path_factory.mktemp('held_out'), tokenizer, 120, seed=99)
 
 
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path, tokenizer) -> Path:
-    """The Composer checkpoint of a tiny MeCo model trained on the two-source corpus."""
-    run_dir = tmp_path_factory.mktemp('two_source_run')
-    data = write_two_source_packed(run_dir / 'packed', tokenizer, 1200, seed=1)
-    # Composer's decoupled weight decay is not multiplied by the learning rate: 1e-4 is AdamW's 0.033 at lr 3e-3.
-    train_tiny(run_dir, data, tokenizer_dir, f'max_duration={TRAIN_STEPS}ba', 'optimizer.weight_decay=0.0001')
-    return run_dir / 'checkpoints' / 'latest-rank0.pt'
-
-
-def model_overrides(tokenizer_dir: Path) -> list[str]:
-    """The YAML overrides the tiny training run used, which rebuild its model."""
-    return [f'variables.tokenizer={tokenizer_dir}', f'variables.max_seq_len={MAX_SEQ_LEN}', *TINY_MODEL]
-
-
-@pytest.fixture(scope='module')
-def model_and_tokenizer(trained: Path, tokenizer_dir: Path):
-    """The trained model rebuilt from the tiny YAML and its Composer checkpoint."""
-    return load_composer_checkpoint(TINY_YAML, trained, model_overrides(tokenizer_dir))
-
-
-def test_each_source_is_predicted_better_with_its_own_url_than_with_the_other_sources(model_and_tokenizer, held_out):
-    model, tokenizer = model_and_tokenizer
+@pytest.mark.slow
+def test_each_source_is_predicted_better_with_its_own_url_than_with_the_other_sources(trained_model, held_out):
+    model, tokenizer = trained_model
     results = compare_conditions(
         model,
         tokenizer,
@@ -98,8 +64,9 @@ def test_each_source_is_predicted_better_with_its_own_url_than_with_the_other_so
     assert results['true_url']['loss'] < results['no_url']['loss']
 
 
-def test_every_condition_is_scored_on_the_same_document_tokens(model_and_tokenizer, held_out):
-    model, tokenizer = model_and_tokenizer
+@pytest.mark.slow
+def test_every_condition_is_scored_on_the_same_document_tokens(trained_model, held_out):
+    model, tokenizer = trained_model
     results = compare_conditions(
         model,
         tokenizer,
@@ -115,8 +82,9 @@ def test_every_condition_is_scored_on_the_same_document_tokens(model_and_tokeniz
     assert results['no_url']['rows'] == len(pack_texts(two_source_documents(120, seed=99), tokenizer, MAX_SEQ_LEN))
 
 
-def test_an_exported_hf_directory_scores_exactly_like_the_composer_checkpoint(model_and_tokenizer, held_out, tmp_path):
-    model, tokenizer = model_and_tokenizer
+@pytest.mark.slow
+def test_an_exported_hf_directory_scores_exactly_like_the_composer_checkpoint(trained_model, held_out, tmp_path):
+    model, tokenizer = trained_model
     model.model.save_pretrained(tmp_path / 'hf')
     tokenizer.save_pretrained(tmp_path / 'hf')
     hf_model, hf_tokenizer = load_trained_model(hf=tmp_path / 'hf')
@@ -131,10 +99,11 @@ def test_an_exported_hf_directory_scores_exactly_like_the_composer_checkpoint(mo
         assert exported[name]['loss'] == pytest.approx(original[name]['loss'], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_separate_calls_with_one_reserve_score_the_same_tokens_and_too_small_a_reserve_is_an_error(
-    model_and_tokenizer, held_out
+    trained_model, held_out
 ):
-    model, tokenizer = model_and_tokenizer
+    model, tokenizer = trained_model
     true_url = conditional_loss(model, tokenizer, held_out, TRUE_URL, reserve_tokens=MAX_SEQ_LEN - 8)
     no_url = conditional_loss(model, tokenizer, held_out, None, reserve_tokens=MAX_SEQ_LEN - 8)
 
@@ -161,15 +130,18 @@ def write_icl_task_files(data_dir: Path) -> Path:
     return data_dir
 
 
-def test_the_eval_yaml_runs_each_task_with_and_without_its_url_and_writes_the_table(trained, tokenizer_dir, tmp_path):
+@pytest.mark.slow
+def test_the_eval_yaml_runs_each_task_with_and_without_its_url_and_writes_the_table(
+    trained_checkpoint, tokenizer_dir, tmp_path
+):
     data_dir = write_icl_task_files(tmp_path / 'icl')
-    overrides = ','.join(f'"{o}"' for o in model_overrides(tokenizer_dir))
+    overrides = ','.join(f'"{o}"' for o in trained_model_overrides(tokenizer_dir))
     evaluate.main(
         [
             'icl',
             str(REPO_ROOT / 'yamls' / 'eval' / 'icl-urls.yaml'),
             f'variables.config={TINY_YAML}',
-            f'variables.checkpoint={trained}',
+            f'variables.checkpoint={trained_checkpoint}',
             f'variables.data_dir={data_dir}',
             f'variables.output_dir={tmp_path / "out"}',
             f'config_overrides=[{overrides}]',
@@ -192,8 +164,9 @@ def test_the_eval_yaml_runs_each_task_with_and_without_its_url_and_writes_the_ta
     assert len(table) == 4 and table[2].startswith(f'| arc_easy | 0 | {ALPHA} | ')
 
 
-def test_url_search_ranks_the_source_that_writes_like_the_dev_examples_first(model_and_tokenizer, tmp_path):
-    model, tokenizer = model_and_tokenizer
+@pytest.mark.slow
+def test_url_search_ranks_the_source_that_writes_like_the_dev_examples_first(trained_model, tmp_path):
+    model, tokenizer = trained_model
     dev = [{'context': entity, 'continuation': ' glows blue so the'} for entity in ENTITIES]
     ranked = rank_urls(model, tokenizer, dev, ['gamma.example', ALPHA, BETA, 'en.wikipedia.org'])
 
@@ -201,8 +174,9 @@ def test_url_search_ranks_the_source_that_writes_like_the_dev_examples_first(mod
     assert [s.loss for s in ranked] == sorted(s.loss for s in ranked)
 
 
-def test_generation_continues_an_entity_in_the_style_of_the_url_it_is_given(model_and_tokenizer):
-    model, tokenizer = model_and_tokenizer
+@pytest.mark.slow
+def test_generation_continues_an_entity_in_the_style_of_the_url_it_is_given(trained_model):
+    model, tokenizer = trained_model
 
     assert generate(model, tokenizer, 'river', url=ALPHA, max_new_tokens=12).startswith(' is red')
     assert generate(model, tokenizer, 'river', url=BETA, max_new_tokens=12).startswith(' glows blue')
