@@ -1,8 +1,11 @@
 """Metadata kinds and normalisation: what each document's prefix says, and that it stays one safe line."""
 
+import socket
+
 import pytest
 
-from meco_callbacks.data.metadata import MetadataConfig, normalize_metadata
+from meco_callbacks.data import metadata
+from meco_callbacks.data.metadata import MetadataConfig, normalize_metadata, registered_domain
 
 URLS = {
     'wiki': 'https://EN.Wikipedia.org:443/wiki/X',
@@ -47,6 +50,40 @@ def test_domain_kind_strips_www_only_when_asked():
 )
 def test_registered_domain_kind(name, expected):
     assert MetadataConfig(kind='registered_domain').metadata_for(URLS[name]) == expected
+
+
+@pytest.mark.parametrize(
+    'host,expected',
+    [
+        ('shop.example.ltd.uk', 'example.ltd.uk'),  # ltd.uk is a public suffix, like co.uk
+        ('a.b.nhs.uk', 'b.nhs.uk'),
+        ('x.city.kawasaki.jp', 'city.kawasaki.jp'),  # *.kawasaki.jp with the exception !city.kawasaki.jp
+        ('a.b.kawasaki.jp', 'a.b.kawasaki.jp'),  # b.kawasaki.jp is a suffix under the wildcard
+        ('a.b.example.com.au', 'example.com.au'),
+        ('news.alpha.example', 'alpha.example'),  # no listed suffix: the list's default rule '*'
+        ('kawasaki.jp', 'kawasaki.jp'),  # a host that is itself a public suffix stays whole
+        ('192.168.0.1', '192.168.0.1'),
+        ('2001:db8::1', '2001:db8::1'),
+        ('localhost', 'localhost'),
+    ],
+)
+def test_registered_domain_follows_the_public_suffix_list(host, expected):
+    assert registered_domain(host) == expected
+
+
+def test_the_public_suffix_list_is_read_offline_from_the_shipped_snapshot(monkeypatch):
+    lookups = []
+
+    def no_network(host, *args, **kwargs):
+        lookups.append(host)
+        raise OSError(f'no network in tests ({host})')
+
+    monkeypatch.setattr(socket, 'getaddrinfo', no_network)
+    metadata._public_suffixes.cache_clear()
+    registered_domain.cache_clear()
+
+    assert registered_domain('shop.example.ltd.uk') == 'example.ltd.uk'
+    assert lookups == []
 
 
 def test_url_kind_keeps_the_url_on_one_capped_line():

@@ -7,6 +7,7 @@ it is normalised to one bounded line before it meets the template, so it can nev
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -16,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import tldextract
+
 DEFAULT_TEMPLATE = 'URL: {}\n\n'
 DEFAULT_MAX_CHARS = 100
 
-# Second-level labels under which registrations happen one level deeper (example.co.uk, example.com.au).
-# A compact stand-in for the public-suffix list, which would need a download or a pinned snapshot.
-_SECOND_LEVEL_LABELS = frozenset({'ac', 'co', 'com', 'edu', 'gov', 'net', 'org', 'ne', 'or', 'go', 'gob', 'nic', 'mil'})
+_REGISTERED_DOMAIN_CACHE = 1 << 16  # distinct hosts remembered per process (a loader worker calls this per document)
 _WHITESPACE = re.compile(r'\s+')
 _PLAIN_KINDS = ('domain', 'url', 'registered_domain', 'hash', 'none')
 
@@ -51,21 +52,32 @@ def url_host(url: str, strip_www: bool = False) -> str:
     return host
 
 
-def registered_domain(host: str) -> str:
-    """The registrable part of a host (``en.wikipedia.org`` -> ``wikipedia.org``, ``a.b.co.uk`` -> ``b.co.uk``).
+@functools.cache
+def _public_suffixes() -> tldextract.TLDExtract:
+    """The public-suffix list snapshot that ships with ``tldextract``: no download, no disk cache, built once."""
+    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, fallback_to_snapshot=True)
 
-    IP addresses and single-label hosts (``localhost``) are returned as they are.
+
+@functools.lru_cache(maxsize=_REGISTERED_DOMAIN_CACHE)
+def registered_domain(host: str) -> str:
+    """The registrable part of a host under the public-suffix list (``en.wikipedia.org`` -> ``wikipedia.org``).
+
+    ICANN suffixes of the list ``tldextract`` ships (``a.b.nhs.uk`` -> ``b.nhs.uk``, ``shop.example.ltd.uk`` ->
+    ``example.ltd.uk``), read offline so the same host always gives the same metadata. A host under no listed
+    suffix follows the list's default rule ``*`` (its last two labels); IP addresses, single labels
+    (``localhost``) and hosts that are themselves a public suffix are returned as they are.
     """
     try:
         ipaddress.ip_address(host)
         return host
     except ValueError:
         pass
-    labels = host.split('.')
-    if len(labels) <= 2:
+    if '.' not in host:
         return host
-    keep = 3 if len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL_LABELS else 2
-    return '.'.join(labels[-keep:])
+    parts = _public_suffixes()(host)
+    if not parts.suffix:
+        return '.'.join(host.split('.')[-2:])
+    return f'{parts.domain}.{parts.suffix}' if parts.domain else host
 
 
 def domain_hash(host: str) -> str:
