@@ -1,16 +1,46 @@
 """The cooldown callback: an exact switch to plain documents, identical batches across stop and resume."""
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from composer.core import Time
+from composer.loggers import LoggerDestination
 from conftest import REPO_ROOT, TINY_MODEL, train_tiny
 from recorder import read_records
 
 from meco_callbacks.training.cooldown import cooldown_boundary
 
 RUN = ['max_duration=16ba', 'variables.cooldown=0.25', 'save_interval=1ba']  # boundary: batch 12
+TOTALS = ('meco/metadata_tokens_total', 'meco/dropped_tokens_total')
+
+
+class TotalsLogger(LoggerDestination):
+    """A test logger destination: one JSON line ``[batch, metadata total, dropped total]`` per logged total."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        if TOTALS[0] in metrics:
+            with self.path.open('a') as f:
+                f.write(json.dumps([step, *(metrics[name] for name in TOTALS)]) + '\n')
+
+
+def train_logging_totals(run_dir: Path, *args, **kwargs) -> list[dict]:
+    """``train_tiny`` with the ``meco/*_total`` metrics the run logs written to ``run_dir/totals.jsonl``."""
+    from llmfoundry import registry
+
+    if 'totals_logger' not in registry.loggers:
+        registry.loggers.register('totals_logger', func=TotalsLogger)
+    return train_tiny(run_dir, *args, f'loggers.totals_logger.path={run_dir}/totals.jsonl', **kwargs)
+
+
+def logged_totals(run_dir: Path) -> dict[int, list[int]]:
+    """Batch -> [metadata tokens total, dropped tokens total] as the run logged them."""
+    return {line[0]: line[1:] for line in map(json.loads, (run_dir / 'totals.jsonl').read_text().splitlines())}
 
 
 @pytest.fixture(scope='module')
@@ -21,7 +51,7 @@ def uninterrupted(tmp_path_factory, tiny_packed, tokenizer_dir):
         run_dir = tmp_path_factory.mktemp(f'full{workers}')
         runs[workers] = (
             run_dir,
-            train_tiny(run_dir, tiny_packed, tokenizer_dir, *RUN, f'train_loader.num_workers={workers}'),
+            train_logging_totals(run_dir, tiny_packed, tokenizer_dir, *RUN, f'train_loader.num_workers={workers}'),
         )
     return runs
 
@@ -59,6 +89,21 @@ def test_resuming_reproduces_the_uninterrupted_batches_and_losses(
     )
     assert [r['batch'] for r in resumed] == list(range(stop, 16))
     assert [(r['hash'], r['loss']) for r in resumed] == [(r['hash'], r['loss']) for r in full[stop:]]
+
+
+@pytest.mark.slow
+def test_a_resumed_run_logs_the_token_totals_of_the_uninterrupted_run(
+    uninterrupted, tiny_packed, tokenizer_dir, tmp_path
+):
+    run_dir, _ = uninterrupted[0]
+    train_logging_totals(
+        tmp_path, tiny_packed, tokenizer_dir, *RUN, f'load_path={run_dir}/checkpoints/ep0-ba8-rank0.pt'
+    )
+    full, resumed = logged_totals(run_dir), logged_totals(tmp_path)
+
+    assert sorted(resumed) == list(range(8, 16))
+    assert resumed == {batch: full[batch] for batch in range(8, 16)}
+    assert full[11][0] > full[7][0] > 0 and full[15][0] == full[11][0]  # totals grow until the boundary, then stay
 
 
 @pytest.mark.slow

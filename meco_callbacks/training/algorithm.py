@@ -3,7 +3,8 @@
 At ``FIT_START`` it checks that the run can do what the loader promises (a MeCo train loader; a model that
 masks attention by ``sequence_id`` when the loader emits document ids, and not otherwise) and fails with
 the fix in the message instead of training something else silently. After every batch leaves the loader
-it logs the phase and how many tokens were metadata or were pushed off their row by prefixes.
+it logs the phase and how many tokens were metadata or were pushed off their row by prefixes. The running
+totals (``meco/*_total``, this rank's batches) are kept in the checkpoint, so a resumed run continues them.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class MetadataConditioning(Algorithm):
 
     def __init__(self, check_document_masking: bool = True) -> None:
         self.check_document_masking = check_document_masking
+        self.metadata_tokens_total = 0
+        self.dropped_tokens_total = 0
 
     def match(self, event: Event, state: State) -> bool:
         return event in (Event.FIT_START, Event.AFTER_DATALOADER)
@@ -57,15 +60,30 @@ class MetadataConditioning(Algorithm):
         if not last:
             return
         tokens = max(last['tokens'], 1)
+        self.metadata_tokens_total += last['metadata_tokens']
+        self.dropped_tokens_total += last['dropped_tokens']
         logger.log_metrics(
             {
                 'meco/phase_conditioning': int(injector.enabled),
                 'meco/metadata_token_fraction': last['metadata_tokens'] / tokens,
                 'meco/dropped_token_fraction': last['dropped_tokens'] / tokens,
-                'meco/metadata_tokens_total': injector.stats.metadata_tokens,
-                'meco/dropped_tokens_total': injector.stats.dropped_tokens,
+                'meco/metadata_tokens_total': self.metadata_tokens_total,
+                'meco/dropped_tokens_total': self.dropped_tokens_total,
             }
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Composer's algorithm state plus the running totals, so that a resumed run continues them."""
+        return {
+            **super().state_dict(),
+            'metadata_tokens_total': self.metadata_tokens_total,
+            'dropped_tokens_total': self.dropped_tokens_total,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the running totals (a checkpoint from before they were saved restarts them at zero)."""
+        self.metadata_tokens_total = int(state.get('metadata_tokens_total', 0))
+        self.dropped_tokens_total = int(state.get('dropped_tokens_total', 0))
 
     def _check_model(self, state: State, loader: MeCoDataLoader) -> None:
         if not self.check_document_masking:
