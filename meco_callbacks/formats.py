@@ -6,13 +6,19 @@ Document MDS (stage 1, the MeCo authors' released format plus extra columns), on
     url         str              the full source URL
     <extra>     str              any carried metadata column (topic, quality, ...)
 
-Packed MDS (stage 2), one row per training sequence of exactly ``max_seq_len`` document tokens:
-    input_ids        ndarray:uint32  the row's tokens; each document is written as [BOS] doc EOS
+Packed MDS (stage 2), one row per training sequence of ``max_seq_len`` slots:
+    input_ids        ndarray:uint32  the row's document tokens; each document is written as [BOS] doc EOS
                                      (BOS only when the tokenizer itself adds one, e.g. Llama-3)
-    segment_lengths  ndarray:uint32  lengths of the row's segments, summing to max_seq_len
+    segment_lengths  ndarray:uint32  the document tokens of each of the row's segments
+    prefix_room      ndarray:uint32  slots reserved before each segment for its prefix (sets packed with
+                                     --reserve-prefix; absent in sets packed without room)
     continued        int             1 when the first segment continues a document from the previous row
     urls             json            list[str], one URL per segment
     metadata         json            list[dict[str, str]], one dict of extra columns per segment
+
+Without room, a row holds exactly ``max_seq_len`` document tokens. With room, segment lengths plus rooms are
+at most ``max_seq_len``; the rest of the row is padding, and ``meco_dataset.json`` records the reservation
+(kinds, template, tokenizer fingerprint) that the loader checks.
 
 Only the first segment of a row can be a continuation and only the last can be cut short: a document
 longer than a row spans several rows. ``DATASET_INFO_FILE`` (JSON) sits beside ``index.json`` and
@@ -37,6 +43,7 @@ PACKED_COLUMNS = {
     'urls': 'json',
     'metadata': 'json',
 }
+RESERVED_PACKED_COLUMNS = {**PACKED_COLUMNS, 'prefix_room': 'ndarray:uint32'}
 
 
 def write_dataset_info(directory: str | Path, info: dict[str, Any]) -> Path:

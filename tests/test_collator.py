@@ -36,7 +36,7 @@ def two_document_row(tokenizer):
 
 def collate(tokenizer, samples, enabled=True, masking=True, **metadata):
     length = len(samples[0]['input_ids'])
-    collator = PackedCollator(tokenizer, MetadataConfig(**metadata), length, adds_bos=False)
+    collator = PackedCollator(tokenizer, MetadataConfig(**metadata), length, None)
     injector = PrefixInjector(length, enabled=enabled, document_masking=masking)
     return injector(collator(samples)), injector
 
@@ -134,7 +134,7 @@ def test_a_bos_stays_first_with_the_prefix_after_it(tokenizer):
         'urls': [DOC_A['url']],
         'metadata': [{}],
     }
-    collator = PackedCollator(tokenizer, MetadataConfig(), len(doc), adds_bos=True)
+    collator = PackedCollator(tokenizer, MetadataConfig(), len(doc), tokenizer.bos_token_id)
     batch = PrefixInjector(len(doc), enabled=True, document_masking=True)(collator([sample]))
     pa = ids(tokenizer, 'URL: a.example\n\n')
     assert batch['input_ids'][0].tolist()[: len(pa) + 2] == [bos] + pa + doc[1:2]
@@ -143,6 +143,6 @@ def test_a_bos_stays_first_with_the_prefix_after_it(tokenizer):
 
 def test_rows_of_the_wrong_length_are_a_clear_error(tokenizer):
     sample, _, _ = two_document_row(tokenizer)
-    collator = PackedCollator(tokenizer, MetadataConfig(), len(sample['input_ids']) + 1, adds_bos=False)
+    collator = PackedCollator(tokenizer, MetadataConfig(), len(sample["input_ids"]) + 1, None)
     with pytest.raises(ValueError, match='pack the dataset with convert/pack.py'):
         collator([sample])

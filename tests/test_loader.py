@@ -37,7 +37,7 @@ def test_metadata_disabled_in_yaml_gives_plain_rows(packed, tokenizer):
     spec = build_dataloader(loader_config(packed, metadata={'enabled': False}), tokenizer, 2)
     raw = next(iter(spec.dataloader))
     batch = spec.batch_transforms(raw)
-    assert batch['input_ids'].tolist() == raw.tokens.tolist()
+    assert batch['input_ids'].tolist() == [row.tolist() for row in raw.tokens]
 
 
 def test_a_dataset_of_another_tokenizer_is_refused(packed, tokenizer):

@@ -10,34 +10,52 @@ import json
 import logging
 import sys
 
+from meco_callbacks.corpus.packing import DEFAULT_DOCUMENTS_PER_TASK, pack_documents
+from meco_callbacks.corpus.row_planning import STRATEGIES
+from meco_callbacks.data.metadata import DEFAULT_TEMPLATE
+
 DESCRIPTION = """\
-Pack a document MDS into a packed MDS whose rows hold exactly --max-seq-len document tokens.
+Pack a document MDS into training rows of --max-seq-len slots.
 
-Row layout: documents are laid end to end in dataset order, each written as
+Each document is written as [BOS] document-tokens EOS. EOS always ends a document; BOS starts one only
+when the tokenizer itself adds a BOS to encoded text (Llama-3's <|begin_of_text|> does; GPT-2-style
+tokenizers do not). Each row stores input_ids, segment_lengths, continued (1 when its first segment
+continues a document from the previous row), urls and metadata (the extra columns, one dict per segment).
+The MeCo prefix ("URL: <domain>\\n\\n") is not written here: the training loader inserts it, so one
+packed set serves the baseline, MeCo and its ablations.
 
-    [BOS] document-tokens EOS
+Prefix room (--reserve-prefix KIND [KIND ...], recommended for MeCo): each segment gets as many slots as its
+longest prefix among the named kinds takes with this tokenizer and --template, stored as prefix_room. The
+loader fills the room with the prefix and drops no document token; the baseline and the cooldown read the
+same rows with the room as padding (no loss, not attended), so MeCo and the baseline train on exactly the
+same document tokens. A segment always has a document token after its room, a cut document leaves at least
+two tokens to its continuation, and a continued segment gets its room (and its prefix) again. Without
+--reserve-prefix rows hold exactly --max-seq-len document tokens and each injected prefix token pushes a
+document token off its row (the same ones every pass).
 
-EOS always ends a document. BOS starts one only when the tokenizer itself adds a BOS to encoded text
-(Llama-3's <|begin_of_text|> does; GPT-2-style tokenizers do not), so packed rows look like what the
-tokenizer produces. The stream is cut every --max-seq-len tokens: a document longer than the rest of a
-row continues in the next row(s), where its segment is marked as continued. Each row stores
-input_ids, segment_lengths (summing to --max-seq-len), continued (1 when its first segment continues a
-document), urls (one per segment) and metadata (the extra columns, one dict per segment). A continued
-segment repeats its document's URL and metadata, so the loader can give it its prefix again. The last
-partial row is dropped and counted. Empty documents, and documents whose length column disagrees with
-their input_ids, are counted skips; a token id outside the tokenizer's vocabulary is an error.
-
-The MeCo URL prefix is not written here: the training loader inserts it, so one packed dataset serves the
-baseline, MeCo and every metadata ablation. The stats (rows, tokens, documents, segments, continued
-segments, tokens dropped, skips by reason) go to meco_dataset.json beside index.json.
+Strategies: stream (documents in order, cut at row ends) or bfd (best-fit-decreasing, Ding et al. 2024:
+documents placed whole, longest first, into the open row with the least room that holds them, within each
+window of --window-documents documents; only documents longer than a row are cut; leftovers are padding).
+With room or bfd each window is packed on its own, so the last row of a window is padded. The output is
+byte-identical for any --num-workers. Empty documents, and documents whose length column disagrees with
+their input_ids, are counted skips; a token id outside the tokenizer's vocabulary is an error. The stats
+(rows, tokens, documents, segments, continued and split documents, room, padding, skips by reason) go to
+meco_dataset.json beside index.json, with the reservation the loader checks at start.
 """
 
 EPILOG = """\
 examples:
+  python convert/pack.py data/dclm-docs data/dclm-packed-8k --max-seq-len 8192 --reserve-prefix domain \\
+      --strategy bfd --num-workers 8
   python convert/pack.py data/dclm-docs data/dclm-packed-8k --max-seq-len 8192 --num-workers 8
   python convert/pack.py meco-release/ data/meco-packed --max-seq-len 8192 \\
       --tokenizer meta-llama/Meta-Llama-3-8B     # release data carries no tokenizer record
 """
+
+
+def _unescape(text: str) -> str:
+    """A template typed on a command line: ``URL: {}\\n\\n`` becomes ``URL: {}`` and two newlines."""
+    return text.encode('latin-1', 'backslashreplace').decode('unicode_escape')
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,6 +84,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help='comma-separated extra columns to carry per segment (default: all extra columns; '
         'an empty string carries none)',
     )
+    parser.add_argument(
+        '--reserve-prefix',
+        nargs='+',
+        metavar='KIND',
+        default=None,
+        help="metadata kinds to reserve prefix room for, as the loader's metadata.kind (domain, url, "
+        'registered_domain, hash, column:<name>, constant:<text>); the room is the longest of their prefixes',
+    )
+    parser.add_argument(
+        '--template',
+        default=DEFAULT_TEMPLATE,
+        type=_unescape,
+        help='prefix template with one {} (backslash escapes such as \\n are read; default: %(default)r)',
+    )
+    parser.add_argument(
+        '--strategy', choices=STRATEGIES, default='stream', help='stream (default) or bfd (best-fit-decreasing)'
+    )
+    parser.add_argument(
+        '--window-documents',
+        type=int,
+        default=DEFAULT_DOCUMENTS_PER_TASK,
+        help='documents per unit of work; with room or bfd also the window packed on its own (default %(default)s)',
+    )
     parser.add_argument('--compression', default=None, help='shard compression, e.g. zstd (default: none)')
     parser.add_argument('--overwrite', action='store_true', help='replace an output directory holding another dataset')
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
@@ -76,8 +117,6 @@ def main(argv: list[str] | None = None) -> int:
     """Pack, print the stats as JSON; exit 2 with the reason on bad input."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
-    from meco_callbacks.corpus.packing import pack_documents
-
     columns = None if args.metadata_columns is None else [c for c in args.metadata_columns.split(',') if c]
     try:
         stats = pack_documents(
@@ -90,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
             metadata_columns=columns,
             compression=args.compression,
+            documents_per_task=args.window_documents,
+            reserve_prefix=args.reserve_prefix,
+            template=args.template,
+            strategy=args.strategy,
         )
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f'error: {error}', file=sys.stderr)

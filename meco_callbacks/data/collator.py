@@ -1,12 +1,16 @@
-"""From packed rows to training batches: prefixes before every document, loss masks, document ids.
+"""From packed rows to training batches: prefixes before every document, loss masks, document ids, padding.
 
 Two halves, so that the phase (conditioning or cooldown) is decided per batch in the main process:
-- ``PackedCollator`` runs in the dataloader workers: it stacks rows and tokenizes each segment's prefix
-  (cached per metadata string), but injects nothing.
+- ``PackedCollator`` runs in the dataloader workers: it gathers rows and tokenizes each segment's prefix
+  (``PrefixTokens``, a bounded cache per metadata string), but injects nothing.
 - ``PrefixInjector`` runs in the main process as the DataSpec's ``batch_transforms``, right after the
-  batch leaves the loader: with ``enabled`` it puts each prefix before its segment and truncates the row
-  back to ``max_seq_len``. A batch prefetched before the cooldown boundary therefore cannot carry
-  prefixes past it: nothing is injected until the batch's own step.
+  batch leaves the loader: with ``enabled`` it puts each prefix before its segment. A batch prefetched before
+  the cooldown boundary therefore cannot carry prefixes past it: nothing is injected until its own step.
+
+Rows packed with room (``convert/pack.py --reserve-prefix``) have slots for every prefix, so nothing is
+dropped; what a row does not use (the baseline, the cooldown, a shorter prefix than its room, packing
+leftovers) is padding at the row's end. Rows packed without room hold ``max_seq_len`` document tokens, and each
+prefix token pushes one document token off the row (counted as dropped).
 """
 
 from __future__ import annotations
@@ -19,16 +23,19 @@ import numpy as np
 import torch
 
 from meco_callbacks.data.metadata import MetadataConfig
+from meco_callbacks.data.prefix import EMPTY_IDS as _EMPTY
+from meco_callbacks.data.prefix import PrefixTokens
 
 IGNORE_INDEX = -100
-_EMPTY = np.zeros(0, dtype=np.int64)
 
 
 @dataclass
 class Segment:
     """One piece of a document inside a row, with what injection needs to know about it."""
 
+    start: int  # offset of its first token in the row's stored tokens
     length: int
+    room: int  # slots reserved for its prefix at packing (0 in sets packed without room)
     prefix: np.ndarray
     new_document: bool
     starts_with_bos: bool
@@ -36,65 +43,75 @@ class Segment:
 
 @dataclass
 class PackedBatch:
-    """Rows of exactly ``max_seq_len`` document tokens and their segments, before any injection."""
+    """Stored rows (their document tokens) and their segments, before any injection."""
 
-    tokens: np.ndarray
+    tokens: list[np.ndarray]
     segments: list[list[Segment]]
+    urls: list[list[str]]
 
     def __len__(self) -> int:
         return len(self.segments)
 
 
 class PackedCollator:
-    """Worker half: stacks packed rows and attaches each segment's tokenized prefix."""
+    """Worker half: gathers packed rows, checks their layout and attaches each segment's tokenized prefix.
 
-    def __init__(self, tokenizer: Any, metadata: MetadataConfig, max_seq_len: int, adds_bos: bool) -> None:
+    ``bos_id`` is the BOS id when the packed set's documents start with one (its ``meco_dataset.json``
+    record says so), else None.
+    """
+
+    def __init__(self, tokenizer: Any, metadata: MetadataConfig, max_seq_len: int, bos_id: int | None) -> None:
         self.tokenizer = tokenizer
         self.metadata = metadata
         self.max_seq_len = max_seq_len
-        self.bos_id = tokenizer.bos_token_id if adds_bos else None
-        self._prefix_cache: dict[str, np.ndarray] = {}
-
-    def prefix_ids(self, metadata: str) -> np.ndarray:
-        """The prefix's token ids for a metadata string, tokenized once per distinct string."""
-        cached = self._prefix_cache.get(metadata)
-        if cached is None:
-            text = self.metadata.prefix_for(metadata)
-            ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)['input_ids'] if text else []
-            cached = self._prefix_cache[metadata] = np.asarray(ids, dtype=np.int64)
-        return cached
+        self.bos_id = bos_id
+        self.prefixes = PrefixTokens(tokenizer, metadata)
 
     def __call__(self, samples: Sequence[Mapping[str, Any]]) -> PackedBatch:
-        tokens = np.stack([np.asarray(s['input_ids'], dtype=np.int64) for s in samples])
-        if tokens.shape[1] != self.max_seq_len:
-            raise ValueError(
-                f'packed rows hold {tokens.shape[1]} tokens but max_seq_len is {self.max_seq_len}: '
-                'pack the dataset with convert/pack.py --max-seq-len equal to the training max_seq_len.'
-            )
-        rows = []
-        for row, sample in zip(tokens, samples):
+        tokens, rows, urls = [], [], []
+        for sample in samples:
+            row = np.asarray(sample['input_ids'], dtype=np.int64)
             lengths = np.asarray(sample['segment_lengths'], dtype=np.int64)
-            if int(lengths.sum()) != self.max_seq_len:
-                raise ValueError(
-                    f"a packed row's segment_lengths sum to {int(lengths.sum())}, not max_seq_len "
-                    f'{self.max_seq_len}: the dataset is corrupt or not a MeCo packed dataset.'
-                )
-            urls, extras = sample['urls'], sample['metadata']
-            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            rooms = sample.get('prefix_room')
+            rooms = np.zeros(len(lengths), np.int64) if rooms is None else np.asarray(rooms, dtype=np.int64)
+            self._check(row, lengths, rooms, reserved=sample.get('prefix_room') is not None)
+            extras = sample['metadata']
+            starts = (np.cumsum(lengths) - lengths).tolist()
             segments = []
-            for s, (length, start) in enumerate(zip(lengths.tolist(), starts.tolist())):
+            for s, (length, start, room) in enumerate(zip(lengths.tolist(), starts, rooms.tolist())):
                 new_document = not (s == 0 and bool(sample['continued']))
-                meta = self.metadata.metadata_for(urls[s], extras[s] if extras else None)
                 segments.append(
                     Segment(
+                        start=start,
                         length=length,
-                        prefix=self.prefix_ids(meta) if meta else _EMPTY,
+                        room=room,
+                        prefix=self.prefixes.for_document(sample['urls'][s], extras[s] if extras else None),
                         new_document=new_document,
                         starts_with_bos=self.bos_id is not None and new_document and int(row[start]) == self.bos_id,
                     )
                 )
+            tokens.append(row)
             rows.append(segments)
-        return PackedBatch(tokens=tokens, segments=rows)
+            urls.append(list(sample['urls']))
+        return PackedBatch(tokens=tokens, segments=rows, urls=urls)
+
+    def _check(self, row: np.ndarray, lengths: np.ndarray, rooms: np.ndarray, reserved: bool) -> None:
+        """Refuse a row that does not fit the training row length (another max_seq_len, or a corrupt set)."""
+        if int(lengths.sum()) != len(row):
+            raise ValueError(
+                f"a packed row's segment_lengths sum to {int(lengths.sum())}, not its {len(row)} tokens: "
+                'the dataset is corrupt or not a MeCo packed dataset.'
+            )
+        if reserved and len(row) + int(rooms.sum()) > self.max_seq_len:
+            raise ValueError(
+                f'a packed row needs {len(row) + int(rooms.sum())} slots but max_seq_len is {self.max_seq_len}: '
+                'pack the dataset with convert/pack.py --max-seq-len equal to the training max_seq_len.'
+            )
+        if not reserved and len(row) != self.max_seq_len:
+            raise ValueError(
+                f'packed rows hold {len(row)} tokens but max_seq_len is {self.max_seq_len}: '
+                'pack the dataset with convert/pack.py --max-seq-len equal to the training max_seq_len.'
+            )
 
 
 @dataclass
@@ -105,61 +122,77 @@ class InjectionStats:
     metadata_tokens: int = 0
     dropped_tokens: int = 0
     document_tokens: int = 0
+    padding_tokens: int = 0
     last: dict[str, int] = field(default_factory=dict)
 
-    def add(self, tokens: int, metadata_tokens: int, dropped_tokens: int, document_tokens: int) -> None:
+    def add(self, tokens: int, metadata_tokens: int, dropped_tokens: int, document_tokens: int, padding: int) -> None:
         self.tokens += tokens
         self.metadata_tokens += metadata_tokens
         self.dropped_tokens += dropped_tokens
         self.document_tokens += document_tokens
+        self.padding_tokens += padding
         self.last = {
             'tokens': tokens,
             'metadata_tokens': metadata_tokens,
             'dropped_tokens': dropped_tokens,
             'document_tokens': document_tokens,
+            'padding_tokens': padding,
         }
 
 
 class PrefixInjector:
     """Main-process half: turns a ``PackedBatch`` into the model's batch, with or without prefixes.
 
-    Output, each ``[batch, max_seq_len]``: ``input_ids``; ``labels`` (unshifted, ``-100`` on prefix tokens
-    and on each new document's first token, so nothing is trained across a document boundary);
-    ``attention_mask``; with ``document_masking`` also ``sequence_id`` (one id per segment, its prefix
-    included) and ``position_ids`` restarting at 0 at each segment.
+    Output, each ``[batch, max_seq_len]``: ``input_ids``; ``labels`` (unshifted, ``-100`` on prefix tokens,
+    on padding and on each new document's first token, so nothing is trained across a document boundary);
+    ``attention_mask`` (0 on the padding at a row's end); with ``document_masking`` also ``sequence_id`` (one
+    id per segment, its prefix included, and one of its own for the padding) and ``position_ids`` restarting
+    at 0 at each segment. Each segment is laid out as ``[BOS] prefix document`` (a BOS stays first).
     """
 
-    def __init__(self, max_seq_len: int, enabled: bool, document_masking: bool) -> None:
+    def __init__(self, max_seq_len: int, enabled: bool, document_masking: bool, pad_token_id: int = 0) -> None:
         self.max_seq_len = max_seq_len
         self.enabled = enabled
         self.document_masking = document_masking
+        self.pad_token_id = pad_token_id
         self.stats = InjectionStats()
 
     def __call__(self, batch: PackedBatch | Mapping[str, Any]) -> dict[str, torch.Tensor]:
         if not isinstance(batch, PackedBatch):
             return dict(batch)  # already a model batch (e.g. Composer re-applying transforms)
+        return self.inject(batch)[0]
+
+    def inject(self, batch: PackedBatch) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+        """The model batch, and for each of its slots the index of its token in the stored row (-1: prefix/pad)."""
         n, length = len(batch), self.max_seq_len
-        input_ids = np.empty((n, length), dtype=np.int64)
-        labels = np.empty((n, length), dtype=np.int64)
+        input_ids = np.full((n, length), self.pad_token_id, dtype=np.int64)
+        labels = np.full((n, length), IGNORE_INDEX, dtype=np.int64)
         sequence_id = np.empty((n, length), dtype=np.int64)
         position_ids = np.empty((n, length), dtype=np.int64)
-        metadata_tokens = sum(
-            self._inject_row(row, segments, input_ids[r], labels[r], sequence_id[r], position_ids[r])
-            for r, (row, segments) in enumerate(zip(batch.tokens, batch.segments))
-        )
+        sources = np.full((n, length), -1, dtype=np.int64)
+        attention_mask = np.zeros((n, length), dtype=bool)
+        metadata_tokens = dropped = used = 0
+        for r, (row, segments) in enumerate(zip(batch.tokens, batch.segments)):
+            kept_meta, kept_doc, write = self._inject_row(
+                row, segments, input_ids[r], labels[r], sequence_id[r], position_ids[r], sources[r]
+            )
+            metadata_tokens += kept_meta
+            dropped += len(row) - kept_doc
+            used += write
+            attention_mask[r, :write] = True
+            sequence_id[r, write:] = len(segments)  # padding: an id no segment has, so no real token sees it
+            position_ids[r, write:] = np.arange(length - write)
         total = n * length
-        # A row holds exactly max_seq_len document tokens and the output as many slots, so every metadata token
-        # kept pushed exactly one document token off the end of its row.
-        self.stats.add(total, metadata_tokens, metadata_tokens, total - metadata_tokens)
+        self.stats.add(total, metadata_tokens, dropped, used - metadata_tokens, total - used)
         out = {
             'input_ids': torch.from_numpy(input_ids),
             'labels': torch.from_numpy(labels),
-            'attention_mask': torch.ones((n, length), dtype=torch.bool),
+            'attention_mask': torch.from_numpy(attention_mask),
         }
         if self.document_masking:
             out['sequence_id'] = torch.from_numpy(sequence_id)
             out['position_ids'] = torch.from_numpy(position_ids)
-        return out
+        return out, sources
 
     def _inject_row(
         self,
@@ -169,33 +202,36 @@ class PrefixInjector:
         labels_out: np.ndarray,
         seq_out: np.ndarray,
         pos_out: np.ndarray,
-    ) -> int:
-        """Fill one output row in place; returns the number of metadata tokens it kept."""
+        src_out: np.ndarray,
+    ) -> tuple[int, int, int]:
+        """Fill one output row in place; returns the metadata and document tokens kept and the slots used."""
         length = self.max_seq_len
-        write = 0  # next free position in the output row
-        offset = 0  # next unread token of the packed row
-        metadata_tokens = 0
+        write = metadata_tokens = document_tokens = 0
         for s, seg in enumerate(segments):
             if write >= length:
                 break
-            doc = row[offset : offset + seg.length]
-            offset += seg.length
+            doc = row[seg.start : seg.start + seg.length]
+            source = np.arange(seg.start, seg.start + seg.length)
             prefix = seg.prefix if self.enabled else _EMPTY
             head = 1 if (seg.starts_with_bos and len(prefix)) else 0  # a BOS stays first, before the prefix
-            pieces = (doc[:head], prefix, doc[head:]) if head else (prefix, doc)
+            if len(prefix):
+                ids = np.concatenate((doc[:head], prefix, doc[head:]))
+                source = np.concatenate((source[:head], np.full(len(prefix), -1), source[head:]))
+            else:
+                ids = doc
+            kept = min(len(ids), length - write)
+            end = write + kept
+            ids_out[write:end] = ids[:kept]
+            labels_out[write:end] = ids[:kept]
             masked = head + len(prefix)
             if seg.new_document:
                 masked = max(masked, 1)  # the first token of a document is never predicted from the previous one
-            seg_len = seg.length + len(prefix)
-            end = min(write + seg_len, length)
-            kept = end - write
-            if kept > 0:
-                ids = np.concatenate(pieces)[:kept] if len(prefix) else doc[:kept]
-                ids_out[write:end] = ids
-                labels_out[write:end] = ids
-                labels_out[write : write + min(masked, kept)] = IGNORE_INDEX
-                seq_out[write:end] = s
-                pos_out[write:end] = np.arange(kept)
-                metadata_tokens += min(len(prefix), max(kept - head, 0))
-            write += seg_len
-        return metadata_tokens
+            labels_out[write : write + min(masked, kept)] = IGNORE_INDEX
+            seq_out[write:end] = s
+            pos_out[write:end] = np.arange(kept)
+            src_out[write:end] = source[:kept]
+            meta = min(len(prefix), max(kept - head, 0))
+            metadata_tokens += meta
+            document_tokens += kept - meta
+            write = end
+        return metadata_tokens, document_tokens, write

@@ -19,9 +19,13 @@ from composer.core import DataSpec
 from torch.utils.data import DataLoader
 
 from meco_callbacks.data.collator import PackedCollator, PrefixInjector
-from meco_callbacks.data.dataset import MeCoPackedDataset, build_packed_dataset, check_packed_datasets
+from meco_callbacks.data.dataset import (
+    MeCoPackedDataset,
+    build_packed_dataset,
+    check_packed_datasets,
+    documents_start_with_bos,
+)
 from meco_callbacks.data.metadata import MetadataConfig
-from meco_callbacks.tokenizer.fingerprint import adds_bos_token
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ class MeCoDataLoader(DataLoader):
         return self._iter_switching()
 
     def _iter_switching(self) -> Iterator[Any]:
-        """Main batches while conditioning, then the cooldown loader's batches."""
+        """Main batches while conditioning, then the cooldown loader's batches; the main workers stop at the switch."""
         main = None
         while self.injector.enabled:
             if main is None:
@@ -67,7 +71,12 @@ class MeCoDataLoader(DataLoader):
             except StopIteration:
                 return
             yield batch
-        del main  # stops its workers; what they prefetched past the boundary is never used
+        # With persistent workers the DataLoader keeps its iterator (and so its workers) alive: stop them here.
+        # What they prefetched past the boundary is never used.
+        if main is not None and hasattr(main, '_shutdown_workers'):
+            main._shutdown_workers()
+        self._iterator = None
+        del main
         yield from self.cooldown_loader
 
 
@@ -90,15 +99,21 @@ def build_meco_loader(
     config = dict(dataset)
     metadata = MetadataConfig.from_dict(config.pop('metadata', None))
     document_masking = bool(config.pop('document_masking', True))
+    prefix_overflow = config.pop('prefix_overflow', 'error')
     if 'max_seq_len' not in config:
         raise ValueError('the meco dataset block needs max_seq_len (the packed row length).')
     max_seq_len = int(config['max_seq_len'])
-    check_packed_datasets(config, tokenizer, max_seq_len)
+    infos = check_packed_datasets(config, tokenizer, max_seq_len, metadata, prefix_overflow)
     packed = build_packed_dataset(config, batch_size=int(device_batch_size))
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     injector = PrefixInjector(
-        max_seq_len, enabled=metadata.enabled and metadata.active, document_masking=document_masking
+        max_seq_len,
+        enabled=metadata.enabled and metadata.active,
+        document_masking=document_masking,
+        pad_token_id=pad_token_id,
     )
-    collator = PackedCollator(tokenizer, metadata, max_seq_len, adds_bos=adds_bos_token(tokenizer))
+    bos_id = tokenizer.bos_token_id if documents_start_with_bos(infos, tokenizer) else None
+    collator = PackedCollator(tokenizer, metadata, max_seq_len, bos_id)
     workers = {'prefetch_factor': prefetch_factor, 'persistent_workers': persistent_workers} if num_workers else {}
     log.info(
         'meco loader: metadata %s (%s), document masking %s, %d workers',
@@ -136,7 +151,7 @@ def build_cooldown_loader(main: MeCoDataLoader, streams: Mapping[str, Any]) -> D
     config = {
         k: v
         for k, v in main.dataset_config.items()
-        if k not in ('streams', 'local', 'remote', 'split', 'metadata', 'document_masking')
+        if k not in ('streams', 'local', 'remote', 'split', 'metadata', 'document_masking', 'prefix_overflow')
     }
     config['streams'] = dict(streams)
     check_packed_datasets(config, main.collate_fn.tokenizer, int(config['max_seq_len']))

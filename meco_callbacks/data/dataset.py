@@ -16,16 +16,20 @@ from typing import Any
 import numpy as np
 from streaming import Stream, StreamingDataset
 
+from meco_callbacks.data.metadata import MetadataConfig
+from meco_callbacks.data.prefix import PrefixReservation, PrefixTokens
 from meco_callbacks.formats import DATASET_INFO_FILE, PACKED_FORMAT
-from meco_callbacks.tokenizer.fingerprint import tokenizer_fingerprint
+from meco_callbacks.tokenizer.fingerprint import adds_bos_token, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
+PREFIX_OVERFLOW = ('error', 'drop')
 STREAMING_KEYS = frozenset(inspect.signature(StreamingDataset.__init__).parameters) - {'self'}
 
 
 class MeCoPackedDataset(StreamingDataset):
-    """Packed rows as dicts: ``input_ids`` (int64), ``segment_lengths``, ``continued``, ``urls``, ``metadata``.
+    """Packed rows as dicts: ``input_ids`` (int64), ``segment_lengths``, ``continued``, ``urls``, ``metadata``,
+    ``prefix_room`` (None in sets packed without room).
 
     With separate cooldown streams the run's epoch position covers two datasets: samples before
     ``cooldown_start_sample`` come from this one, the rest from ``cooldown_dataset``. Composer saves and
@@ -69,6 +73,7 @@ class MeCoPackedDataset(StreamingDataset):
             'continued': int(sample['continued']),
             'urls': sample['urls'],
             'metadata': sample['metadata'],
+            'prefix_room': sample.get('prefix_room'),
         }
 
 
@@ -126,8 +131,20 @@ def read_packed_info(remote: str | None, local: str | None) -> dict[str, Any] | 
     return None
 
 
-def check_packed_datasets(config: Mapping[str, Any], tokenizer: Any, max_seq_len: int) -> list[dict[str, Any]]:
-    """Refuse datasets packed for another tokenizer or row length; return the infos that were found."""
+def check_packed_datasets(
+    config: Mapping[str, Any],
+    tokenizer: Any,
+    max_seq_len: int,
+    metadata: MetadataConfig | None = None,
+    prefix_overflow: str = 'error',
+) -> list[dict[str, Any]]:
+    """Refuse datasets packed for another tokenizer, row length or prefix; return the infos that were found.
+
+    With ``metadata`` (prefixes to be injected), a set packed with room for other kinds is refused unless
+    ``prefix_overflow`` is ``drop``, and a set packed without room gets a warning with the expected loss.
+    """
+    if prefix_overflow not in PREFIX_OVERFLOW:
+        raise ValueError(f'prefix_overflow must be one of {", ".join(PREFIX_OVERFLOW)}; got {prefix_overflow!r}.')
     want = tokenizer_fingerprint(tokenizer)
     infos = []
     for remote, local in stream_locations(config):
@@ -155,5 +172,65 @@ def check_packed_datasets(config: Mapping[str, Any], tokenizer: Any, max_seq_len
                 "token ids would mean different text. Train with the dataset's tokenizer or "
                 're-convert the corpus with yours.'
             )
+        if metadata is not None and metadata.active and metadata.enabled:
+            _check_prefix_room(where, info, tokenizer, metadata, max_seq_len, prefix_overflow)
         infos.append(info)
     return infos
+
+
+def documents_start_with_bos(infos: Sequence[Mapping[str, Any]], tokenizer: Any) -> bool:
+    """Whether packed documents start with BOS, from the sets' records (the tokenizer's own setting if none).
+
+    The training tokenizer must agree: a record saying otherwise means the set was packed with another
+    tokenizer configuration, and the loader would mask or keep the wrong first token.
+    """
+    adds = adds_bos_token(tokenizer)
+    for info in infos:
+        recorded = (info.get('tokenizer') or {}).get('adds_bos')
+        if recorded is not None and bool(recorded) != adds:
+            raise ValueError(
+                f'the packed set was written with documents {"starting" if recorded else "not starting"} with BOS, '
+                f'but the training tokenizer {getattr(tokenizer, "name_or_path", "?")!r} '
+                f'{"adds" if adds else "does not add"} one: train with the tokenizer configuration the set was '
+                'packed with, or repack it with this one.'
+            )
+    return adds
+
+
+def _check_prefix_room(
+    where: str, info: Mapping[str, Any], tokenizer: Any, metadata: MetadataConfig, max_seq_len: int, overflow: str
+) -> None:
+    """Refuse (or, with ``drop``, warn about) prefixes that do not fit the room a set reserved."""
+    record = info.get('reserve_prefix')
+    if record:
+        reservation = PrefixReservation.from_info(record)
+        if reservation.covers(metadata):
+            return
+        message = (
+            f'{where} was packed with prefix room for kind(s) {", ".join(reservation.kinds)} (template '
+            f'{reservation.template!r}, max_chars {reservation.max_chars}, strip_www {reservation.strip_www}), '
+            f'but training uses kind {metadata.kind!r} (template {metadata.template!r}, max_chars '
+            f'{metadata.max_chars}, strip_www {metadata.strip_www}), whose prefixes may not fit'
+        )
+        if overflow != 'drop':
+            raise ValueError(
+                f'{message}. Repack with convert/pack.py --reserve-prefix {metadata.kind} (several kinds can be '
+                'named), or set train_loader.dataset.prefix_overflow: drop to accept document tokens dropped.'
+            )
+        log.warning('%s: document tokens pushed off a row are dropped (prefix_overflow: drop).', message)
+        return
+    stats = info.get('stats') or {}
+    rows, segments = stats.get('rows'), stats.get('segments')
+    if rows and segments:
+        typical = len(PrefixTokens(tokenizer, metadata).for_document('https://www.example.com/'))
+        fraction = segments / rows * typical / max_seq_len
+        log.warning(
+            '%s was packed without prefix room: every prefix token pushes a document token off its row, the same '
+            'tokens every pass (about %.1f%% of document tokens here, from %.1f segments per row and ~%d-token '
+            'prefixes). Repack with convert/pack.py --reserve-prefix %s to train on every token.',
+            where,
+            100 * fraction,
+            segments / rows,
+            typical,
+            metadata.kind,
+        )

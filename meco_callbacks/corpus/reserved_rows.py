@@ -1,0 +1,106 @@
+"""Rows with room reserved for each segment's prefix, packed one window of documents at a time.
+
+A window is one range of the document set (``document_set.plan_ranges``); each window is planned
+(``row_planning``) and written as its own MDS part, so windows are independent: the output is byte-identical
+for any number of workers, and the only cost is the padding at the end of each window's last row. Each row
+stores its document tokens (at most ``max_seq_len`` minus the rooms), the segments' lengths and rooms, and the
+URLs and metadata the loader turns into prefixes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from streaming import MDSWriter
+
+from meco_callbacks.corpus.document_set import DocumentRange, read_range
+from meco_callbacks.corpus.row_planning import plan_rows
+from meco_callbacks.corpus.tokenization import load_tokenizer
+from meco_callbacks.data.prefix import PrefixReservation, RoomMeasure
+from meco_callbacks.formats import RESERVED_PACKED_COLUMNS
+
+# Tokenizers of this process by fingerprint: the parent fills it before forking workers, which inherit it.
+_TOKENIZERS: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class WindowTask:
+    """Pack one window of documents into ``out``; ``reservation`` None packs with no room (BFD alone)."""
+
+    out: str
+    documents: DocumentRange
+    max_seq_len: int
+    strategy: str
+    reservation: PrefixReservation | None
+    tokenizer_name: str
+    tokenizer_fingerprint: str
+    compression: str | None
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """What a window's part holds, in rows, segments, documents and slots."""
+
+    rows: int
+    segments: int
+    continued_segments: int
+    documents_read: int
+    documents_packed: int
+    documents_split: int
+    document_tokens: int
+    stream_tokens: int
+    reserved_tokens: int
+    skipped: dict[str, int]
+
+
+def remember_tokenizer(tokenizer: Any, fingerprint: str) -> None:
+    """Make ``tokenizer`` the one windows with this fingerprint measure prefixes with (inherited by forks)."""
+    _TOKENIZERS[fingerprint] = tokenizer
+
+
+def _tokenizer(task: WindowTask) -> Any:
+    if task.tokenizer_fingerprint not in _TOKENIZERS:  # a spawned worker: load it by name
+        _TOKENIZERS[task.tokenizer_fingerprint] = load_tokenizer(task.tokenizer_name)
+    return _TOKENIZERS[task.tokenizer_fingerprint]
+
+
+def write_window(task: WindowTask) -> WindowStats:
+    """Plan and write one window's rows; returns its stats."""
+    chunk = read_range(task.documents)
+    if task.reservation is None:
+        rooms = np.zeros(len(chunk.lengths), dtype=np.int64)
+    else:
+        rooms = RoomMeasure(_tokenizer(task), task.reservation)(chunk.urls, chunk.metadata)
+    rows = plan_rows(chunk.lengths, rooms, task.max_seq_len, task.strategy)
+    starts = (np.cumsum(chunk.lengths) - chunk.lengths).tolist()
+    segments = continued = reserved = 0
+    with MDSWriter(out=task.out, columns=RESERVED_PACKED_COLUMNS, compression=task.compression) as writer:
+        for row in rows:
+            pieces = [chunk.tokens[starts[p.document] + p.start : starts[p.document] + p.start + p.count] for p in row]
+            writer.write(
+                {
+                    'input_ids': np.concatenate(pieces),
+                    'segment_lengths': np.asarray([p.count for p in row], dtype=np.uint32),
+                    'prefix_room': np.asarray([p.room for p in row], dtype=np.uint32),
+                    'continued': int(row[0].start > 0),
+                    'urls': [chunk.urls[p.document] for p in row],
+                    'metadata': [chunk.metadata[p.document] for p in row],
+                }
+            )
+            segments += len(row)
+            continued += row[0].start > 0
+            reserved += sum(p.room for p in row)
+    return WindowStats(
+        rows=len(rows),
+        segments=segments,
+        continued_segments=continued,
+        documents_read=chunk.documents_read,
+        documents_packed=len(chunk.lengths),
+        documents_split=len({row[0].document for row in rows if row[0].start > 0}),
+        document_tokens=chunk.document_tokens,
+        stream_tokens=int(chunk.lengths.sum()),
+        reserved_tokens=reserved,
+        skipped=chunk.skipped,
+    )

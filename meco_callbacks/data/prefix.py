@@ -1,0 +1,119 @@
+"""A metadata prefix as token ids, and the room reserved for it in packed rows.
+
+The packer and the loader must agree to the token on how long each segment's prefix is: the packer leaves that
+many slots free in a row, the loader fills them. Both go through ``PrefixTokens``, with the dataset's tokenizer
+and the same ``MetadataConfig``, so they cannot disagree. ``PrefixReservation`` is what a packed set records
+about the room it reserved: the kinds it was packed for and the template, length cap and ``strip_www`` that
+shape their text.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from meco_callbacks.data.metadata import DEFAULT_MAX_CHARS, DEFAULT_TEMPLATE, MetadataConfig
+
+EMPTY_IDS = np.zeros(0, dtype=np.int64)
+DEFAULT_CACHE_SIZE = 65536  # distinct metadata strings kept per process (web corpora have tens of millions)
+
+
+class PrefixTokens:
+    """Token ids of a metadata string's prefix (``template.format(metadata)``), tokenized once per string.
+
+    The cache is a bounded LRU: a web corpus has tens of millions of domains, and a loader worker must not
+    grow without bound. Tokens are encoded without special tokens and with ``split_special_tokens`` on, so
+    metadata text can never produce a special-token id.
+    """
+
+    def __init__(self, tokenizer: Any, metadata: MetadataConfig, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+        self.tokenizer = tokenizer
+        self.metadata = metadata
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def __call__(self, metadata: str) -> np.ndarray:
+        """The prefix ids for a normalised metadata string; '' (no metadata) has no prefix."""
+        if not metadata:
+            return EMPTY_IDS
+        ids = self._cache.get(metadata)
+        if ids is not None:
+            self._cache.move_to_end(metadata)
+            return ids
+        text = self.metadata.prefix_for(metadata)
+        encoded = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)['input_ids']
+        ids = np.asarray(encoded, dtype=np.int64)
+        self._cache[metadata] = ids
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return ids
+
+    def for_document(self, url: str, columns: Mapping[str, Any] | None = None) -> np.ndarray:
+        """The prefix ids of one document (its URL and carried columns) under this metadata setting."""
+        return self(self.metadata.metadata_for(url, columns))
+
+
+@dataclass(frozen=True)
+class PrefixReservation:
+    """The prefix room a packed set reserves per segment: the longest prefix among ``kinds``."""
+
+    kinds: tuple[str, ...]
+    template: str = DEFAULT_TEMPLATE
+    max_chars: int = DEFAULT_MAX_CHARS
+    strip_www: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.kinds:
+            raise ValueError('a prefix reservation needs at least one metadata kind, e.g. domain.')
+        self.configs()  # MetadataConfig validates each kind, the template and max_chars
+
+    def configs(self) -> list[MetadataConfig]:
+        """One metadata setting per reserved kind."""
+        return [
+            MetadataConfig(kind=kind, template=self.template, max_chars=self.max_chars, strip_www=self.strip_www)
+            for kind in self.kinds
+        ]
+
+    def covers(self, metadata: MetadataConfig) -> bool:
+        """Whether every prefix ``metadata`` produces fits the room (a kind reserved here, same text shape)."""
+        if not metadata.active:
+            return True
+        return (
+            metadata.kind in self.kinds
+            and metadata.template == self.template
+            and metadata.max_chars == self.max_chars
+            and metadata.strip_www == self.strip_www
+        )
+
+    def to_info(self, tokenizer_fingerprint: str) -> dict[str, Any]:
+        """The record written to ``meco_dataset.json``."""
+        return {**asdict(self), 'kinds': list(self.kinds), 'tokenizer_fingerprint': tokenizer_fingerprint}
+
+    @classmethod
+    def from_info(cls, record: Mapping[str, Any]) -> PrefixReservation:
+        """Read back a ``meco_dataset.json`` record (its fingerprint is checked with the dataset's tokenizer)."""
+        return cls(
+            kinds=tuple(record['kinds']),
+            template=record['template'],
+            max_chars=int(record['max_chars']),
+            strip_www=bool(record['strip_www']),
+        )
+
+
+class RoomMeasure:
+    """The room each document needs: the longest of its prefixes under the reserved kinds, in tokens."""
+
+    def __init__(self, tokenizer: Any, reservation: PrefixReservation) -> None:
+        self.prefixes = [PrefixTokens(tokenizer, config) for config in reservation.configs()]
+
+    def __call__(self, urls: Sequence[str], metadata: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Room per document, ``int64``."""
+        rooms = np.zeros(len(urls), dtype=np.int64)
+        for prefix in self.prefixes:
+            lengths = [len(prefix.for_document(url, columns)) for url, columns in zip(urls, metadata)]
+            np.maximum(rooms, np.asarray(lengths, dtype=np.int64), out=rooms)
+        return rooms
