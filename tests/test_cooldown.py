@@ -1,13 +1,14 @@
 """The cooldown callback: an exact switch to plain documents, identical batches across stop and resume."""
 
 import json
+import multiprocessing
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from composer.core import Time
-from composer.loggers import LoggerDestination
+from composer.core import Callback, State, Time
+from composer.loggers import Logger, LoggerDestination
 from conftest import REPO_ROOT, TINY_MODEL, train_tiny
 from recorder import read_records
 
@@ -214,8 +215,9 @@ def test_cooldown_streams_supply_every_batch_after_the_boundary(with_cooldown_st
 
 
 @pytest.mark.slow
-def test_resuming_inside_cooldown_streams_reproduces_the_run(
-    with_cooldown_streams, tiny_packed, tokenizer_dir, cooldown_data, tmp_path
+@pytest.mark.parametrize('stop', [12, 14], ids=['at', 'after'])
+def test_resuming_at_or_after_the_switch_to_cooldown_streams_reproduces_the_run(
+    with_cooldown_streams, tiny_packed, tokenizer_dir, cooldown_data, tmp_path, stop
 ):
     run_dir, full = with_cooldown_streams
     resumed = train_tiny(
@@ -224,9 +226,68 @@ def test_resuming_inside_cooldown_streams_reproduces_the_run(
         tokenizer_dir,
         *RUN,
         cooldown_stream(cooldown_data[0]),
-        f'load_path={run_dir}/checkpoints/ep0-ba14-rank0.pt',
+        f'load_path={run_dir}/checkpoints/ep0-ba{stop}-rank0.pt',
     )
-    assert [(r['hash'], r['loss']) for r in resumed] == [(r['hash'], r['loss']) for r in full[14:]]
+    assert [r['batch'] for r in resumed] == list(range(stop, 16))
+    assert [(r['hash'], r['loss']) for r in resumed] == [(r['hash'], r['loss']) for r in full[stop:]]
+
+
+@pytest.mark.slow
+def test_resuming_a_resumed_run_across_the_switch_to_cooldown_streams_reproduces_the_run(
+    with_cooldown_streams, tiny_packed, tokenizer_dir, cooldown_data, tmp_path
+):
+    run_dir, full = with_cooldown_streams
+    first, second = tmp_path / 'first', tmp_path / 'second'
+    first.mkdir(), second.mkdir()
+    streams = cooldown_stream(cooldown_data[0])
+    once = train_tiny(
+        first, tiny_packed, tokenizer_dir, *RUN, streams, f'load_path={run_dir}/checkpoints/ep0-ba8-rank0.pt'
+    )
+    twice = train_tiny(
+        second, tiny_packed, tokenizer_dir, *RUN, streams, f'load_path={first}/checkpoints/ep0-ba14-rank0.pt'
+    )
+
+    assert [(r['hash'], r['loss']) for r in once] == [(r['hash'], r['loss']) for r in full[8:]]
+    assert [(r['hash'], r['loss']) for r in twice] == [(r['hash'], r['loss']) for r in full[14:]]
+
+
+class WorkerCensus(Callback):
+    """A test callback: after every batch, one JSON line ``[batch, pids of this process's live child processes]``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        pids = sorted(child.pid for child in multiprocessing.active_children())
+        with self.path.open('a') as f:
+            f.write(json.dumps([int(state.timestamp.batch) - 1, pids]) + '\n')
+
+
+@pytest.mark.slow
+def test_the_main_loaders_workers_stop_at_the_switch_to_cooldown_streams(
+    with_cooldown_streams, tiny_packed, tokenizer_dir, cooldown_data, tmp_path
+):
+    from llmfoundry import registry
+
+    if 'worker_census' not in registry.callbacks:
+        registry.callbacks.register('worker_census', func=WorkerCensus)
+    census = tmp_path / 'census.jsonl'
+    records = train_tiny(
+        tmp_path,
+        tiny_packed,
+        tokenizer_dir,
+        *RUN,
+        cooldown_stream(cooldown_data[0]),
+        'train_loader.num_workers=2',
+        f'callbacks.worker_census.path={census}',
+    )
+    alive = dict(map(tuple, map(json.loads, census.read_text().splitlines())))
+    main_workers, cooldown_workers = set(alive[11]), set(alive[12])
+
+    assert [r['hash'] for r in records] == [r['hash'] for r in with_cooldown_streams[1]]
+    assert all(len(alive[batch]) == 2 and set(alive[batch]) == main_workers for batch in range(12))
+    assert all(len(alive[batch]) == 2 and set(alive[batch]) == cooldown_workers for batch in range(12, 16))
+    assert not main_workers & cooldown_workers
 
 
 def test_cooldown_streams_of_another_tokenizer_are_refused(tiny_packed, tokenizer_dir, cooldown_data, tmp_path):
