@@ -38,11 +38,11 @@ from meco_callbacks.corpus.document_set import (
 from meco_callbacks.corpus.reserved_rows import WindowStats, WindowTask, remember_tokenizer, write_window
 from meco_callbacks.corpus.row_planning import STRATEGIES
 from meco_callbacks.corpus.stream_rows import plan_parts, write_part
-from meco_callbacks.corpus.tokenization import load_tokenizer
 from meco_callbacks.data.metadata import DEFAULT_TEMPLATE
 from meco_callbacks.data.prefix import PrefixReservation
 from meco_callbacks.formats import DOCUMENT_FORMAT, PACKED_FORMAT, read_dataset_info, write_dataset_info
 from meco_callbacks.tokenizer.fingerprint import tokenizer_info
+from meco_callbacks.tokenizer.loading import load_tokenizer
 
 logger = logging.getLogger(__name__)
 

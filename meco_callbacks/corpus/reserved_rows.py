@@ -17,12 +17,14 @@ from streaming import MDSWriter
 
 from meco_callbacks.corpus.document_set import DocumentRange, read_range
 from meco_callbacks.corpus.row_planning import plan_rows
-from meco_callbacks.corpus.tokenization import load_tokenizer
 from meco_callbacks.data.prefix import PrefixReservation, RoomMeasure
 from meco_callbacks.formats import RESERVED_PACKED_COLUMNS
+from meco_callbacks.tokenizer.loading import load_tokenizer
 
 # Tokenizers of this process by fingerprint: the parent fills it before forking workers, which inherit it.
 _TOKENIZERS: dict[str, Any] = {}
+# Room measures of this process, kept across windows so each distinct prefix is tokenized once per process.
+_MEASURES: dict[tuple[str, PrefixReservation], RoomMeasure] = {}
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,10 @@ def write_window(task: WindowTask) -> WindowStats:
     if task.reservation is None:
         rooms = np.zeros(len(chunk.lengths), dtype=np.int64)
     else:
-        rooms = RoomMeasure(_tokenizer(task), task.reservation)(chunk.urls, chunk.metadata)
+        key = (task.tokenizer_fingerprint, task.reservation)
+        if key not in _MEASURES:
+            _MEASURES[key] = RoomMeasure(_tokenizer(task), task.reservation)
+        rooms = _MEASURES[key](chunk.urls, chunk.metadata)
     rows = plan_rows(chunk.lengths, rooms, task.max_seq_len, task.strategy)
     starts = (np.cumsum(chunk.lengths) - chunk.lengths).tolist()
     segments = continued = reserved = 0

@@ -44,13 +44,38 @@ class PrefixTokens:
         if ids is not None:
             self._cache.move_to_end(metadata)
             return ids
-        text = self.metadata.prefix_for(metadata)
-        encoded = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)['input_ids']
-        ids = np.asarray(encoded, dtype=np.int64)
-        self._cache[metadata] = ids
-        if len(self._cache) > self.cache_size:
+        self._tokenize([metadata])
+        return self._cache[metadata]
+
+    def lengths(self, metadata: Sequence[str]) -> np.ndarray:
+        """Prefix lengths for many metadata strings; those not cached are tokenized in one batch call."""
+        missing = list(dict.fromkeys(m for m in metadata if m and m not in self._cache))
+        if missing:
+            self._tokenize(missing)
+        return np.asarray([len(self(m)) for m in metadata], dtype=np.int64)
+
+    def _tokenize(self, metadata: list[str]) -> None:
+        """Tokenize the prefixes of ``metadata`` in one call into the cache, evicting the least recently used.
+
+        A fast tokenizer's Rust backend is called directly (Hugging Face's per-encoding Python conversion cost
+        more than the tokenizing); ``encode_special_tokens`` is what ``split_special_tokens=True`` sets, so the
+        ids are the same.
+        """
+        texts = [self.metadata.prefix_for(m) for m in metadata]
+        backend = getattr(self.tokenizer, 'backend_tokenizer', None)
+        if backend is not None and hasattr(backend, 'encode_special_tokens'):
+            saved = backend.encode_special_tokens
+            backend.encode_special_tokens = True
+            try:
+                encoded = [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+            finally:
+                backend.encode_special_tokens = saved
+        else:
+            encoded = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)['input_ids']
+        for m, ids in zip(metadata, encoded):
+            self._cache[m] = np.asarray(ids, dtype=np.int64)
+        while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
-        return ids
 
     def for_document(self, url: str, columns: Mapping[str, Any] | None = None) -> np.ndarray:
         """The prefix ids of one document (its URL and carried columns) under this metadata setting."""
@@ -114,6 +139,6 @@ class RoomMeasure:
         """Room per document, ``int64``."""
         rooms = np.zeros(len(urls), dtype=np.int64)
         for prefix in self.prefixes:
-            lengths = [len(prefix.for_document(url, columns)) for url, columns in zip(urls, metadata)]
-            np.maximum(rooms, np.asarray(lengths, dtype=np.int64), out=rooms)
+            metadata_for = prefix.metadata.metadata_for
+            np.maximum(rooms, prefix.lengths([metadata_for(u, c) for u, c in zip(urls, metadata)]), out=rooms)
         return rooms
