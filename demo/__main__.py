@@ -115,12 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     for split in ('train', 'heldout'):
         convert_documents([str(corpus / f'{split}.jsonl')], data / f'{split}-documents', str(tokenizer))
         packed = data / f'{split}-packed-{args.seq_len}'
-        if read_dataset_info(packed) is None:
-            pack_documents(data / f'{split}-documents', packed, args.seq_len)
+        info = read_dataset_info(packed)
+        if info is None or not info.get('reserve_prefix'):  # a demo from before prefix room is repacked
+            pack_documents(
+                data / f'{split}-documents', packed, args.seq_len, reserve_prefix=['domain'], overwrite=True
+            )
 
     step('4/6 train')
     overrides = [
-        f'variables.data={data / f"train-packed-{args.seq_len}"}',
+        f'variables.data_local={data / f"train-packed-{args.seq_len}"}',
         f'variables.tokenizer={tokenizer}',
         f'variables.max_seq_len={args.seq_len}',
         f'variables.cooldown={args.cooldown}',

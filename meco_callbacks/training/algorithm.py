@@ -67,6 +67,7 @@ class MetadataConditioning(Algorithm):
                 'meco/phase_conditioning': int(injector.enabled),
                 'meco/metadata_token_fraction': last['metadata_tokens'] / tokens,
                 'meco/dropped_token_fraction': last['dropped_tokens'] / tokens,
+                'meco/padding_fraction': last['padding_tokens'] / tokens,
                 'meco/metadata_tokens_total': self.metadata_tokens_total,
                 'meco/dropped_tokens_total': self.dropped_tokens_total,
             }
