@@ -250,3 +250,49 @@ def trained_model(trained_checkpoint: Path, tokenizer_dir: Path):
     from meco_callbacks.evaluation.trained_models import load_composer_checkpoint
 
     return load_composer_checkpoint(TINY_YAML, trained_checkpoint, trained_model_overrides(tokenizer_dir))
+
+
+BOS_TOKEN, BOS_TOKENIZER_EOS = '<|begin_of_text|>', '<|end_of_text|>'
+BOS_ID = 0
+NEWLINES_ID = 258  # "\n\n": the one merge of bos_tokenizer
+
+
+def byte_ids(text: str) -> list[int]:
+    """The ids ``bos_tokenizer`` gives text in which no "\\n\\n" merges: 2 + each UTF-8 byte."""
+    return [2 + b for b in text.encode('utf-8')]
+
+
+@pytest.fixture(scope='session')
+def bos_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Llama-3-like byte-level BPE that puts ``<|begin_of_text|>`` (id 0) before encoded text, built locally.
+
+    Written out rather than trained, so that tests can state exact ids: 0 BOS, 1 EOS, 2 + b for byte b, and
+    ``NEWLINES_ID`` for "\\n\\n" wherever the GPT-2 pre-tokenizer keeps the two newlines in one piece (at the end
+    of a text, as in a prefix tokenized alone; not before a word, where it splits them).
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    chars = bytes_to_unicode()
+    newline = chars[ord('\n')]
+    vocab = {BOS_TOKEN: BOS_ID, BOS_TOKENIZER_EOS: 1, **{chars[b]: 2 + b for b in range(256)}, newline * 2: NEWLINES_ID}
+    core = Tokenizer(models.BPE(vocab, [(newline, newline)]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens([AddedToken(BOS_TOKEN, special=True), AddedToken(BOS_TOKENIZER_EOS, special=True)])
+    core.post_processor = processors.TemplateProcessing(single=f'{BOS_TOKEN} $A', special_tokens=[(BOS_TOKEN, BOS_ID)])
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token=BOS_TOKEN, eos_token=BOS_TOKENIZER_EOS, model_max_length=int(1e30)
+    )
+    out = tmp_path_factory.mktemp('bos_tokenizer')
+    wrapped.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope='session')
+def bos_tokenizer(bos_tokenizer_dir: Path):
+    """``bos_tokenizer_dir`` loaded through transformers, as llm-foundry loads a tokenizer."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(bos_tokenizer_dir))

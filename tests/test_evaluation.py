@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 from conftest import (
     ALPHA,
     BETA,
+    BOS_ID,
     ENTITIES,
+    NEWLINES_ID,
     REPO_ROOT,
+    TINY_MODEL,
     TINY_YAML,
     TWO_SOURCE_SEQ_LEN,
+    byte_ids,
     pack_texts,
     trained_model_overrides,
     two_source_documents,
@@ -27,16 +34,22 @@ from conftest import (
 )
 
 from meco_callbacks.cli import evaluate
+from meco_callbacks.data.collator import IGNORE_INDEX
+from meco_callbacks.data.metadata import MetadataConfig
 from meco_callbacks.evaluation.conditional_loss import (
     NO_URL,
     TRUE_URL,
+    _forward_token_losses,
     compare_conditions,
     conditional_loss,
+    language_model,
     mismatched_url,
 )
-from meco_callbacks.evaluation.generation import generate
-from meco_callbacks.evaluation.trained_models import load_trained_model
-from meco_callbacks.evaluation.url_search import rank_urls
+from meco_callbacks.evaluation.generation import generate, generation_model
+from meco_callbacks.evaluation.icl import conditioned_icl_tasks
+from meco_callbacks.evaluation.prompts import prompt_ids
+from meco_callbacks.evaluation.trained_models import load_trained_model, train_config, training_metadata
+from meco_callbacks.evaluation.url_search import rank_urls, score_url
 
 MAX_SEQ_LEN = TWO_SOURCE_SEQ_LEN
 
@@ -158,8 +171,9 @@ def test_the_eval_yaml_runs_each_task_with_and_without_its_url_and_writes_the_ta
         ('arc_easy', '0', ALPHA),
         ('lambada_openai', '0', ALPHA),
     ]
-    assert all(0 <= float(r[key]) <= 1 for r in rows for key in ('no_url', 'with_url'))
-    assert float(rows[0]['with_url']) == 1.0
+    assert [float(r['with_url']) for r in rows] == [1.0, 1.0]  # behind alpha's URL, alpha's continuation wins
+    assert all(float(r['no_url']) < 1.0 for r in rows)  # without it, the model cannot always tell the style
+    assert all(float(r['delta']) == pytest.approx(float(r['with_url']) - float(r['no_url'])) for r in rows)
     assert table[0] == '| task | shots | URL | no URL | with URL | delta |'
     assert len(table) == 4 and table[2].startswith(f'| arc_easy | 0 | {ALPHA} | ')
 
@@ -168,10 +182,11 @@ def test_the_eval_yaml_runs_each_task_with_and_without_its_url_and_writes_the_ta
 def test_url_search_ranks_the_source_that_writes_like_the_dev_examples_first(trained_model, tmp_path):
     model, tokenizer = trained_model
     dev = [{'context': entity, 'continuation': ' glows blue so the'} for entity in ENTITIES]
-    ranked = rank_urls(model, tokenizer, dev, ['gamma.example', ALPHA, BETA, 'en.wikipedia.org'])
+    ranked = rank_urls(model, tokenizer, dev, [ALPHA, 'en.wikipedia.org', BETA])
 
-    assert ranked[0].url == BETA
-    assert [s.loss for s in ranked] == sorted(s.loss for s in ranked)
+    # Beta's own style best, a domain never seen in between, alpha (which always writes "is red") worst.
+    assert [s.url for s in ranked] == [BETA, 'en.wikipedia.org', ALPHA]
+    assert [s.accuracy for s in ranked] == [1.0, 0.0, 0.0]
 
 
 @pytest.mark.slow
@@ -180,3 +195,149 @@ def test_generation_continues_an_entity_in_the_style_of_the_url_it_is_given(trai
 
     assert generate(model, tokenizer, 'river', url=ALPHA, max_new_tokens=12).startswith(' is red')
     assert generate(model, tokenizer, 'river', url=BETA, max_new_tokens=12).startswith(' glows blue')
+
+
+# A random (untrained) tiny model with the BOS-adding tokenizer: exact ids in, exact numbers out, in seconds.
+BOS_MODEL_SEQ_LEN = 32
+ALPHA_PREFIX = [*byte_ids(f'URL: {ALPHA}'), NEWLINES_ID]  # "URL: alpha.example\n\n" tokenized alone, as in training
+
+
+@pytest.fixture(scope='module')
+def bos_model(bos_tokenizer_dir: Path, bos_tokenizer):
+    """yamls/tiny-cpu.yaml's model (flex attention), randomly initialised, for ``bos_tokenizer`` and 32 tokens."""
+    from llmfoundry.utils.builders import build_composer_model
+
+    cfg = train_config(
+        TINY_YAML,
+        [f'variables.tokenizer={bos_tokenizer_dir}', f'variables.max_seq_len={BOS_MODEL_SEQ_LEN}', *TINY_MODEL],
+    )['model']
+    torch.manual_seed(0)
+    return build_composer_model(name=cfg.pop('name'), cfg=cfg, tokenizer=bos_tokenizer).eval()
+
+
+def continuation_loss(model, ids: list[int], continuation_tokens: int) -> float:
+    """Mean loss of the last ``continuation_tokens`` of ``ids`` under one forward pass of ``model``."""
+    with torch.no_grad():
+        logits = language_model(model)(input_ids=torch.tensor([ids])).logits[0].float()
+    start = len(ids) - continuation_tokens
+    return float(F.cross_entropy(logits[start - 1 : -1], torch.tensor(ids[start:])))
+
+
+def test_a_prompt_is_laid_out_as_a_training_document_bos_then_the_prefix_of_the_urls_metadata(bos_tokenizer):
+    registered = MetadataConfig(kind='registered_domain', template='Source: {}\n\n')
+
+    assert prompt_ids(bos_tokenizer, 'river', f'https://{ALPHA.upper()}:8080/a/b?c=d') == [
+        BOS_ID,
+        *ALPHA_PREFIX,
+        *byte_ids('river'),
+    ]
+    assert prompt_ids(bos_tokenizer, 'river', 'https://en.wikipedia.org/wiki/X', registered) == [
+        BOS_ID,
+        *byte_ids('Source: wikipedia.org'),
+        NEWLINES_ID,
+        *byte_ids('river'),
+    ]
+    assert prompt_ids(bos_tokenizer, 'river', None) == [BOS_ID, *byte_ids('river')]
+    with pytest.raises(ValueError, match="gives no metadata of kind 'domain'"):
+        prompt_ids(bos_tokenizer, 'river', 'https:///no-host')
+
+
+def test_the_metadata_a_run_was_trained_with_is_read_from_its_yaml_and_overrides(tokenizer_dir):
+    overrides = ['train_loader.dataset.metadata.kind=registered_domain']
+
+    assert training_metadata(TINY_YAML, overrides) == MetadataConfig(kind='registered_domain')
+    assert training_metadata(None) == MetadataConfig()
+
+
+def test_generation_continues_the_training_layout_of_prompt_and_url(bos_model, bos_tokenizer):
+    ids = [BOS_ID, *ALPHA_PREFIX, *byte_ids('river')]
+    lm = generation_model(bos_model)
+    with torch.no_grad():
+        for _ in range(4):
+            ids.append(int(lm(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    expected = bos_tokenizer.decode(ids[-4:], skip_special_tokens=True)
+
+    assert generate(bos_model, bos_tokenizer, 'river', url=f'https://{ALPHA}/x', max_new_tokens=4) == expected
+
+
+def test_url_search_scores_bos_then_the_prefix_then_the_example(bos_model, bos_tokenizer):
+    score = score_url(bos_model, bos_tokenizer, [{'context': 'river', 'continuation': ' is red'}], f'https://{ALPHA}/x')
+    ids = [BOS_ID, *ALPHA_PREFIX, *byte_ids('river is red')]
+
+    assert score.url == f'https://{ALPHA}/x' and score.truncated == 0
+    assert score.loss == pytest.approx(continuation_loss(bos_model, ids, len(' is red')), abs=1e-6)
+
+
+def test_url_search_cuts_a_context_longer_than_the_model_from_the_left_keeping_prefix_and_continuation(
+    bos_model, bos_tokenizer, caplog
+):
+    long = {'context': 'the river and the mountain', 'continuation': ' is red'}  # 1 + 19 + 26 + 7 = 53 tokens
+    short = {'context': 'river', 'continuation': ' is red'}
+    with caplog.at_level(logging.INFO, logger='meco_callbacks.evaluation.url_search'):
+        score = score_url(bos_model, bos_tokenizer, [long, short], ALPHA)
+    kept = [BOS_ID, *ALPHA_PREFIX, *byte_ids('ntain is red')]  # 53 - 32 = 21 context bytes cut from the left
+    expected = (
+        continuation_loss(bos_model, kept, 7)
+        + continuation_loss(bos_model, [BOS_ID, *ALPHA_PREFIX, *byte_ids('river is red')], 7)
+    ) / 2
+
+    assert len(kept) == BOS_MODEL_SEQ_LEN and score.truncated == 1
+    assert score.loss == pytest.approx(expected, abs=1e-6)
+    assert f"{ALPHA}: 1 of 2 dev examples exceed the model's 32-token context" in caplog.text
+
+
+def test_url_search_refuses_an_example_whose_prefix_and_continuation_alone_exceed_the_model(bos_model, bos_tokenizer):
+    too_long = {'context': 'river', 'continuation': ' is red' * 2}  # 1 + 19 + 14 = 34 tokens before any context
+
+    with pytest.raises(ValueError, match='dev example 2: its prefix \\(20 tokens\\) and continuation \\(14 tokens\\)'):
+        score_url(bos_model, bos_tokenizer, [{'context': 'a', 'continuation': 'b'}, too_long], ALPHA)
+
+
+def test_icl_puts_the_training_prefix_of_a_full_url_right_before_a_zero_shot_question(bos_tokenizer, tmp_path):
+    from llmfoundry.utils.builders import build_icl_evaluators
+
+    (tmp_path / 'lm.jsonl').write_text(json.dumps({'context': 'river is', 'continuation': ' red'}) + '\n')
+    task = {
+        'label': 'lm',
+        'dataset_uri': str(tmp_path / 'lm.jsonl'),
+        'num_fewshot': [0, 1],
+        'icl_task_type': 'language_modeling',
+    }
+    tasks = conditioned_icl_tasks([task], {'lm': f'https://{ALPHA.upper()}/some/page'})
+    evaluators, _ = build_icl_evaluators(tasks, bos_tokenizer, 48, 1, destination_dir=str(tmp_path))
+    first = {ev.label: next(iter(ev.dataloader.dataloader)) for ev in evaluators}
+    tokens = {label: b['input_ids'][0][b['attention_mask'][0]].tolist() for label, b in first.items()}
+
+    assert [(t['label'], t['num_fewshot'], t.get('prompt_string')) for t in tasks] == [
+        ('lm_no_url', [0, 1], None),
+        ('lm_url', [0], f'URL: {ALPHA}\n\n'),
+        ('lm_url', [1], f'URL: {ALPHA}\n\n'),
+    ]
+    assert tokens['lm_no_url/0-shot'][:9] == [BOS_ID, *byte_ids('river is')]
+    assert tokens['lm_url/0-shot'] == [BOS_ID, *ALPHA_PREFIX, *tokens['lm_no_url/0-shot'][1:]]
+
+
+def test_token_losses_in_row_and_position_chunks_equal_one_whole_batch_pass(bos_model):
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(2, 258, (3, BOS_MODEL_SEQ_LEN), generator=generator)
+    labels = input_ids.clone()
+    labels[:, 0] = IGNORE_INDEX
+    labels[1, 10:14] = IGNORE_INDEX  # a prefix: context only
+    half = BOS_MODEL_SEQ_LEN // 2
+    batch = {
+        'input_ids': input_ids,
+        'labels': labels,
+        'sequence_id': torch.tensor([0] * half + [1] * half).repeat(3, 1),
+        'position_ids': torch.arange(half).repeat(2).repeat(3, 1),
+    }
+    lm = language_model(bos_model)
+    with torch.no_grad():
+        whole = _forward_token_losses(lm, batch, torch.device('cpu'), rows_per_forward=3, positions_per_chunk=10**6)
+        chunked = _forward_token_losses(lm, batch, torch.device('cpu'), rows_per_forward=1, positions_per_chunk=7)
+        inputs = {k: v for k, v in batch.items() if k != 'labels'}
+        logits = lm(**inputs).logits.float()
+    reference = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:].clamp(min=0), reduction='none')
+
+    assert whole.isnan().sum() == chunked.isnan().sum() == 3 + 4  # each row's first slot, the prefix's four
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0, equal_nan=True)
+    torch.testing.assert_close(whole[:, 1:][labels[:, 1:] != IGNORE_INDEX], reference[labels[:, 1:] != IGNORE_INDEX])

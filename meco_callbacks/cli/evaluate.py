@@ -8,12 +8,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
 
+from meco_callbacks.data.metadata import MetadataConfig
 from meco_callbacks.evaluation.conditional_loss import NO_URL, TRUE_URL, compare_conditions, mismatched_url
-from meco_callbacks.evaluation.trained_models import load_trained_model
+from meco_callbacks.evaluation.trained_models import load_trained_model, training_metadata
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -65,10 +67,28 @@ def run_icl(args: argparse.Namespace) -> None:
         cfg['output_dir'],
         int(cfg['icl_seq_len']),
         int(cfg.get('device_eval_batch_size', 4)),
-        cfg.get('url_template', 'URL: {}\n\n'),
+        icl_metadata(cfg),
     )
     print((Path(cfg['output_dir']) / 'icl_urls.md').read_text(), end='')
     logging.getLogger(__name__).info('%d rows written to %s', len(rows), cfg['output_dir'])
+
+
+def icl_metadata(cfg: dict) -> MetadataConfig:
+    """The metadata setting of the ICL prefixes: the train YAML's (``config``), else MeCo's default with ``url_template``.
+
+    A ``url_template`` that differs from the template the checkpoint was trained with is refused: the prompts
+    would carry a prefix the model never saw.
+    """
+    metadata = training_metadata(cfg.get('config'), cfg.get('config_overrides') or [])
+    template = cfg.get('url_template')
+    if template is None or template == metadata.template:
+        return metadata
+    if cfg.get('config'):
+        raise ValueError(
+            f'url_template {template!r} differs from the template {metadata.template!r} the model was trained with '
+            f'({cfg["config"]}); remove url_template from the eval YAML or make it match.'
+        )
+    return dataclasses.replace(metadata, template=template)
 
 
 def eval_config(path: str, overrides: list[str]) -> dict:

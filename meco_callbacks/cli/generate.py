@@ -3,7 +3,9 @@
   python recipes/generate.py --prompt "import json" --url docs.python.org --hf run/huggingface/ba40000
   python recipes/generate.py --prompt "..." --url en.wikipedia.org --config yamls/tiny-cpu.yaml \\
       --checkpoint run/checkpoints/latest-rank0.pt
-The URL becomes "URL: <url>\\n\\n" in front of the prompt, as in training; without --url the prompt is used as is.
+The URL becomes the prefix training put before its documents: the run's metadata of it (the domain, for kind
+domain: https://docs.python.org/3/library/ gives "URL: docs.python.org\\n\\n") in the run's template, read from
+--config, or MeCo's default for --hf; BOS first when the tokenizer adds one. Without --url the prompt is used as is.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import logging
 
 from meco_callbacks.cli.evaluate import add_model_args
 from meco_callbacks.evaluation.generation import generate
-from meco_callbacks.evaluation.trained_models import load_trained_model
+from meco_callbacks.evaluation.trained_models import load_trained_model, training_metadata
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line, load the model and print the continuation."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--prompt', required=True, help='the text to continue')
-    parser.add_argument('--url', help='a real or made-up domain to condition on, e.g. docs.python.org')
+    parser.add_argument('--url', help='a real or made-up URL or domain to condition on, e.g. docs.python.org')
     parser.add_argument('--max-new-tokens', type=int, default=64, help='tokens to generate (default 64)')
     parser.add_argument('--sample', action='store_true', help='sample instead of greedy decoding')
     parser.add_argument('--temperature', type=float, default=1.0, help='sampling temperature (with --sample)')
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
             args.prompt,
             args.url,
             args.max_new_tokens,
+            training_metadata(args.config, args.override),
             do_sample=args.sample,
             temperature=args.temperature,
             seed=args.seed,

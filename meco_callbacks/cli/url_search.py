@@ -2,7 +2,11 @@
 
   python recipes/url_search.py --dev dev.jsonl --candidates urls.txt --hf run/huggingface/ba40000 [--by accuracy]
 dev.jsonl: {"context": ..., "continuation": ...} per line (llm-foundry language_modeling format);
-urls.txt: one candidate domain per line (# comments allowed). Prints the ranking, best first.
+urls.txt: one candidate URL or domain per line (# comments allowed). Prints the ranking, best first.
+Each candidate becomes the prefix training put before its documents (the run's metadata of it, e.g. its domain, in
+the run's template, from --config; MeCo's default for --hf), after BOS when the tokenizer adds one. An example
+longer than the model's context has its context cut from the left, keeping the prefix and the continuation;
+the "cut" column counts them per candidate. An example whose prefix and continuation alone do not fit is an error.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import argparse
 import logging
 
 from meco_callbacks.cli.evaluate import add_model_args
-from meco_callbacks.evaluation.trained_models import load_trained_model
+from meco_callbacks.evaluation.trained_models import load_trained_model, training_metadata
 from meco_callbacks.evaluation.url_search import rank_urls, read_candidate_urls, read_dev_examples
 
 
@@ -30,8 +34,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     model, tokenizer = load_trained_model(args.config, args.checkpoint, args.hf, args.override, args.device)
-    ranked = rank_urls(model, tokenizer, read_dev_examples(args.dev), read_candidate_urls(args.candidates), args.by)
-    print(f'{"rank":>4}  {"loss":>8}  {"accuracy":>8}  url')
+    examples = read_dev_examples(args.dev)
+    metadata = training_metadata(args.config, args.override)
+    ranked = rank_urls(model, tokenizer, examples, read_candidate_urls(args.candidates), args.by, metadata)
+    print(f'{"rank":>4}  {"loss":>8}  {"accuracy":>8}  {"cut":>5}  url')
     for i, score in enumerate(ranked, 1):
-        print(f'{i:>4}  {score.loss:8.4f}  {score.accuracy:8.3f}  {score.url}')
+        print(f'{i:>4}  {score.loss:8.4f}  {score.accuracy:8.3f}  {score.truncated:>5}  {score.url}')
     print(f'best: {ranked[0].url}')

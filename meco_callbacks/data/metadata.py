@@ -29,6 +29,8 @@ _PLAIN_KINDS = ('domain', 'url', 'registered_domain', 'hash', 'none')
 
 def normalize_metadata(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> str:
     """One line of at most ``max_chars``: control and format characters dropped, whitespace runs -> one space."""
+    if text.isascii() and text.isprintable():  # the common case (hosts, URLs): nothing to drop, no per-char pass
+        return _WHITESPACE.sub(' ', text).strip()[:max_chars].strip()
     kept = ''.join(
         ' ' if ch.isspace() else ch
         for ch in text
@@ -147,12 +149,28 @@ class MetadataConfig:
             raw = url
         else:
             host = url_host(url, self.strip_www)
-            raw = {
-                'domain': host,
-                'registered_domain': registered_domain(host) if host else '',
-                'hash': domain_hash(host),
-            }[kind]
+            if kind == 'domain':
+                raw = host
+            elif kind == 'registered_domain':
+                raw = registered_domain(host) if host else ''
+            else:
+                raw = domain_hash(host)
         return normalize_metadata(raw, self.max_chars)
+
+    def metadata_for_prompt(self, url: str) -> str:
+        """The metadata a training document from ``url`` was conditioned on, for an inference prompt.
+
+        The same reduction as training (``metadata_for``: the domain of a full URL, for kind ``domain``), so a URL
+        typed at inference gives the prefix the model saw. Raises where training would have put no prefix, since a
+        conditioned prompt without one would silently be the unconditioned prompt.
+        """
+        metadata = self.metadata_for(url)
+        if not metadata:
+            raise ValueError(
+                f'{url!r} gives no metadata of kind {self.kind!r}, so the prompt would carry no prefix; give a URL '
+                'or domain such as docs.python.org (a column kind needs its value as kind constant:<value>).'
+            )
+        return metadata
 
     def prefix_for(self, metadata: str) -> str:
         """The prefix text for a metadata string ('' stays '': no prefix)."""

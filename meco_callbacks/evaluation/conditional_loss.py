@@ -99,18 +99,33 @@ def packed_positions(batch: PackedBatch, prefixed: bool, max_seq_len: int) -> np
     return out
 
 
-def _forward_token_losses(lm: torch.nn.Module, batch: Mapping[str, torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Per-slot loss ``[batch, seq]`` of predicting each label from the slot before; NaN where there is no label."""
-    inputs = {
-        k: v.to(device) for k, v in batch.items() if k in ('input_ids', 'attention_mask', 'sequence_id', 'position_ids')
-    }
-    logits = lm(**inputs).logits.float()
-    labels = batch['labels'].to(device)
-    losses = torch.full(labels.shape, float('nan'), device=device)
-    shifted = labels[:, 1:]
-    token_loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), shifted.clamp(min=0), reduction='none')
-    losses[:, 1:] = torch.where(shifted != IGNORE_INDEX, token_loss, torch.full_like(token_loss, float('nan')))
-    return losses.cpu()
+def _forward_token_losses(
+    lm: torch.nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    device: torch.device,
+    rows_per_forward: int = 1,
+    positions_per_chunk: int = 1024,
+) -> torch.Tensor:
+    """Per-slot loss ``[batch, seq]`` of predicting each label from the slot before; NaN where there is no label.
+
+    The model sees ``rows_per_forward`` rows at a time and their logits are upcast to fp32 ``positions_per_chunk``
+    slots at a time, so memory never holds ``[batch, seq, vocab]`` fp32 logits (33.6 GB at 8 x 8192 x 128,256).
+    """
+    labels = batch['labels']
+    losses = torch.full(labels.shape, float('nan'))
+    inputs = {k: v for k, v in batch.items() if k in ('input_ids', 'attention_mask', 'sequence_id', 'position_ids')}
+    for first in range(0, labels.shape[0], rows_per_forward):
+        rows = slice(first, first + rows_per_forward)
+        logits = lm(**{k: v[rows].to(device) for k, v in inputs.items()}).logits
+        targets = labels[rows, 1:].to(device)
+        for start in range(0, targets.shape[1], positions_per_chunk):
+            target = targets[:, start : start + positions_per_chunk]
+            chunk = logits[:, start : start + target.shape[1]].float()
+            token_loss = F.cross_entropy(chunk.transpose(1, 2), target.clamp(min=0), reduction='none')
+            token_loss = token_loss.masked_fill(target == IGNORE_INDEX, float('nan'))
+            losses[rows, 1 + start : 1 + start + target.shape[1]] = token_loss.cpu()
+        del logits
+    return losses
 
 
 @contextmanager

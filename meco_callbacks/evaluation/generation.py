@@ -1,7 +1,9 @@
 """Conditional generation: a continuation of a prompt, optionally behind a URL prefix that steers the model.
 
-Flex attention keeps no KV cache, so a MeCo model generates through the plain MPT that shares its weights
-(``MeCoMPTForCausalLM.to_mpt()``, ``attn_impl: torch``); an HF export is plain MPT already.
+The prompt's tokens are laid out as a training document's (``prompts.prompt_ids``: BOS when the tokenizer adds
+one, the prefix of the URL's training-time metadata, then the prompt). Flex attention keeps no KV cache, so a MeCo
+model generates through the plain MPT that shares its weights (``MeCoMPTForCausalLM.to_mpt()``,
+``attn_impl: torch``); an HF export is plain MPT already.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from typing import Any
 
 import torch
 
-from meco_callbacks.data.metadata import DEFAULT_TEMPLATE
+from meco_callbacks.data.metadata import MetadataConfig
 from meco_callbacks.evaluation.conditional_loss import language_model
-from meco_callbacks.evaluation.icl import url_prefix
+from meco_callbacks.evaluation.prompts import DEFAULT_METADATA, prompt_ids
 from meco_callbacks.model.mpt import MeCoMPTForCausalLM
 
 
@@ -28,16 +30,15 @@ def generate(
     prompt: str,
     url: str | None = None,
     max_new_tokens: int = 64,
-    template: str = DEFAULT_TEMPLATE,
+    metadata: MetadataConfig = DEFAULT_METADATA,
     do_sample: bool = False,
     temperature: float = 1.0,
     seed: int = 0,
 ) -> str:
-    """The continuation of ``prompt`` (without the prompt), with ``URL: <url>\\n\\n`` in front when ``url`` is given."""
-    text = (url_prefix(url, template) if url else '') + prompt
+    """The continuation of ``prompt`` (without the prompt), behind ``url``'s prefix (``URL: <domain>\\n\\n``) if given."""
     lm = generation_model(model)
     device = next(lm.parameters()).device
-    ids = torch.tensor([tokenizer(text, add_special_tokens=True)['input_ids']], device=device)
+    ids = torch.tensor([prompt_ids(tokenizer, prompt, url, metadata)], device=device)
     torch.manual_seed(seed)
     kwargs: dict[str, Any] = {'do_sample': do_sample}
     if do_sample:

@@ -1,9 +1,12 @@
 """In-context evaluation with and without a URL prefix, through llm-foundry's ICL evaluators.
 
-Each task runs twice: as configured (no URL) and with ``URL: <url>\\n\\n`` put once in front of the whole
-prompt, through the task's ``prompt_string`` (llm-foundry places it before the few-shot examples and the
-question), which is where MeCo's conditional inference puts it. URLs are normalised like training metadata,
-so a URL can never add a line to the prompt.
+Each task runs twice: as configured (no URL) and with its URL's prefix put once in front of the whole prompt,
+through the task's ``prompt_string`` (llm-foundry places it before the few-shot examples and the question), which
+is where MeCo's conditional inference puts it. The prefix is built as training builds it, through
+``MetadataConfig``: a full URL becomes the training-time metadata (its domain, for kind ``domain``), normalised so
+it can never add a line to the prompt. llm-foundry tokenizes ``prompt_string`` on its own with the tokenizer's BOS
+first, so at 0 shots the prompt's tokens are exactly a training document's ``[BOS] prefix text`` (see
+``conditioned_icl_tasks`` for the example delimiter); with shots it tokenizes the prefix together with the examples.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from meco_callbacks.data.metadata import DEFAULT_TEMPLATE, MetadataConfig, normalize_metadata
+from meco_callbacks.data.metadata import MetadataConfig
+from meco_callbacks.evaluation.prompts import DEFAULT_METADATA
 
 log = logging.getLogger(__name__)
 
@@ -23,19 +27,15 @@ NO_URL_SUFFIX = '_no_url'
 URL_SUFFIX = '_url'
 
 
-def url_prefix(url: str, template: str = DEFAULT_TEMPLATE) -> str:
-    """The prompt prefix for a URL, normalised like training metadata (one bounded line)."""
-    MetadataConfig(template=template)  # validates the template
-    text = normalize_metadata(url)
-    if not text:
-        raise ValueError(f'URL {url!r} is empty after normalisation; give a domain such as docs.python.org.')
-    return template.format(text)
-
-
 def conditioned_icl_tasks(
-    icl_tasks: Sequence[Mapping[str, Any]], urls: Mapping[str, str], template: str = DEFAULT_TEMPLATE
+    icl_tasks: Sequence[Mapping[str, Any]], urls: Mapping[str, str], metadata: MetadataConfig = DEFAULT_METADATA
 ) -> list[dict[str, Any]]:
-    """Each task twice: ``<label>_no_url`` as given and ``<label>_url`` with its URL's prefix before ``prompt_string``."""
+    """Each task as given (``<label>_no_url``) and, one task per shot count, behind its URL's prefix (``<label>_url``).
+
+    llm-foundry puts ``example_delimiter`` after a non-empty ``prompt_string``. At 0 shots, for a task without a
+    ``prompt_string`` of its own, the URL task's delimiter is '' so the question follows the prefix directly, as a
+    document follows it in training; with shots the delimiter separates the examples and follows the prefix too.
+    """
     labels = [str(t.get('label')) for t in icl_tasks]
     missing = sorted(set(labels) - set(urls))
     unknown = sorted(set(urls) - set(labels))
@@ -47,12 +47,16 @@ def conditioned_icl_tasks(
     out = []
     for task in icl_tasks:
         label = str(task['label'])
-        plain = copy.deepcopy(dict(task))
-        plain['label'] = label + NO_URL_SUFFIX
-        conditioned = copy.deepcopy(dict(task))
-        conditioned['label'] = label + URL_SUFFIX
-        conditioned['prompt_string'] = url_prefix(urls[label], template) + str(task.get('prompt_string', ''))
-        out += [plain, conditioned]
+        out.append({**copy.deepcopy(dict(task)), 'label': label + NO_URL_SUFFIX})
+        prefix = metadata.prefix_for(metadata.metadata_for_prompt(urls[label]))
+        for shots in task['num_fewshot']:
+            conditioned = copy.deepcopy(dict(task))
+            conditioned.update(
+                label=label + URL_SUFFIX, num_fewshot=[shots], prompt_string=prefix + str(task.get('prompt_string', ''))
+            )
+            if shots == 0 and not task.get('prompt_string'):
+                conditioned['example_delimiter'] = ''
+            out.append(conditioned)
     return out
 
 
@@ -138,10 +142,10 @@ def evaluate_icl_with_urls(
     out_dir: str | Path,
     icl_seq_len: int,
     device_eval_batch_size: int = 4,
-    template: str = DEFAULT_TEMPLATE,
+    metadata: MetadataConfig = DEFAULT_METADATA,
 ) -> list[dict[str, Any]]:
     """Run every task with and without its URL and write the Markdown and CSV table; returns its rows."""
-    tasks = conditioned_icl_tasks(icl_tasks, urls, template)
+    tasks = conditioned_icl_tasks(icl_tasks, urls, metadata)
     work = Path(out_dir) / 'icl_data'
     work.mkdir(parents=True, exist_ok=True)
     scores = run_icl(model, tokenizer, tasks, icl_seq_len, device_eval_batch_size, work)

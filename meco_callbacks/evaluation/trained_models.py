@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from meco_callbacks.data.metadata import MetadataConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -31,6 +33,18 @@ def train_config(config_path: str | Path, overrides: Sequence[str] = ()) -> dict
                 f'{config_path} has no `{key}:` block; pass the train YAML the checkpoint was trained with.'
             )
     return resolved
+
+
+def training_metadata(config_path: str | Path | None, overrides: Sequence[str] = ()) -> MetadataConfig:
+    """The metadata setting a model was trained with, which inference prompts must use.
+
+    The train YAML's ``train_loader.dataset.metadata`` block (with the run's overrides) when the YAML is given; an
+    HF directory carries no such record, so without a YAML it is MeCo's default (the domain, ``URL: {}\\n\\n``).
+    """
+    if config_path is None:
+        return MetadataConfig()
+    loader = train_config(config_path, overrides).get('train_loader') or {}
+    return MetadataConfig.from_dict((loader.get('dataset') or {}).get('metadata'))
 
 
 def load_composer_checkpoint(

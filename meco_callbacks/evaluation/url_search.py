@@ -4,6 +4,12 @@ The paper picked its steering URLs by hand; this scores every candidate on the t
 (llm-foundry's language-modeling format: ``{"context": ..., "continuation": ...}`` per JSON line) by the
 mean per-token loss of the continuations, or by the share of examples whose continuation the model
 predicts exactly token by token under greedy decoding (accuracy, llm-foundry's ``InContextLearningLMAccuracy``).
+
+Each example is laid out as a training document (``prompts.prompt_head``): BOS when the tokenizer adds one, the
+prefix of the candidate's training-time metadata, the context, the continuation. An example longer than the
+model's context is cut from the left of its context, keeping BOS, the prefix and the whole continuation, as
+llm-foundry's ICL evaluation trims; a longer prefix leaves less of the context. Each candidate's score counts
+the examples it cut (logged). An example whose prefix and continuation alone do not fit is an error naming it.
 """
 
 from __future__ import annotations
@@ -19,20 +25,21 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from meco_callbacks.data.metadata import DEFAULT_TEMPLATE
+from meco_callbacks.data.metadata import MetadataConfig
 from meco_callbacks.evaluation.conditional_loss import language_model
-from meco_callbacks.evaluation.icl import url_prefix
+from meco_callbacks.evaluation.prompts import DEFAULT_METADATA, prompt_head
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class UrlScore:
-    """One candidate's result: mean continuation loss and exact-match accuracy over the dev examples."""
+    """One candidate's result: mean continuation loss, exact-match accuracy, and how many contexts were cut."""
 
     url: str
     loss: float
     accuracy: float
+    truncated: int = 0
 
 
 def read_dev_examples(path: str | Path) -> list[dict[str, str]]:
@@ -64,24 +71,64 @@ def read_candidate_urls(path: str | Path) -> list[str]:
     return urls
 
 
+def context_length(lm: torch.nn.Module) -> int | None:
+    """The longest input the model takes (MPT's ``max_seq_len``, else the HF config's position count); None if unset."""
+    config = getattr(lm, 'config', None)
+    for name in ('max_seq_len', 'max_position_embeddings', 'n_positions'):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def fit_example(head: list[int], context: list[int], continuation: list[int], window: int | None, n: int) -> list[int]:
+    """``head + context + continuation``, its context cut from the left to ``window`` tokens (dev example ``n``)."""
+    excess = len(head) + len(context) + len(continuation) - window if window else 0
+    if excess <= 0:
+        return head + context + continuation
+    if excess > len(context) - (0 if head else 1):
+        raise ValueError(
+            f'dev example {n}: its prefix ({len(head)} tokens) and continuation ({len(continuation)} tokens) do not '
+            f"fit the model's {window}-token context with any of its context before them; shorten it or drop it."
+        )
+    return head + context[excess:] + continuation
+
+
 def score_url(
-    model: torch.nn.Module, tokenizer: Any, examples: Sequence[dict[str, str]], prefix: str
-) -> tuple[float, float]:
-    """(mean continuation loss per token, exact-match accuracy) of the examples with ``prefix`` before each context."""
+    model: torch.nn.Module,
+    tokenizer: Any,
+    examples: Sequence[dict[str, str]],
+    url: str,
+    metadata: MetadataConfig = DEFAULT_METADATA,
+) -> UrlScore:
+    """The examples' mean continuation loss per token and exact-match accuracy behind ``url``'s prefix."""
     lm = language_model(model)
     device = next(lm.parameters()).device
-    loss_sum, tokens, correct = 0.0, 0, 0
-    for example in examples:
-        context = tokenizer(prefix + example['context'], add_special_tokens=False)['input_ids']
+    window = context_length(lm)
+    head = prompt_head(tokenizer, url, metadata)
+    loss_sum, tokens, correct, truncated = 0.0, 0, 0, 0
+    for n, example in enumerate(examples, 1):
+        context = tokenizer(example['context'], add_special_tokens=False)['input_ids']
         continuation = tokenizer(example['continuation'], add_special_tokens=False)['input_ids']
-        ids = torch.tensor([context + continuation], device=device)
+        fitted = fit_example(head, context, continuation, window, n)
+        truncated += len(fitted) < len(head) + len(context) + len(continuation)
+        ids = torch.tensor([fitted], device=device)
+        start = len(fitted) - len(continuation)
         with torch.no_grad():
-            logits = lm(input_ids=ids).logits[0, len(context) - 1 : -1].float()
-        target = ids[0, len(context) :]
+            logits = lm(input_ids=ids).logits[0, start - 1 : -1].float()
+        target = ids[0, start:]
         loss_sum += float(F.cross_entropy(logits, target, reduction='sum'))
         tokens += len(continuation)
         correct += int(torch.equal(logits.argmax(-1), target))
-    return loss_sum / tokens, correct / len(examples)
+    if truncated:
+        log.info(
+            "%s: %d of %d dev examples exceed the model's %d-token context; their contexts were cut from the left",
+            url,
+            truncated,
+            len(examples),
+            window,
+        )
+    return UrlScore(url, loss_sum / tokens, correct / len(examples), truncated)
 
 
 def rank_urls(
@@ -90,7 +137,7 @@ def rank_urls(
     examples: Sequence[dict[str, str]],
     candidates: Sequence[str],
     by: str = 'loss',
-    template: str = DEFAULT_TEMPLATE,
+    metadata: MetadataConfig = DEFAULT_METADATA,
 ) -> list[UrlScore]:
     """Candidates best first: by lower loss (``by='loss'``) or higher accuracy then lower loss (``by='accuracy'``)."""
     if by not in ('loss', 'accuracy'):
@@ -99,8 +146,7 @@ def rank_urls(
     was_training = lm.training
     lm.eval()
     scores = [
-        UrlScore(url, *score_url(model, tokenizer, examples, url_prefix(url, template)))
-        for url in tqdm(candidates, desc='URL search', leave=False)
+        score_url(model, tokenizer, examples, url, metadata) for url in tqdm(candidates, desc='URL search', leave=False)
     ]
     lm.train(was_training)
     key = (lambda s: s.loss) if by == 'loss' else (lambda s: (-s.accuracy, s.loss))

@@ -1,0 +1,32 @@
+"""Inference prompts laid out as training lays out a document: BOS, the metadata prefix, then the text.
+
+Training puts a document's BOS first (when the tokenizer adds one), then its prefix, tokenized on its own by the
+loader's ``PrefixTokens`` from the ``MetadataConfig`` metadata of the document's URL, then the document's tokens.
+Generation and URL search build prompts through the same pieces, so the model sees at inference the tokens it was
+conditioned on: a full URL becomes the training-time metadata (its domain, for kind ``domain``), and the prefix's
+trailing "\\n\\n" is not merged into the prompt's first word as tokenizing the joined text would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meco_callbacks.data.metadata import MetadataConfig
+from meco_callbacks.data.prefix import PrefixTokens
+from meco_callbacks.tokenizer.fingerprint import adds_bos_token
+
+DEFAULT_METADATA = MetadataConfig()
+"""MeCo's default setting (the URL's domain in ``URL: {}\\n\\n``), for models whose train YAML is not at hand."""
+
+
+def prompt_head(tokenizer: Any, url: str | None, metadata: MetadataConfig = DEFAULT_METADATA) -> list[int]:
+    """BOS when the tokenizer adds one, then the prefix training puts before a document from ``url`` (none if None)."""
+    head = [tokenizer.bos_token_id] if adds_bos_token(tokenizer) else []
+    if url is None:
+        return head
+    return head + PrefixTokens(tokenizer, metadata)(metadata.metadata_for_prompt(url)).tolist()
+
+
+def prompt_ids(tokenizer: Any, text: str, url: str | None, metadata: MetadataConfig = DEFAULT_METADATA) -> list[int]:
+    """The token ids of ``text`` behind ``url``'s prefix, laid out as a training document (see the module docstring)."""
+    return prompt_head(tokenizer, url, metadata) + tokenizer(text, add_special_tokens=False)['input_ids']
