@@ -132,7 +132,7 @@ def run_authors_method(paths: list[Path], tokenizer_dir: str, out: Path, workers
     """(b): load the tiktoken encoding, read all lines into memory, split them into N contiguous ranges, a pool of N."""
     from transformers import AutoTokenizer
 
-    from meco_callbacks.corpus.tokenization import tiktoken_encoding_for
+    from meco_callbacks.corpus.tiktoken_encoding import tiktoken_encoding_for
 
     encoding, _ = tiktoken_encoding_for(AutoTokenizer.from_pretrained(tokenizer_dir))
     lines = [line for path in paths for line in open(path, encoding='utf-8')]
@@ -207,7 +207,7 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> None:
         )
     from transformers import AutoTokenizer
 
-    from meco_callbacks.corpus.tokenization import tiktoken_encoding_for
+    from meco_callbacks.corpus.tiktoken_encoding import tiktoken_encoding_for
 
     encoding, _ = tiktoken_encoding_for(AutoTokenizer.from_pretrained(tokenizer_dir))
     workers = args.num_workers

@@ -11,8 +11,9 @@ import pytest
 from conftest import synthetic_documents
 from test_tokenization import merges_into_eos_tokenizer
 
-from meco_callbacks.corpus.documents import DocumentPolicy, convert_documents
-from meco_callbacks.corpus.readers import FieldMapping, InputError
+from meco_callbacks.corpus.document_checks import DocumentPolicy
+from meco_callbacks.corpus.documents import convert_documents
+from meco_callbacks.corpus.sources import FieldMapping, InputError
 from meco_callbacks.formats import read_dataset_info
 
 GOOD = {'text': 'a page about rivers', 'url': 'https://en.wikipedia.org/wiki/River'}
@@ -50,7 +51,7 @@ BAD_LINES = {
     'missing_url (null)': record(text='a page', url=None),
     'empty_url': record(text='a page', url=''),
     'url_not_string': record(text='a page', url=['https://a.org']),
-    'url_has_whitespace': record(text='a page', url='https://a.org/a page'),
+    'url_has_whitespace': record(text='a page', url='https://a.org/a\tpage'),
     'url_has_whitespace (newline injection)': record(text='a page', url='https://a.org\n\nIgnore the above'),
     'url_has_control_characters': record(text='a page', url='https://a.org/\x07bell'),
     'url_has_control_characters (bidi override)': record(text='a page', url='https://a.org/\u202egro.live'),
@@ -100,6 +101,49 @@ def test_a_file_with_a_byte_order_mark_is_read(tmp_path, tokenizer):
     source.write_bytes(b'\xef\xbb\xbf' + GOOD_LINE + b'\n')
     convert([source], tmp_path / 'out', tokenizer)
     assert urls_written(tmp_path / 'out') == [GOOD['url']]
+
+
+def test_a_marked_file_cut_into_units_gives_each_document_once(tmp_path, tokenizer):
+    # Issue 15 item 1. Lines of equal length; the second unit starts exactly where line 10 starts (after the
+    # 3-byte mark), so a reader that forgot the mark's bytes ends unit 0 three bytes late and reads line 10 twice.
+    lines = [record(text=f'document {i:02d}', url=f'https://a.org/{i:02d}') for i in range(30)]
+    source = tmp_path / 'docs.jsonl'
+    source.write_bytes(b'\xef\xbb\xbf' + b''.join(line + b'\n' for line in lines))
+    convert([source], tmp_path / 'out', tokenizer, unit_bytes=3 + 10 * (len(lines[0]) + 1))
+    info = read_dataset_info(tmp_path / 'out')
+    assert info['conversion']['units'] == 3
+    assert urls_written(tmp_path / 'out') == [f'https://a.org/{i:02d}' for i in range(30)]
+    assert (info['stats']['documents_read'], info['stats']['documents_written']) == (30, 30)
+
+
+def test_spaces_in_a_url_are_percent_encoded_and_counted_by_default(tmp_path, tokenizer):
+    # Issue 20 item 8: a space inside a path is common in real file names and harmless once encoded.
+    source = tmp_path / 'docs.jsonl'
+    source.write_bytes(
+        record(text='a page', url='https://docs.example.org/My Guide/page one.html') + b'\n' + GOOD_LINE + b'\n'
+    )
+    convert([source], tmp_path / 'out', tokenizer)
+    stats = read_dataset_info(tmp_path / 'out')['stats']
+    assert urls_written(tmp_path / 'out') == ['https://docs.example.org/My%20Guide/page%20one.html', GOOD['url']]
+    assert (stats['urls_spaces_encoded'], stats['skipped']) == (1, {})
+
+
+def test_url_spaces_skip_drops_documents_whose_url_has_a_space(tmp_path, tokenizer):
+    source = tmp_path / 'docs.jsonl'
+    source.write_bytes(record(text='a page', url='https://a.org/a page') + b'\n' + GOOD_LINE + b'\n')
+    convert([source], tmp_path / 'out', tokenizer, policy=DocumentPolicy(url_spaces='skip'))
+    stats = read_dataset_info(tmp_path / 'out')['stats']
+    assert urls_written(tmp_path / 'out') == [GOOD['url']]
+    assert (stats['urls_spaces_encoded'], stats['skipped']) == (0, {'url_has_whitespace': 1})
+
+
+def test_a_url_made_too_long_by_encoding_its_spaces_is_skipped(tmp_path, tokenizer):
+    url = 'https://a.org/' + ' ' * 10
+    source = tmp_path / 'docs.jsonl'
+    source.write_bytes(record(text='a page', url=url) + b'\n')
+    convert([source], tmp_path / 'out', tokenizer, policy=DocumentPolicy(max_url_chars=len(url) + 19))
+    stats = read_dataset_info(tmp_path / 'out')['stats']
+    assert (stats['urls_spaces_encoded'], stats['skipped']) == (0, {'url_too_long': 1})
 
 
 def test_an_empty_input_file_is_reported(tmp_path, tokenizer):

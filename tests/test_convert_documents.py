@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from conftest import synthetic_documents
 
-from meco_callbacks.corpus.documents import ConversionError, DocumentPolicy, convert_documents
-from meco_callbacks.corpus.readers import FieldMapping, InputError
+from meco_callbacks.corpus.document_checks import DocumentPolicy
+from meco_callbacks.corpus.documents import convert_documents
+from meco_callbacks.corpus.errors import ConversionError
+from meco_callbacks.corpus.sources import FieldMapping, InputError
 from meco_callbacks.formats import DOCUMENT_FORMAT, read_dataset_info
 from meco_callbacks.tokenizer.fingerprint import tokenizer_info
 
@@ -66,6 +68,7 @@ def test_info_file_records_format_tokenizer_backend_and_counts(tmp_path, tokeniz
         'tokens_written': tokens,
         'skipped': {},
         'urls_replaced_by_placeholder': {},
+        'urls_spaces_encoded': 0,
         'metadata_missing': {},
         'files_unreadable': {},
         'inputs_read': 1,
@@ -203,6 +206,26 @@ def test_nested_url_in_a_parquet_struct_column(tmp_path, tokenizer):
         fields=FieldMapping(url='metadata.url', metadata=('metadata.dump',)),
     )
     assert [(r['url'], r['dump']) for r in read_rows(tmp_path / 'out')] == [(d['url'], 'CC') for d in DOCS[:5]]
+
+
+def test_mds_text_with_numeric_and_json_columns(tmp_path, tokenizer):
+    # Numbers are carried as text the way the packer carries an MDS column; a json column is looked into.
+    from streaming import MDSWriter
+
+    columns = {'text': 'str', 'meta': 'json', 'quality': 'float32', 'votes': 'int'}
+    with MDSWriter(out=str(tmp_path / 'mds'), columns=columns, size_limit=200) as writer:
+        for i, doc in enumerate(DOCS[:6]):
+            writer.write(
+                {'text': doc['text'], 'meta': {'url': doc['url'], 'tags': ['a', i]}, 'quality': 0.87, 'votes': i}
+            )
+    fields = FieldMapping(url='meta.url', metadata=('quality', 'votes', 'meta.tags'))
+    convert([tmp_path / 'mds'], tmp_path / 'out', tokenizer, fields=fields)
+    rows = read_rows(tmp_path / 'out')
+    assert len(json.loads((tmp_path / 'mds' / 'index.json').read_text())['shards']) > 1
+    assert [(r['url'], r['quality'], r['votes'], r['tags']) for r in rows] == [
+        (doc['url'], '0.87', str(i), f'["a", {i}]') for i, doc in enumerate(DOCS[:6])
+    ]
+    assert [r['input_ids'].tolist() for r in rows] == [expected_ids(tokenizer, doc['text']) for doc in DOCS[:6]]
 
 
 def _release_mds(directory: Path, rows: list[dict], dtype, compression: str | None = None) -> Path:

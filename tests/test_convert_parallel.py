@@ -14,7 +14,9 @@ import psutil
 import pytest
 from conftest import REPO_ROOT, synthetic_documents
 
-from meco_callbacks.corpus.documents import ConversionError, convert_documents, merge_document_parts
+from meco_callbacks.corpus.document_merge import merge_document_parts
+from meco_callbacks.corpus.documents import convert_documents
+from meco_callbacks.corpus.errors import ConversionError
 from meco_callbacks.formats import read_dataset_info
 
 

@@ -7,13 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import synthetic_documents
 
-from meco_callbacks.corpus.tokenization import (
-    HARD_STRINGS,
-    BackendError,
-    build_tokenizer_backend,
-    hard_strings_for,
-    tiktoken_encoding_for,
-)
+from meco_callbacks.corpus.tiktoken_encoding import BackendError, tiktoken_encoding_for
+from meco_callbacks.corpus.tokenization import HARD_STRINGS, build_tokenizer_backend, hard_strings_for
 
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
@@ -302,3 +297,36 @@ def test_a_vocabulary_token_outside_the_byte_level_alphabet_is_not_expressible(g
 
     with pytest.raises(BackendError, match="vocabulary token 'a b' is not in the byte-level alphabet"):
         tiktoken_encoding_for(_edited(gpt2_style, tmp_path, add_a_raw_space_token))
+
+
+def _xyz_tokenizer(out_dir: Path, ignore_merges: bool):
+    """Bytes as ids 0-255, then merges y+z (256), x+y (257), xy+z (258): the merges alone turn "xyz" into x, yz."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    chars = bytes_to_unicode()
+    vocab = {chars[byte]: byte for byte in range(256)} | {'yz': 256, 'xy': 257, 'xyz': 258}
+    backend = Tokenizer(models.BPE(vocab, [('y', 'z'), ('x', 'y'), ('xy', 'z')], ignore_merges=ignore_merges))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([EOS])
+    return _wrap(backend, out_dir, eos_token=EOS)
+
+
+def test_a_bpe_that_only_merges_and_cannot_build_a_token_falls_back_to_hf(tmp_path):
+    # Issue 15 item 3: tiktoken looks "xyz" up whole (258); Hugging Face without ignore_merges only merges. No hard
+    # string and no sample text holds "xyz", so only the check of the vocabulary itself can see it.
+    tokenizer = _xyz_tokenizer(tmp_path, ignore_merges=False)
+    backend = build_tokenizer_backend(tokenizer, 'auto', sample_texts=['a page about rivers'])
+    assert backend.name == 'hf'
+    assert backend.reason == (
+        'tiktoken fell back to hf: its BPE model merges without looking whole pieces up (ignore_merges is false), '
+        "and vocabulary token 'xyz' is not what its own merges build (['x', 'yz']), while tiktoken would give it whole"
+    )
+    assert backend.encode_batch(['xyz']) == _hf_ids(tokenizer, ['xyz']) == [[120, 256]]
+
+
+def test_the_same_bpe_with_ignore_merges_is_run_by_tiktoken(tmp_path):
+    tokenizer = _xyz_tokenizer(tmp_path, ignore_merges=True)
+    backend = build_tokenizer_backend(tokenizer, 'tiktoken')
+    assert backend.encode_batch(['xyz']) == _hf_ids(tokenizer, ['xyz']) == [[258]]

@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 
 DESCRIPTION = """\
 Tokenize a corpus once into a document MDS: one row per document with input_ids (uint32, no BOS/EOS),
@@ -23,9 +24,10 @@ Inputs (any number of files, globs and directories, converted in the order given
 
 Bad records are skipped and counted by reason (documents read = written + skipped): malformed JSON,
 invalid UTF-8, no text, non-string or empty text, text over --max-document-chars, a missing/empty/non-string
-URL (or kept with --placeholder-url under --missing-url placeholder), a URL with whitespace, control
-characters or over --max-url-chars. Files that cannot be read are counted per file. The counts, the
-tokenizer's fingerprint and the backend used go to meco_dataset.json beside index.json.
+URL (or kept with --placeholder-url under --missing-url placeholder), a URL with line breaks, tabs or other
+whitespace, control characters or over --max-url-chars. Spaces in a URL are written as %20 and counted
+(--url-spaces skip drops such documents instead). Files that cannot be read are counted per file. The counts,
+the tokenizer's fingerprint and the backend used go to meco_dataset.json beside index.json.
 
 Tokenization: document text always stays text (a literal <|endoftext|> never becomes the EOS id).
 --tokenizer-backend auto runs tiktoken when it reproduces the Hugging Face ids exactly, checked on built-in
@@ -81,6 +83,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         '--placeholder-url', default='', help="URL stored for such documents (default '': they get no metadata prefix)"
     )
+    parser.add_argument(
+        '--url-spaces',
+        choices=('encode', 'skip'),
+        default='encode',
+        help="a URL's spaces are written as %%20, counted as urls_spaces_encoded (default), or the document is skipped",
+    )
     parser.add_argument('--max-url-chars', type=int, default=2000, help='longer URLs are skipped (default 2000)')
     parser.add_argument(
         '--max-document-chars', type=int, default=16_000_000, help='longer texts are skipped (default 16,000,000)'
@@ -117,16 +125,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Convert and print the dataset info as JSON; exit 2 with the reason when the input or output is refused."""
+    started = time.perf_counter()  # the run's figures count loading the libraries below
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
-    from meco_callbacks.corpus.documents import ConversionError, DocumentPolicy, convert_documents
-    from meco_callbacks.corpus.readers import FieldMapping
+    from meco_callbacks.corpus.document_checks import DocumentPolicy
+    from meco_callbacks.corpus.documents import convert_documents
+    from meco_callbacks.corpus.errors import ConversionError
+    from meco_callbacks.corpus.sources import FieldMapping
 
     try:
         fields = FieldMapping(
             args.text_field, args.url_field, tuple(name for name in args.metadata_fields.split(',') if name)
         )
-        policy = DocumentPolicy(args.missing_url, args.placeholder_url, args.max_url_chars, args.max_document_chars)
+        policy = DocumentPolicy(
+            args.missing_url, args.placeholder_url, args.max_url_chars, args.max_document_chars, args.url_spaces
+        )
         report = convert_documents(
             args.inputs,
             args.output,
@@ -140,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             unit_bytes=max(1, int(args.unit_mb * (1 << 20))),
             overwrite=args.overwrite,
             progress=not args.no_progress,
+            started=started,
         )
     except (ValueError, OSError, ConversionError) as error:
         print(f'error: {error}', file=sys.stderr)

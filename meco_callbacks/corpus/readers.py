@@ -1,89 +1,29 @@
-"""Input formats for corpus conversion: find the sources, cut them into units of work, read their records.
-
-Formats: JSON Lines (``.jsonl``, ``.json``, ``.ndjson``, each optionally ``.gz`` or ``.zst``), a JSON array in a
-``.json`` file, Parquet, a Hugging Face dataset saved with ``save_to_disk``, and MDS: either text with a URL, or
-the MeCo authors' per-document token format (``input_ids`` as ``uint32`` or ``int32`` arrays, ``url``,
-``length``), whose tokens are passed through. Fields are dotted paths into a record (``metadata.url``).
+"""Corpus conversion reading: a unit's records, in input order, as raw fields or a counted reason they cannot be read.
 
 Readers only parse. A line that is not JSON, not UTF-8 or not an object becomes a counted ``Skip``; judging a
-record's text and URL is the conversion's job. A unit is a byte range of a plain JSON Lines file, a whole
-compressed or array file, a run of Parquet row groups, one Arrow file, or a run of MDS shards: units never
-depend on the number of workers, so every worker count gives the same output.
+record's text and URL is ``document_checks``'s job. ``UnitReader.bytes_done`` follows the unit's input, so that
+progress is reported in input bytes. MDS inputs are decoded with ``corpus.mds``, the decoder the packer uses:
+each shard's columns are located for all its samples at once.
 """
 
 from __future__ import annotations
 
-import glob
-import gzip
-import io
 import json
-import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
 import zstandard
+from streaming.base.format.mds.encodings import mds_decode
+
+from meco_callbacks.corpus import mds
+from meco_callbacks.corpus.sources import FieldMapping, Unit, UnreadableFile, decompressed, mds_index
 
 MISSING: Any = type('Missing', (), {'__repr__': lambda self: 'MISSING'})()
 """What a field lookup returns when the record has no such field (``None`` is a present null)."""
 
-JSON_SUFFIXES = ('.jsonl', '.json', '.ndjson')
-COMPRESSIONS = {'.gz': 'gzip', '.zst': 'zstd', '.zstd': 'zstd'}
-TOKEN_ENCODINGS = ('ndarray:uint32', 'ndarray:int32')
-
-
-class InputError(ValueError):
-    """The inputs or field names cannot be converted as given; the message says what to change."""
-
-
-class UnreadableFile(Exception):
-    """A file could not be read (corrupt, truncated, permission denied); its problem is counted, not fatal."""
-
-
-@dataclass(frozen=True)
-class FieldMapping:
-    """Where a record keeps its text, its URL and the extra metadata columns to carry along (dotted paths)."""
-
-    text: str = 'text'
-    url: str = 'url'
-    metadata: tuple[str, ...] = ()
-
-    def metadata_columns(self) -> dict[str, str]:
-        """Output column name (the path's last part) -> field path, refusing clashes."""
-        columns: dict[str, str] = {}
-        for path in self.metadata:
-            name = path.rsplit('.', 1)[-1]
-            if name in columns or name in ('input_ids', 'length', 'url'):
-                raise InputError(
-                    f'metadata field {path!r} would be stored as column {name!r}, which is already taken; '
-                    'metadata columns are named by the last part of their path and must be distinct'
-                )
-            columns[name] = path
-        return columns
-
-
-@dataclass(frozen=True)
-class Source:
-    """One input (absolute path): a file, one Arrow file of a Hugging Face dataset, or an MDS directory."""
-
-    path: str
-    format: str  # 'jsonl', 'json-array', 'parquet', 'arrow', 'mds-text' or 'mds-tokens'
-    compression: str | None
-    size: int
-    mtime_ns: int
-
-
-@dataclass(frozen=True)
-class Unit:
-    """A piece of one source converted on its own: a byte, row-group or shard range ``[start, stop)``."""
-
-    index: int
-    source: Source
-    start: int
-    stop: int
-    size: int
+BYTE_ORDER_MARK = b'\xef\xbb\xbf'
 
 
 @dataclass
@@ -104,14 +44,6 @@ class Skip:
     reason: str
 
 
-@dataclass
-class Discovery:
-    """The sources found for the inputs, and the files that could not be opened at all (path -> problem)."""
-
-    sources: list[Source] = field(default_factory=list)
-    unreadable: dict[str, str] = field(default_factory=dict)
-
-
 def lookup(record: Any, path: str) -> Any:
     """The value at a dotted ``path`` in nested dicts (a key that itself contains the dots wins), else MISSING."""
     if isinstance(record, dict) and path in record:
@@ -122,59 +54,6 @@ def lookup(record: Any, path: str) -> Any:
             return MISSING
         value = value[part]
     return value
-
-
-def find_sources(inputs: Sequence[str], fields: FieldMapping, require_url: bool = True) -> Discovery:
-    """Expand files, globs and dataset directories into sources, checking column names of typed formats.
-
-    Raises InputError for an input that matches nothing or whose format is unknown, and for Parquet, Arrow or
-    MDS data without the named text, metadata or (when ``require_url``) URL column.
-    """
-    wanted = [('text', fields.text)] + [('url', fields.url)] * require_url + [('metadata', p) for p in fields.metadata]
-    found = Discovery()
-    seen: set[str] = set()
-    for pattern in inputs:
-        paths = sorted(glob.glob(pattern, recursive=True)) if any(c in pattern for c in '*?[') else [pattern]
-        if not paths:
-            raise InputError(f'input pattern {pattern!r} matches no files')
-        for path in map(os.path.abspath, paths):
-            if path in seen:
-                continue
-            seen.add(path)
-            if not os.path.lexists(path):
-                raise InputError(f'input {path!r} does not exist')
-            try:
-                found.sources.extend(_sources_at(path, wanted))
-            except UnreadableFile as problem:
-                found.unreadable[path] = str(problem)
-    return found
-
-
-def plan_units(sources: Sequence[Source], unit_bytes: int) -> list[Unit]:
-    """Cut sources into units of about ``unit_bytes`` of input; every source gets at least one unit."""
-    units: list[Unit] = []
-
-    def add(source: Source, start: int, stop: int, size: int) -> None:
-        units.append(Unit(len(units), source, start, stop, size))
-
-    for source in sources:
-        if source.format == 'jsonl' and source.compression is None and source.size > 0:
-            for start in range(0, source.size, unit_bytes):
-                stop = min(start + unit_bytes, source.size)
-                add(source, start, stop, stop - start)
-        elif source.format in ('parquet', 'mds-text', 'mds-tokens'):
-            sizes = _parquet_group_sizes(source) if source.format == 'parquet' else _mds_shard_sizes(source)
-            start, total = 0, 0
-            for i, size in enumerate(sizes):
-                total += size
-                if total >= unit_bytes or i == len(sizes) - 1:
-                    add(source, start, i + 1, total)
-                    start, total = i + 1, 0
-            if not sizes:
-                add(source, 0, 0, 0)
-        else:
-            add(source, 0, 1, source.size)
-    return units
 
 
 class UnitReader:
@@ -207,10 +86,11 @@ class UnitReader:
         if not isinstance(obj, dict):
             return Skip('not_a_json_object')
         return Record(
-            text=lookup(obj, self.fields.text),
-            url=lookup(obj, self.fields.url),
-            metadata={name: lookup(obj, path) for name, path in self.metadata_columns.items()},
+            text=lookup(obj, self.fields.text), url=lookup(obj, self.fields.url), metadata=self._metadata(obj)
         )
+
+    def _metadata(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return {name: lookup(obj, path) for name, path in self.metadata_columns.items()}
 
     def _jsonl(self) -> Iterator[Record | Skip]:
         unit = self.unit
@@ -220,56 +100,39 @@ class UnitReader:
             for line in stream:
                 if position >= unit.stop and unit.source.compression is None:
                     break
-                if position == 0 and line.startswith(b'\xef\xbb\xbf'):
-                    line = line[3:]
-                position += len(line)
+                at_start, position = position == 0, position + len(line)  # the mark counts: units cut raw bytes
+                if at_start and line.startswith(BYTE_ORDER_MARK):
+                    line = line[len(BYTE_ORDER_MARK) :]
                 self.bytes_done = (position - start) if unit.source.compression is None else raw.tell()
                 if not line or line.isspace():
                     yield Skip('blank_line')
                     continue
-                try:
-                    obj = json.loads(line.decode('utf-8'))
-                except UnicodeDecodeError:
-                    yield Skip('invalid_utf8')
-                    continue
-                except ValueError:
-                    yield Skip('malformed_json')
-                    continue
-                yield self._record(obj)
+                obj = _parsed(line)
+                yield obj if isinstance(obj, Skip) else self._record(obj)
 
     def _json_array(self) -> Iterator[Record | Skip]:
         with open(self.unit.source.path, 'rb') as raw:
-            data = _decompressed(raw, self.unit.source.compression).read()
-        try:
-            items = json.loads(data.decode('utf-8'))
-        except UnicodeDecodeError:
-            yield Skip('invalid_utf8')
-            return
-        except ValueError:
-            yield Skip('malformed_json')
+            items = _parsed(decompressed(raw, self.unit.source.compression).read())
+        if isinstance(items, Skip):
+            yield items
             return
         for item in items if isinstance(items, list) else [items]:
             yield self._record(item)
 
-    def _columns(self) -> list[str]:
-        """Top-level columns a lookup may need: the path itself (a name with dots) and its first part."""
+    def _needed(self, names: Any) -> list[str]:
+        """The top-level columns among ``names`` that a lookup may need: a path itself (dotted names) and its first part."""
         paths = [self.fields.text, self.fields.url, *self.metadata_columns.values()]
-        return list(dict.fromkeys(name for path in paths for name in (path, path.split('.', 1)[0])))
-
-    def _rows(self, table: Any) -> Iterator[Record | Skip]:
-        names = set(table.column_names)
-        columns = [name for name in self._columns() if name in names]
-        for row in table.select(columns).to_pylist():
-            yield self._record(row)
+        wanted = dict.fromkeys(name for path in paths for name in (path, path.split('.', 1)[0]))
+        return [name for name in wanted if name in set(names)]
 
     def _parquet(self) -> Iterator[Record | Skip]:
         import pyarrow.parquet as pq
 
         parquet = pq.ParquetFile(self.unit.source.path)
-        names = set(parquet.schema_arrow.names)
-        columns = [name for name in self._columns() if name in names]  # wide files: read only what is needed
+        columns = self._needed(parquet.schema_arrow.names)  # wide files: read only what is needed
         for group in range(self.unit.start, self.unit.stop):
-            yield from self._rows(parquet.read_row_group(group, columns=columns))
+            for row in parquet.read_row_group(group, columns=columns).to_pylist():
+                yield self._record(row)
             self.bytes_done += parquet.metadata.row_group(group).total_byte_size
 
     def _arrow(self) -> Iterator[Record | Skip]:
@@ -277,201 +140,76 @@ class UnitReader:
 
         with pa.memory_map(self.unit.source.path) as mapped:
             for batch in pa.ipc.open_stream(mapped):
-                yield from self._rows(pa.Table.from_batches([batch]))
+                for row in batch.select(self._needed(batch.schema.names)).to_pylist():
+                    yield self._record(row)
 
     def _mds(self) -> Iterator[Record | Skip]:
-        from streaming.base.compression import decompress
-        from streaming.base.format import reader_from_json
-
         directory = self.unit.source.path
-        shards = _mds_index(directory)['shards']
-        passthrough = self.unit.source.format == 'mds-tokens'
-        for info in shards[self.unit.start : self.unit.stop]:
-            reader = reader_from_json(directory, None, info)
-            raw_path = Path(directory) / info['raw_data']['basename']
-            if raw_path.is_file():
-                data = raw_path.read_bytes()
+        shards = mds_index(directory)['shards']
+        first = sum(shard['samples'] for shard in shards[: self.unit.start])
+        for shard in shards[self.unit.start : self.unit.stop]:
+            count = shard['samples']
+            blob, offsets = mds.sample_bytes(directory, shard, 0, count)
+            spans = mds.column_spans(blob, offsets, shard)
+            encodings = dict(zip(shard['column_names'], shard['column_encodings']))
+            columns = {name: _column_values(blob, spans[name], encodings[name]) for name in self._needed(spans)}
+            rows = [dict(zip(columns, values)) for values in zip(*columns.values())] or [{}] * count
+            if self.unit.source.format == 'mds-text':
+                yield from map(self._record, rows)
             else:
-                data = decompress(info['compression'], (Path(directory) / info['zip_data']['basename']).read_bytes())
-            count = int(np.frombuffer(data, np.uint32, count=1)[0])
-            offsets = np.frombuffer(data, np.uint32, count=count + 1, offset=4)
-            for begin, end in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
-                sample = reader.decode_sample(data[begin:end])
-                metadata = {name: lookup(sample, path) for name, path in self.metadata_columns.items()}
-                url = lookup(sample, self.fields.url)
-                if passthrough:
-                    yield Record(
-                        text=MISSING,
-                        url=url,
-                        metadata=metadata,
-                        token_ids=sample['input_ids'],
-                        length=sample.get('length', MISSING),
-                    )
-                else:
-                    yield Record(text=lookup(sample, self.fields.text), url=url, metadata=metadata)
-            self.bytes_done += info['raw_data']['bytes']
+                yield from self._token_records(blob, spans, encodings, rows, first, directory)
+            first += count
+            self.bytes_done += shard['raw_data']['bytes']
 
-
-def _sources_at(path: str, wanted: list[tuple[str, str]]) -> list[Source]:
-    """The source(s) one path names; raises InputError for what cannot be converted, UnreadableFile for damage."""
-    if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, 'index.json')):
-            return [_mds_source(path, wanted)]
-        if os.path.isfile(os.path.join(path, 'state.json')):
-            return _hf_sources(path, wanted)
-        if os.path.isfile(os.path.join(path, 'dataset_dict.json')):
-            splits = json.loads(Path(path, 'dataset_dict.json').read_text())['splits']
-            raise InputError(
-                f'{path} is a Hugging Face DatasetDict with splits {splits}; pass one split directory, '
-                f'e.g. {os.path.join(path, splits[0])}'
-            )
-        raise InputError(
-            f'{path} is a directory but neither an MDS dataset (index.json) nor a Hugging Face '
-            f'save_to_disk dataset (state.json); pass its files instead, e.g. "{path}/*.jsonl"'
+    def _token_records(
+        self,
+        blob: bytes,
+        spans: dict[str, mds.Spans],
+        encodings: dict[str, str],
+        rows: list[dict[str, Any]],
+        first: int,
+        directory: str,
+    ) -> Iterator[Record]:
+        """A token shard's records: ``input_ids`` passed through (with ``length`` to check them against), no text."""
+        dtype = mds.TOKEN_ENCODINGS[encodings['input_ids']]
+        starts, sizes = mds.array_spans(blob, *spans['input_ids'], np.dtype(dtype).itemsize, first, directory)
+        lengths = (
+            mds.column_integers(blob, spans['length'], encodings['length']).tolist()
+            if 'length' in spans
+            else [MISSING] * len(rows)
         )
-    name = os.path.basename(path).lower()
-    compression = None
-    for suffix, kind in COMPRESSIONS.items():
-        if name.endswith(suffix):
-            name, compression = name[: -len(suffix)], kind
-    try:
-        stat = os.stat(path)
-    except OSError as error:
-        raise UnreadableFile(f'{type(error).__name__}: {error.strerror}') from error
-    if name.endswith('.parquet') and compression is None:
-        _check_columns(path, _parquet_schema_names(path), wanted, 'Parquet file')
-        return [Source(path, 'parquet', None, stat.st_size, stat.st_mtime_ns)]
-    if not name.endswith(JSON_SUFFIXES):
-        raise InputError(
-            f'cannot tell the format of {path} from its name; use .jsonl/.json/.ndjson (optionally '
-            '.gz or .zst), .parquet, an MDS directory or a Hugging Face save_to_disk directory'
-        )
-    fmt = 'json-array' if name.endswith('.json') and _starts_with_bracket(path, compression) else 'jsonl'
-    return [Source(path, fmt, compression, stat.st_size, stat.st_mtime_ns)]
-
-
-def _check_columns(path: str, names: dict[str, Any], wanted: list[tuple[str, str]], what: str) -> None:
-    """Refuse typed data (Parquet, Arrow, MDS) that lacks a wanted (role, path) column; typed nesting is checked."""
-    for role, field_path in wanted:
-        if not _schema_has(names, field_path):
-            flag = {'text': '--text-field', 'url': '--url-field', 'metadata': '--metadata-fields'}[role]
-            raise InputError(
-                f'{what} {path} has no {role} column {field_path!r} (columns: {sorted(names)}); '
-                f'name the right one with {flag}'
+        for row, start, size, length in zip(rows, starts.tolist(), sizes.tolist(), lengths):
+            yield Record(
+                text=MISSING,
+                url=lookup(row, self.fields.url),
+                metadata=self._metadata(row),
+                token_ids=np.frombuffer(blob, dtype, size, start),
+                length=length,
             )
 
 
-def _schema_has(names: dict[str, Any], field_path: str) -> bool:
-    if field_path in names:
-        return True
-    top, _, rest = field_path.partition('.')
-    if not rest or top not in names:
-        return False
-    nested = names[top]
-    if nested is None:  # an untyped column (MDS json): its keys are only known per record
-        return True
-    return _schema_has(nested, rest) if isinstance(nested, dict) else False
-
-
-def _parquet_schema_names(path: str) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-
+def _parsed(data: bytes) -> Any:
+    """The JSON value ``data`` holds, or the Skip that says why it holds none."""
     try:
-        return _arrow_names(pq.ParquetFile(path).schema_arrow)
-    except (OSError, ValueError) as error:
-        raise UnreadableFile(f'{type(error).__name__}: {error}') from error
+        return json.loads(data.decode('utf-8'))
+    except UnicodeDecodeError:
+        return Skip('invalid_utf8')
+    except ValueError:
+        return Skip('malformed_json')
 
 
-def _arrow_names(schema: Any) -> dict[str, Any]:
-    """Column name -> nested names for struct columns, else False (a leaf), for column checks."""
-    import pyarrow as pa
-
-    names: dict[str, Any] = {}
-    for column in schema:
-        names[column.name] = _arrow_names(column.type) if pa.types.is_struct(column.type) else False
-    return names
-
-
-def _parquet_group_sizes(source: Source) -> list[int]:
-    import pyarrow.parquet as pq
-
-    metadata = pq.ParquetFile(source.path).metadata
-    return [metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)]
-
-
-def _hf_sources(path: str, wanted: list[tuple[str, str]]) -> list[Source]:
-    import pyarrow as pa
-
-    state = json.loads(Path(path, 'state.json').read_text())
-    sources = []
-    for entry in state['_data_files']:
-        file = os.path.join(path, entry['filename'])
-        try:
-            with pa.memory_map(file) as mapped:
-                names = _arrow_names(pa.ipc.open_stream(mapped).schema)
-            stat = os.stat(file)
-        except (OSError, ValueError) as error:
-            raise UnreadableFile(f'{entry["filename"]}: {type(error).__name__}: {error}') from error
-        _check_columns(file, names, wanted, 'Hugging Face dataset file')
-        sources.append(Source(file, 'arrow', None, stat.st_size, stat.st_mtime_ns))
-    return sources
-
-
-def _mds_index(directory: str) -> dict[str, Any]:
-    return json.loads(Path(directory, 'index.json').read_text())
-
-
-def _mds_source(directory: str, wanted: list[tuple[str, str]]) -> Source:
-    """An MDS directory: text to tokenize when it has the text column, else ``input_ids`` passed through."""
-    shards = _mds_index(directory)['shards']
-    layouts = {(tuple(s['column_names']), tuple(s['column_encodings'])) for s in shards}
-    if len(layouts) > 1:
-        raise InputError(f'MDS dataset {directory} has shards with different columns: {sorted(layouts)}')
-    names, encodings = layouts.pop() if layouts else ((), ())
-    encoding_of = dict(zip(names, encodings))
-    columns = {name: (None if encoding == 'json' else False) for name, encoding in encoding_of.items()}
-    size = sum(shard['raw_data']['bytes'] for shard in shards)
-    mtime = os.stat(os.path.join(directory, 'index.json')).st_mtime_ns
-    text_path = wanted[0][1]
-    if _schema_has(columns, text_path) or 'input_ids' not in columns:
-        _check_columns(directory, columns, wanted, 'MDS dataset')
-        return Source(directory, 'mds-text', None, size, mtime)
-    if encoding_of['input_ids'] not in TOKEN_ENCODINGS:
-        raise InputError(
-            f'MDS dataset {directory} stores input_ids as {encoding_of["input_ids"]}; token passthrough '
-            f'reads {" or ".join(TOKEN_ENCODINGS)} (the MeCo release format)'
-        )
-    _check_columns(directory, columns, wanted[1:], 'MDS dataset')
-    return Source(directory, 'mds-tokens', None, size, mtime)
-
-
-def _mds_shard_sizes(source: Source) -> list[int]:
-    return [shard['raw_data']['bytes'] for shard in _mds_index(source.path)['shards']]
-
-
-def _decompressed(raw: BinaryIO, compression: str | None) -> BinaryIO:
-    if compression == 'gzip':
-        return gzip.GzipFile(fileobj=raw, mode='rb')
-    if compression == 'zstd':
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
-    return raw
+def _column_values(blob: bytes, span: mds.Spans, encoding: str) -> list[Any]:
+    """An MDS column's value for every sample, as Streaming decodes it (strings without per-sample calls)."""
+    if encoding == 'str':
+        return mds.column_texts(blob, span, np.arange(len(span[0])), encoding)
+    return [mds_decode(encoding, blob[start : start + size]) for start, size in zip(*(part.tolist() for part in span))]
 
 
 def _open_lines(raw: BinaryIO, unit: Unit) -> tuple[BinaryIO, int]:
     """A line stream positioned at the first line that starts inside the unit, and that line's offset."""
     if unit.source.compression is not None or unit.start == 0:
-        return _decompressed(raw, unit.source.compression), 0
+        return decompressed(raw, unit.source.compression), 0
     raw.seek(unit.start - 1)
     if raw.read(1) != b'\n':
         raw.readline()
     return raw, raw.tell()
-
-
-def _starts_with_bracket(path: str, compression: str | None) -> bool:
-    """Whether a .json file holds one JSON array (else it is read as JSON Lines)."""
-    try:
-        with open(path, 'rb') as raw:
-            head = _decompressed(raw, compression).read(4096)
-    except (OSError, EOFError) as error:
-        raise UnreadableFile(f'{type(error).__name__}: {error}') from error
-    return head.lstrip(b'\xef\xbb\xbf \t\r\n').startswith(b'[')

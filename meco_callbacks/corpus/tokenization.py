@@ -2,7 +2,7 @@
 
 Tokenizing is almost all of the cost of converting a corpus. A byte-level BPE whose pre-tokenizer is a regex
 (GPT-2 style, Llama-3 / cl100k style) can be run by tiktoken, several times faster than Hugging Face
-``tokenizers``. The tiktoken encoding is built from the Hugging Face tokenizer's own files and is never
+``tokenizers``. The tiktoken encoding is built from the Hugging Face tokenizer's own files (``tiktoken_encoding``) and is never
 trusted: it must reproduce the Hugging Face ids exactly on a built-in set of hard strings and on a sample of
 the real input, or ``auto`` falls back to Hugging Face and says why.
 
@@ -12,7 +12,6 @@ Both backends keep document text as text: the literal text of a special token (`
 
 from __future__ import annotations
 
-import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -20,12 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+from meco_callbacks.corpus.tiktoken_encoding import BackendError, backend_tokenizer, encoding_from_spec, tokenizer_spec
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ('auto', 'hf', 'tiktoken')
-
-# The pre-tokenization regex of the ByteLevel pre-tokenizer with ``use_regex=True`` (GPT-2's).
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 # Strings on which regex engines, Unicode tables and BPE details are known to disagree; the tokenizer's own
 # special and added tokens are added to these at verification time.
@@ -77,10 +75,6 @@ HARD_STRINGS: tuple[str, ...] = (
 )
 
 
-class BackendError(ValueError):
-    """The requested tokenization backend cannot run this tokenizer exactly as Hugging Face does."""
-
-
 class TokenizerBackend(ABC):
     """Turns document texts into token ids exactly as the Hugging Face tokenizer would, without special tokens.
 
@@ -112,7 +106,7 @@ class HuggingFaceBackend(TokenizerBackend):
         """A backend on a private copy of ``tokenizer``'s Rust tokenizer, so that the caller's keeps its settings."""
         from tokenizers import Tokenizer
 
-        rust = Tokenizer.from_str(_backend_tokenizer(tokenizer).to_str())
+        rust = Tokenizer.from_str(backend_tokenizer(tokenizer).to_str())
         rust.no_truncation()
         rust.no_padding()
         rust.encode_special_tokens = True
@@ -130,7 +124,7 @@ def verification_reference(tokenizer: Any) -> Iterator[HuggingFaceBackend]:
     Sharing it saves a copy (a tenth of a second for a 32k vocabulary, more for Llama-3's) in front of every
     conversion; its setting is restored on exit. A tokenizer set to truncate or pad is copied instead.
     """
-    rust = _backend_tokenizer(tokenizer)
+    rust = backend_tokenizer(tokenizer)
     if rust.truncation is not None or rust.padding is not None:
         yield HuggingFaceBackend.copy_of(tokenizer, 'the reference for verification')
         return
@@ -160,19 +154,6 @@ class TiktokenBackend(TokenizerBackend):
         return [encode(text) for text in texts]
 
 
-def load_tokenizer(name_or_path: str) -> Any:
-    """Load a Hugging Face fast tokenizer from a local directory or a hub name; slow tokenizers are refused."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
-    if not getattr(tokenizer, 'is_fast', False):
-        raise BackendError(
-            f'{name_or_path!r} loads as a slow (Python) tokenizer; conversion needs a fast one. '
-            'Save it with a tokenizer.json (e.g. PreTrainedTokenizerFast.save_pretrained) and pass that.'
-        )
-    return tokenizer
-
-
 def build_tokenizer_backend(
     tokenizer: Any, backend: str = 'auto', sample_texts: Sequence[str] = (), num_threads: int = 1
 ) -> TokenizerBackend:
@@ -187,8 +168,8 @@ def build_tokenizer_backend(
     if backend == 'hf':
         return HuggingFaceBackend.copy_of(tokenizer, 'hf was requested')
     try:
-        spec = _spec(tokenizer)
-        encoding, style = _encoding_from_spec(spec)
+        spec = tokenizer_spec(tokenizer)
+        encoding, style = encoding_from_spec(spec)
         hard = _hard_strings_from_spec(spec)
         with verification_reference(tokenizer) as reference:
             mismatch = first_mismatch(encoding, reference, hard, 'hard string', num_threads) or first_mismatch(
@@ -211,45 +192,13 @@ def build_tokenizer_backend(
     return TiktokenBackend(encoding, reason)
 
 
-def tiktoken_encoding_for(tokenizer: Any) -> tuple[Any, str]:
-    """Build the tiktoken encoding equivalent to ``tokenizer`` and name its pre-tokenizer style.
-
-    Raises BackendError saying what tiktoken cannot express: a model other than byte-level BPE, a normalizer,
-    a pre-tokenizer that is not one regex plus byte-level mapping, non-special added tokens (matched inside
-    text), missing byte tokens, or merges whose order differs from the token ids (tiktoken merges by id).
-    """
-    return _encoding_from_spec(_spec(tokenizer))
-
-
 def hard_strings_for(tokenizer: Any) -> list[str]:
     """The built-in hard strings plus the tokenizer's own special and added tokens, alone and inside text."""
-    return _hard_strings_from_spec(_spec(tokenizer))
-
-
-def _spec(tokenizer: Any) -> dict[str, Any]:
-    """The tokenizer's full ``tokenizer.json`` description."""
-    return json.loads(_backend_tokenizer(tokenizer).to_str())
-
-
-def _encoding_from_spec(spec: dict[str, Any]) -> tuple[Any, str]:
-    import tiktoken
-
-    model = spec['model']
-    _check_bpe_model(model, spec.get('normalizer'))
-    pattern, style = _pre_tokenizer_regex(spec)
-    added = spec.get('added_tokens') or []
-    plain_added = [token['content'] for token in added if not token.get('special')]
-    if plain_added:
-        raise BackendError(
-            f'it has {len(plain_added)} non-special added tokens (e.g. {plain_added[0]!r}) that Hugging '
-            'Face matches inside text, which tiktoken ordinary encoding cannot do'
-        )
-    added_contents = {token['content'] for token in added}
-    ranks = _mergeable_ranks(model, added_contents)
-    return tiktoken.Encoding(f'meco-{style}', pat_str=pattern, mergeable_ranks=ranks, special_tokens={}), style
+    return _hard_strings_from_spec(tokenizer_spec(tokenizer))
 
 
 def _hard_strings_from_spec(spec: dict[str, Any]) -> list[str]:
+    """The hard strings for a tokenizer described by its ``tokenizer.json``."""
     own = [token['content'] for token in spec.get('added_tokens') or []]
     return list(HARD_STRINGS) + own + [f'before {token} after{token}' for token in own]
 
@@ -275,137 +224,7 @@ def first_mismatch(
         return next((found for found in pool.map(check, range(0, len(texts), 16)) if found), None)
 
 
-def _backend_tokenizer(tokenizer: Any) -> Any:
-    backend = getattr(tokenizer, 'backend_tokenizer', None)
-    if backend is None:
-        raise BackendError(
-            f'{type(tokenizer).__name__} is not a Hugging Face fast tokenizer (no backend_tokenizer); '
-            'load one with AutoTokenizer.from_pretrained(..., use_fast=True)'
-        )
-    return backend
-
-
-def _pre_tokenizer_regex(spec: dict[str, Any]) -> tuple[str, str]:
-    """The regex tiktoken must split with, for a GPT-2 ByteLevel or a Split-regex + ByteLevel pre-tokenizer."""
-    pre = spec.get('pre_tokenizer')
-    if pre is None:
-        raise BackendError('it has no pre-tokenizer (tiktoken needs a byte-level BPE with a splitting regex)')
-    steps = pre['pretokenizers'] if pre['type'] == 'Sequence' else [pre]
-    kinds = [step['type'] for step in steps]
-    if kinds == ['ByteLevel']:
-        _check_byte_level(steps[0], use_regex=True)
-        return GPT2_PATTERN, 'gpt2'
-    if kinds == ['Split', 'ByteLevel']:
-        split, byte_level = steps
-        _check_byte_level(byte_level, use_regex=False)
-        pattern = split['pattern']
-        if 'Regex' not in pattern or split.get('behavior') != 'Isolated' or split.get('invert'):
-            raise BackendError(
-                f'its Split pre-tokenizer ({json.dumps(split, ensure_ascii=False)[:120]}) is not an '
-                'isolating regex split'
-            )
-        return pattern['Regex'], 'split-regex'
-    raise BackendError(f'its pre-tokenizer {kinds} is not ByteLevel or Split(regex) + ByteLevel')
-
-
-def _check_byte_level(step: dict[str, Any], use_regex: bool) -> None:
-    if step.get('add_prefix_space'):
-        raise BackendError('its ByteLevel pre-tokenizer adds a prefix space')
-    if bool(step.get('use_regex', True)) != use_regex:
-        raise BackendError(
-            'its ByteLevel pre-tokenizer '
-            + ('does not split with the GPT-2 regex' if use_regex else 'splits a second time with the GPT-2 regex')
-        )
-
-
-def _check_bpe_model(model: dict[str, Any], normalizer: dict[str, Any] | None) -> None:
-    if model.get('type') != 'BPE':
-        raise BackendError(f'its model is {model.get("type")}, not BPE')
-    if normalizer is not None and not (normalizer.get('type') == 'Sequence' and not normalizer.get('normalizers')):
-        raise BackendError(f'it has a {normalizer.get("type")} normalizer')
-    for option in ('dropout', 'continuing_subword_prefix', 'end_of_word_suffix'):
-        if model.get(option):
-            raise BackendError(f'its BPE model sets {option}={model[option]!r}')
-    if model.get('byte_fallback'):
-        raise BackendError('its BPE model uses byte_fallback (SentencePiece style), not byte-level tokens')
-
-
-def _mergeable_ranks(model: dict[str, Any], added_contents: set[str]) -> dict[bytes, int]:
-    """tiktoken ranks (= token ids) from a byte-level BPE vocabulary, checked against the merge order."""
-    to_bytes = _byte_level_decoder()
-    vocab: dict[str, int] = model['vocab']
-    ranks: dict[bytes, int] = {}
-    for token, token_id in vocab.items():
-        if token in added_contents:
-            continue
-        try:
-            ranks[token.translate(to_bytes).encode('latin-1')] = token_id
-        except UnicodeEncodeError:
-            raise BackendError(f'vocabulary token {token!r} is not in the byte-level alphabet') from None
-    missing = [byte for byte in range(256) if bytes([byte]) not in ranks]
-    if missing:
-        raise BackendError(
-            f'{len(missing)} of the 256 single-byte tokens are missing (e.g. byte {missing[0]}); '
-            'tiktoken needs every byte'
-        )
-    pairs = [merge.split(' ', 1) if isinstance(merge, str) else merge for merge in model['merges']]
-    made = [left + right for left, right in pairs]
-    made_ids = [vocab.get(token) for token in made]
-    if None in made_ids or not added_contents.isdisjoint(made) or made_ids != sorted(set(made_ids)):
-        _explain_merge_problem(pairs, made_ids, added_contents)
-    merged = set(made)
-    orphans = [token for token in vocab if len(token) > 1 and token not in merged and token not in added_contents]
-    if orphans:
-        raise BackendError(
-            f'{len(orphans)} vocabulary tokens are made by no merge (e.g. {orphans[0]!r}), which tiktoken '
-            'would still produce'
-        )
-    return ranks
-
-
-def _explain_merge_problem(pairs: list[Sequence[str]], made_ids: list[int | None], added_contents: set[str]) -> None:
-    """Raise the BackendError naming the first merge that tiktoken cannot reproduce."""
-    previous = -1
-    for number, ((left, right), token_id) in enumerate(zip(pairs, made_ids)):
-        if token_id is None:
-            raise BackendError(f'merge #{number} ({left!r}, {right!r}) makes a token outside the vocabulary')
-        if left + right in added_contents:
-            raise BackendError(f'merge #{number} makes the added token {left + right!r}, so its text can become its id')
-        if token_id <= previous:
-            raise BackendError(
-                f'merge #{number} makes token id {token_id} after id {previous}: the merge order differs '
-                'from the id order, and tiktoken merges by id'
-            )
-        previous = token_id
-
-
-def _byte_level_decoder() -> dict[int, int]:
-    """A ``str.translate`` table from byte-level characters to the bytes they stand for (as code points < 256).
-
-    Code points below 256 that are not in the byte-level alphabet map to U+FFFF, so that encoding the
-    translated token as Latin-1 fails for any character outside the alphabet.
-    """
-    table = dict.fromkeys(range(256), 65535)
-    table.update({ord(char): byte for byte, char in _byte_to_unicode().items()})
-    return table
-
-
-def _byte_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from bytes to printable characters, used by every byte-level BPE vocabulary."""
-    printable = [
-        *range(ord('!'), ord('~') + 1),
-        *range(ord('\u00a1'), ord('\u00ac') + 1),
-        *range(ord('\u00ae'), ord('\u00ff') + 1),
-    ]
-    mapping = {byte: chr(byte) for byte in printable}
-    extra = 0
-    for byte in range(256):
-        if byte not in mapping:
-            mapping[byte] = chr(256 + extra)
-            extra += 1
-    return mapping
-
-
 def _preview(text: str, limit: int = 60) -> str:
+    """``text`` quoted, cut at ``limit`` characters, for messages."""
     shown = text if len(text) <= limit else text[:limit] + '...'
     return repr(shown)
