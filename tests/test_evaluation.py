@@ -242,11 +242,22 @@ def test_a_prompt_is_laid_out_as_a_training_document_bos_then_the_prefix_of_the_
         prompt_ids(bos_tokenizer, 'river', 'https:///no-host')
 
 
-def test_the_metadata_a_run_was_trained_with_is_read_from_its_yaml_and_overrides(tokenizer_dir):
+def test_the_metadata_a_run_was_trained_with_is_read_from_its_yaml_and_overrides():
     overrides = ['train_loader.dataset.metadata.kind=registered_domain']
 
     assert training_metadata(TINY_YAML, overrides) == MetadataConfig(kind='registered_domain')
     assert training_metadata(None) == MetadataConfig()
+
+
+def test_an_icl_url_template_other_than_the_runs_is_refused_and_sets_the_template_of_an_hf_model():
+    run = {'config': str(TINY_YAML), 'config_overrides': []}
+
+    assert evaluate.icl_metadata({**run, 'url_template': 'URL: {}\n\n'}) == MetadataConfig()
+    assert evaluate.icl_metadata({'config': None, 'url_template': 'Site: {}\n'}) == MetadataConfig(
+        template='Site: {}\n'
+    )
+    with pytest.raises(ValueError, match="url_template 'Site: {}\\\\n' differs from the template 'URL: {}\\\\n\\\\n'"):
+        evaluate.icl_metadata({**run, 'url_template': 'Site: {}\n'})
 
 
 def test_generation_continues_the_training_layout_of_prompt_and_url(bos_model, bos_tokenizer):
