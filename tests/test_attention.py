@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,13 @@ SEQUENCE_ID = torch.tensor([[0] * DOC_A + [1] * DOC_B, [0] * SEQ_LEN])
 POSITION_IDS = torch.stack([torch.cat([torch.arange(DOC_A), torch.arange(DOC_B)]), torch.arange(SEQ_LEN)])
 
 
-def model_config(attn_impl: str = 'flex', uses_sequence_id: bool = True, **attn_overrides: Any) -> dict[str, Any]:
-    """The recipe's Llama-shaped MPT YAML (RoPE, SwiGLU, RMSNorm, GQA) at toy size: d_model 64, 2 layers, 4/2 heads."""
+def model_config(
+    attn_impl: str = 'flex', uses_sequence_id: bool = True, flex_on_cpu: bool = False, **attn_overrides: Any
+) -> dict[str, Any]:
+    """The recipe's Llama-shaped MPT YAML (RoPE, SwiGLU, RMSNorm, GQA) at toy size: d_model 64, 2 layers, 4/2 heads.
+
+    ``flex_on_cpu`` keeps ``attn_impl: flex`` on flex attention on the CPU, where the model otherwise runs torch's path.
+    """
     attn_config = {
         'attn_impl': attn_impl,
         'attn_type': 'grouped_query_attention',
@@ -57,6 +63,7 @@ def model_config(attn_impl: str = 'flex', uses_sequence_id: bool = True, **attn_
         'attn_config': attn_config,
         'loss_fn': 'torch_crossentropy',
         'init_device': 'cpu',
+        **({'flex_on_cpu': True} if flex_on_cpu else {}),
     }
 
 
@@ -132,7 +139,7 @@ def test_flex_attention_matches_dense_mask_sdpa_forward_and_backward(kv_n_heads:
 
 
 def test_flex_model_equals_torch_model_with_sequence_id_forward_and_backward() -> None:
-    flex, dense = build(model_config('flex')), build(model_config('torch'))
+    flex, dense = build(model_config('flex', flex_on_cpu=True)), build(model_config('torch'))
     dense.load_state_dict(flex.state_dict())
     batch = packed_batch()
 
@@ -143,6 +150,33 @@ def test_flex_model_equals_torch_model_with_sequence_id_forward_and_backward() -
     torch.testing.assert_close(flex_out.logits, dense_out.logits, atol=1e-5, rtol=1e-5)
     for (name, p_flex), p_dense in zip(flex.named_parameters(), dense.parameters()):
         torch.testing.assert_close(p_flex.grad, p_dense.grad, atol=1e-5, rtol=1e-4, msg=f'grad of {name} differs')
+
+
+def test_flex_on_the_cpu_is_exactly_torch_attention_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    auto, dense = build(model_config('flex')), build(model_config('torch'))
+    dense.load_state_dict(auto.state_dict())
+    batch = packed_batch()
+
+    with caplog.at_level(logging.INFO, logger='meco_callbacks.model.mpt'):
+        auto_out, dense_out = auto(batch), dense(batch)
+        auto.loss(auto_out, batch).backward()
+        dense.loss(dense_out, batch).backward()
+        auto(packed_batch(seed=2))
+
+    assert torch.equal(auto_out.logits, dense_out.logits)
+    assert all(torch.equal(a.grad, d.grad) for a, d in zip(auto.parameters(), dense.parameters()))
+    assert [r.getMessage() for r in caplog.records if r.name == 'meco_callbacks.model.mpt'] == [
+        "attn_impl: flex on the CPU runs as llm-foundry's torch attention with the same document mask: flex "
+        'attention is not compiled on the CPU and its eager path is 1.4-4x slower per training step '
+        '(model.flex_on_cpu: true keeps flex there).'
+    ]
+
+
+def test_flex_on_cpu_is_not_part_of_the_exported_config() -> None:
+    model = build(model_config('flex', flex_on_cpu=True))
+
+    assert model.model.transformer.flex_on_cpu
+    assert not hasattr(model.model.config.to_mpt_config(), 'flex_on_cpu')
 
 
 def test_torch_attn_impl_on_meco_model_is_exactly_llm_foundry_mpt() -> None:
@@ -157,7 +191,7 @@ def test_torch_attn_impl_on_meco_model_is_exactly_llm_foundry_mpt() -> None:
     'uses_sequence_id, b_must_stay', [(True, True), (False, False)], ids=['document-masking', 'control-without-masking']
 )
 def test_perturbing_document_a_leaves_document_b_logits_unchanged(uses_sequence_id: bool, b_must_stay: bool) -> None:
-    model = build(model_config('flex', uses_sequence_id=uses_sequence_id)).eval()
+    model = build(model_config('flex', uses_sequence_id=uses_sequence_id, flex_on_cpu=True)).eval()
     batch = packed_batch(with_documents=uses_sequence_id)
     perturbed = {key: value.clone() for key, value in batch.items()}
     perturbed['input_ids'][0, :DOC_A] = (batch['input_ids'][0, :DOC_A] + 1) % VOCAB
@@ -171,7 +205,7 @@ def test_perturbing_document_a_leaves_document_b_logits_unchanged(uses_sequence_
 
 
 def test_document_b_packed_after_a_gets_the_logits_of_b_alone() -> None:
-    model = build(model_config('flex')).eval()
+    model = build(model_config('flex', flex_on_cpu=True)).eval()
     batch = packed_batch()
     alone = {
         'input_ids': batch['input_ids'][:1, DOC_A:],
@@ -187,7 +221,7 @@ def test_document_b_packed_after_a_gets_the_logits_of_b_alone() -> None:
 
 def test_batch_position_ids_set_the_rope_positions() -> None:
     # Without document masking B sees A, so restarting B's positions at 0 changes B's relative distances to A.
-    model = build(model_config('flex', uses_sequence_id=False)).eval()
+    model = build(model_config('flex', uses_sequence_id=False, flex_on_cpu=True)).eval()
     batch = packed_batch(with_documents=False)
 
     with torch.no_grad():
@@ -199,7 +233,7 @@ def test_batch_position_ids_set_the_rope_positions() -> None:
 
 
 def test_block_mask_is_built_once_per_forward_and_shared_by_all_layers(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = build(model_config('flex'))
+    model = build(model_config('flex', flex_on_cpu=True))
     calls = {'create_block_mask': 0, 'flex_attention': 0}
     for name in calls:
         real = getattr(flex_api, name)
@@ -216,11 +250,15 @@ def test_block_mask_is_built_once_per_forward_and_shared_by_all_layers(monkeypat
     assert calls == {'create_block_mask': 1, 'flex_attention': 2}
 
 
-@pytest.mark.parametrize('attn_impl, dense_bias_builds', [('flex', 0), ('torch', 1)])
-def test_only_torch_builds_the_dense_sequence_id_bias(
-    monkeypatch: pytest.MonkeyPatch, attn_impl: str, dense_bias_builds: int
+@pytest.mark.parametrize(
+    'attn_impl, overrides, dense_bias_builds',
+    [('flex', {'flex_on_cpu': True}, 0), ('flex', {}, 1), ('torch', {}, 1)],
+    ids=['flex-kept-on-cpu', 'flex-on-cpu', 'torch'],
+)
+def test_flex_builds_no_dense_sequence_id_bias_except_on_the_cpu_by_default(
+    monkeypatch: pytest.MonkeyPatch, attn_impl: str, overrides: dict[str, Any], dense_bias_builds: int
 ) -> None:
-    model = build(model_config(attn_impl))
+    model = build(model_config(attn_impl, **overrides))
     builds = []
     real = modeling_mpt.apply_sequence_id
 

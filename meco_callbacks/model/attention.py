@@ -7,8 +7,10 @@ masking makes attention cheaper, not dearer. The model (``meco_callbacks.model.m
 with :func:`build_document_block_mask` and hands it to every layer as ``attn_bias``; :func:`flex_attention_fn` is
 the per-layer function registered in ``llmfoundry.layers_registry.attention_implementations``.
 
-On the CPU flex attention runs eagerly (torch 2.7's Inductor cannot compile it there); on an accelerator it is
-compiled with ``torch.compile``, without which it would fall back to a dense reference implementation.
+On the CPU flex attention runs eagerly (torch 2.7's Inductor cannot compile it there), through a dense reference
+that is 1.4-4x slower per training step than llm-foundry's ``torch`` attention; so on the CPU the model hands the layers
+llm-foundry's dense ``torch`` bias instead (unless ``model.flex_on_cpu: true``), and :func:`flex_attention_fn` runs
+``torch`` attention when given one. On an accelerator flex attention is compiled with ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
+from llmfoundry.models.layers.attention import scaled_multihead_dot_product_attention
 
 try:  # Absent before torch 2.5; flex_attention_unavailable_reason() then says so when attn_impl: flex is asked for.
     import torch.nn.attention.flex_attention as flex_api
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask
 
 FLEX_ATTN_IMPL = 'flex'
+FLEX_ON_CPU = 'flex_on_cpu'  # model key: run flex attention eagerly on the CPU too (default: torch's path there)
 _FLEX_MODULE = 'torch.nn.attention.flex_attention'
 
 
@@ -127,7 +131,26 @@ def flex_attention_fn(
     ``attn_bias`` must be the model's ``BlockMask`` (from :func:`build_document_block_mask`): it carries causality,
     documents and padding. Key/value heads are shared across query groups by flex attention itself
     (``enable_gqa``), never repeated in memory. Training-only: no KV cache, dropout or attention weights.
+    A dense tensor bias (the model's choice on the CPU) goes to llm-foundry's ``torch`` attention unchanged.
     """
+    if isinstance(attn_bias, torch.Tensor):
+        return scaled_multihead_dot_product_attention(
+            query,
+            key,
+            value,
+            n_heads,
+            kv_n_heads,
+            past_key_value=past_key_value,
+            softmax_scale=softmax_scale,
+            attn_bias=attn_bias,
+            key_padding_mask=key_padding_mask,
+            is_causal=is_causal,
+            dropout_p=dropout_p,
+            training=training,
+            needs_weights=needs_weights,
+            attn_logit_softcapping=attn_logit_softcapping,
+            sliding_window_size=sliding_window_size,
+        )
     if not isinstance(attn_bias, flex_api.BlockMask):
         raise TypeError(
             f'attn_impl: flex needs the model to pass a flex BlockMask as attn_bias, got {type(attn_bias).__name__}. '

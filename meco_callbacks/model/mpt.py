@@ -4,14 +4,18 @@ MPT in llm-foundry 0.22 accepts only ``attn_impl`` ``torch`` or ``flash`` and gi
 attention as a dense ``(batch, 1, seq, seq)`` bias. These subclasses accept ``flex``: the backbone builds one flex
 ``BlockMask`` per forward from ``sequence_id`` (and the padding mask) and passes it to every layer in place of the
 bias, which is never built on this path. RoPE positions come from the batch's ``position_ids`` when present
-(``rope_impl: hf``), so they restart at each document. With ``attn_impl: torch`` or ``flash`` these classes behave
-exactly like llm-foundry's MPT. Saving (``save_pretrained``, which llm-foundry's ``hf_checkpointer`` calls) writes a
-plain MPT with ``attn_impl: torch`` that loads wherever MPT loads.
+(``rope_impl: hf``), so they restart at each document. On the CPU, where flex attention runs eagerly (1.4-4x slower
+per training step, and no lighter: its eager path materialises the full score matrix too), ``flex`` computes the same
+masked attention as llm-foundry's ``torch`` path instead, unless ``model.flex_on_cpu: true``; the choice is logged
+once. With ``attn_impl: torch`` or ``flash`` these classes behave exactly like llm-foundry's MPT. Saving
+(``save_pretrained``, which llm-foundry's ``hf_checkpointer`` calls) writes a plain MPT with ``attn_impl: torch``
+that loads wherever MPT loads.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -21,9 +25,18 @@ from llmfoundry.layers_registry import attention_implementations
 from llmfoundry.models.layers.attention import GroupedQueryAttention, is_flash_v2_installed
 from llmfoundry.models.mpt import ComposerMPTCausalLM, MPTConfig, MPTForCausalLM, MPTModel
 
-from meco_callbacks.model.attention import FLEX_ATTN_IMPL, build_document_block_mask, flex_attention_unavailable_reason
+from meco_callbacks.model.attention import (
+    FLEX_ATTN_IMPL,
+    FLEX_ON_CPU,
+    build_document_block_mask,
+    flex_attention_unavailable_reason,
+)
 
-__all__ = ['MeCoMPTConfig', 'MeCoMPTModel', 'MeCoMPTForCausalLM', 'MeCoMPTCausalLM']
+__all__ = ['MeCoMPTConfig', 'MeCoMPTModel', 'MeCoMPTForCausalLM', 'MeCoMPTCausalLM', 'VOCAB_FROM_TOKENIZER']
+
+log = logging.getLogger(__name__)
+
+VOCAB_FROM_TOKENIZER = 'tokenizer'  # model.vocab_size: tokenizer -> len(tokenizer)
 
 
 class MeCoMPTConfig(MPTConfig):
@@ -84,6 +97,7 @@ class MeCoMPTConfig(MPTConfig):
         """This config as a plain llm-foundry ``MPTConfig`` with ``attn_impl: torch``, ``init_device: cpu``: what export loads."""
         values = copy.deepcopy(self.to_dict())
         values['attn_config']['attn_impl'] = 'torch'
+        values.pop(FLEX_ON_CPU, None)
         values['init_device'] = 'cpu'
         return MPTConfig.from_dict(values)
 
@@ -102,8 +116,9 @@ class MeCoMPTModel(MPTModel):
             super().__init__(config)
         finally:
             config.attn_config['attn_impl'] = FLEX_ATTN_IMPL
-        self.attn_impl = FLEX_ATTN_IMPL
-        self.attn_bias_shape = None
+        self.attn_impl = FLEX_ATTN_IMPL  # attn_bias_shape stays torch's: the CPU path builds that dense bias
+        self.flex_on_cpu = bool(getattr(config, FLEX_ON_CPU, False))
+        self._cpu_choice_logged = False
         flex = attention_implementations.get(FLEX_ATTN_IMPL)
         for module in self.modules():
             if isinstance(module, GroupedQueryAttention):
@@ -152,6 +167,8 @@ class MeCoMPTModel(MPTModel):
         """MPT calls this once per forward; with ``flex`` it returns the batch's ``BlockMask`` (padding included)."""
         if self.attn_impl != FLEX_ATTN_IMPL:
             return super()._attn_bias(device, dtype, attention_mask=attention_mask, sequence_id=sequence_id)
+        if torch.device(device).type == 'cpu' and not self.flex_on_cpu:
+            return self._dense_attn_bias(device, dtype, attention_mask, sequence_id)
         assert attention_mask is not None  # forward() fills it in for flex
         block_mask = build_document_block_mask(
             attention_mask.shape[-1],
@@ -160,6 +177,27 @@ class MeCoMPTModel(MPTModel):
             attention_mask=attention_mask,
         )
         return block_mask, None
+
+    def _dense_attn_bias(
+        self,
+        device: torch.device,
+        dtype: torch.dtype,
+        attention_mask: torch.ByteTensor | None,
+        sequence_id: torch.LongTensor | None,
+    ) -> tuple[Any, torch.ByteTensor | None]:
+        """llm-foundry's ``torch`` bias (causal, documents, padding): the flex layers run ``torch`` attention on it."""
+        if not self._cpu_choice_logged:
+            self._cpu_choice_logged = True
+            log.info(
+                "attn_impl: flex on the CPU runs as llm-foundry's torch attention with the same document mask: flex "
+                'attention is not compiled on the CPU and its eager path is 1.4-4x slower per training step '
+                '(model.flex_on_cpu: true keeps flex there).'
+            )
+        self.attn_impl = 'torch'
+        try:
+            return super()._attn_bias(device, dtype, attention_mask=attention_mask, sequence_id=sequence_id)
+        finally:
+            self.attn_impl = FLEX_ATTN_IMPL
 
 
 class MeCoMPTForCausalLM(MPTForCausalLM):
@@ -200,9 +238,23 @@ class MeCoMPTForCausalLM(MPTForCausalLM):
 class MeCoMPTCausalLM(ComposerMPTCausalLM):
     """Composer wrapper of :class:`MeCoMPTForCausalLM`, registered in llm-foundry as ``meco_mpt_causal_lm``.
 
-    Takes ``mpt_causal_lm``'s YAML keys; ``attn_config.attn_impl`` may also be ``flex``. The batch's ``sequence_id``
-    and ``position_ids`` reach the model as in llm-foundry.
+    Takes ``mpt_causal_lm``'s YAML keys; ``attn_config.attn_impl`` may also be ``flex``, and ``vocab_size`` may be
+    ``tokenizer``: the size of the run's tokenizer (``len(tokenizer)``), so a recipe follows whatever tokenizer the
+    data was converted with (a fixed number smaller than the tokenizer would be resized silently by Composer, the
+    logged config still showing the old number). The batch's ``sequence_id`` and ``position_ids`` reach the model
+    as in llm-foundry.
     """
+
+    def __init__(self, tokenizer: Any = None, **kwargs: Any) -> None:
+        if kwargs.get('vocab_size') == VOCAB_FROM_TOKENIZER:
+            if tokenizer is None:
+                raise ValueError(
+                    f"model.vocab_size: {VOCAB_FROM_TOKENIZER} takes the size of the run's tokenizer, but the model "
+                    'was built without one: set `tokenizer:` in the YAML or give vocab_size as a number.'
+                )
+            kwargs['vocab_size'] = len(tokenizer)
+            log.info('meco_mpt_causal_lm: vocab_size %d, from the tokenizer %s', len(tokenizer), tokenizer.name_or_path)
+        super().__init__(tokenizer=tokenizer, **kwargs)
 
     @property
     def model_class(self) -> type[MPTForCausalLM]:
