@@ -19,16 +19,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
-import queue
-import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from multiprocessing.connection import Connection, wait
 from typing import Any, Generic, TypeVar
 
 T = TypeVar('T')
 R = TypeVar('R')
-
-POLL_SECONDS = 0.5
 
 
 class WorkerDied(RuntimeError):
@@ -74,27 +71,29 @@ class ProcessMap(Generic[T, R]):
         self._describe = describe
         self._next = 0
         self._results: dict[int, R] = {}
-        self._running: dict[int, int] = {}  # worker pid -> index of the task it is running
+        self._running: dict[Any, int] = {}  # worker process -> index of the task it is running
         self._completed = 0
-        self._checked = time.monotonic()
-        self._processes: list[Any] = []
+        self._workers: dict[Any, Connection] = {}  # worker process -> the end of its pipe this process reads
         workers = min(num_workers, len(self._tasks))
-        if workers > 1:
+        self._in_process = workers <= 1
+        if not self._in_process:
             self._start(workers)
 
     def _start(self, workers: int) -> None:
         method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn'
         context = multiprocessing.get_context(method)
         self._todo = context.Queue()
-        self._events = context.Queue()
         for index in range(len(self._tasks)):
             self._todo.put(index)
         for _ in range(workers):
             self._todo.put(None)
-        args = (self._function, self._tasks, self._todo, self._events, os.getpid(), self._on_progress is not None)
-        self._processes = [context.Process(target=_work, args=args, daemon=True) for _ in range(workers)]
-        for process in self._processes:
+        for _ in range(workers):
+            receiver, sender = context.Pipe(duplex=False)
+            args = (self._function, self._tasks, self._todo, sender, os.getpid(), self._on_progress is not None)
+            process = context.Process(target=_work, args=args, daemon=True)
             process.start()
+            sender.close()  # the worker holds the only writing end: its end of file is the worker's end
+            self._workers[process] = receiver
 
     def __iter__(self) -> Iterator[R]:
         return self
@@ -104,7 +103,7 @@ class ProcessMap(Generic[T, R]):
         if self._next == len(self._tasks):
             self.close()
             raise StopIteration
-        if self._processes:
+        if not self._in_process:
             while self._next not in self._results:
                 self._receive()
             result = self._results.pop(self._next)
@@ -117,13 +116,14 @@ class ProcessMap(Generic[T, R]):
 
     def close(self) -> None:
         """Stop the workers: running tasks are abandoned, pending ones never start."""
-        for process in self._processes:
+        for process, receiver in self._workers.items():
             if process.is_alive():
                 process.terminate()
             process.join()
-        if self._processes:
+            receiver.close()
+        if self._workers:
             self._todo.cancel_join_thread()  # task indices nobody will read must not hold up this process's exit
-            self._processes = []
+            self._workers = {}
 
     def __enter__(self) -> ProcessMap[T, R]:
         return self
@@ -132,55 +132,70 @@ class ProcessMap(Generic[T, R]):
         self.close()
 
     def _receive(self) -> None:
-        """Handle one event from the workers; check that they are alive when none comes, and every POLL_SECONDS."""
-        try:
-            event = self._events.get(timeout=POLL_SECONDS)
-        except queue.Empty:
-            event = ('none',)
-        if time.monotonic() - self._checked >= POLL_SECONDS or event[0] == 'none':
-            self._check_alive()
-            self._checked = time.monotonic()
+        """Wait until a worker reports or ends, and handle that: every report it sent before, then its end."""
+        if not self._workers:
+            raise RuntimeError(f'internal error: every worker ended with task {self._next} not done')
+        wait([*self._workers.values(), *(process.sentinel for process in self._workers)])
+        for process, receiver in list(self._workers.items()):
+            ended = process.exitcode is not None  # before reading, so that nothing it sent is left unread
+            while receiver.poll():
+                try:
+                    event = receiver.recv()
+                except EOFError:  # the worker ended, possibly in the middle of a report
+                    break
+                self._handle(process, event)
+            if ended:
+                self._ended(process)
+
+    def _handle(self, process: Any, event: tuple[Any, ...]) -> None:
+        """Act on one report of a worker: progress, a task started, a result, or a task's exception."""
         kind = event[0]
         if kind == 'progress':
             self._on_progress(*event[1])
         elif kind == 'start':
-            _, index, pid = event
-            self._running[pid] = index
+            self._running[process] = event[1]
         elif kind == 'done':
-            _, index, pid, result = event
+            _, index, result = event
             self._results[index] = result
-            self._running.pop(pid, None)
+            self._running.pop(process, None)
             self._completed += 1
-        elif kind == 'error':
-            _, index, pid, error, text = event
+        else:
+            _, index, error, text = event
             self.close()
-            error.add_note(f'raised while {self._doing(index)} in worker process {pid}')
+            error.add_note(f'raised while {self._doing(index)} in worker process {process.pid}')
             raise error from WorkerTraceback(text)
+
+    def _ended(self, process: Any) -> None:
+        """A worker's end: expected after its last task, else WorkerDied naming the task it was running."""
+        process.join()
+        self._workers.pop(process).close()
+        if process.exitcode == 0:
+            return
+        index = self._running.get(process)
+        doing = f' while {self._doing(index)}' if index is not None else ''
+        code = process.exitcode
+        how = f'signal {-code}' if code < 0 else f'exit code {code}'
+        self.close()
+        raise WorkerDied(f'worker process {process.pid} died ({how}){doing}', process.pid, code, self._completed)
 
     def _doing(self, index: int) -> str:
         """What the task at ``index`` does, for messages."""
         return self._describe(self._tasks[index]) if self._describe is not None else f'running task #{index}'
-
-    def _check_alive(self) -> None:
-        for process in self._processes:
-            if process.exitcode not in (None, 0):
-                pid, code = process.pid, process.exitcode
-                index = self._running.get(pid)
-                doing = f' while {self._doing(index)}' if index is not None else ''
-                how = f'signal {-code}' if code < 0 else f'exit code {code}'
-                self.close()
-                raise WorkerDied(f'worker process {pid} died ({how}){doing}', pid, code, self._completed)
 
 
 def _work(
     function: Callable[..., Any],
     tasks: Sequence[Any],
     todo: Any,
-    events: Any,
+    reports: Connection,
     parent: int,
     with_progress: bool,
 ) -> None:
-    """A worker process: run tasks by index until the None sentinel, reporting each start, progress and result."""
+    """A worker process: run tasks by index until the None sentinel, reporting each start, progress and result.
+
+    Reports are written straight into this worker's pipe (no feeder thread), so that the parent has every report
+    a worker sent before it ended, even when it was killed.
+    """
 
     def stop_if_orphaned() -> None:
         if os.getppid() != parent:  # the parent was killed: stop instead of working on for nobody
@@ -188,18 +203,18 @@ def _work(
 
     def progress(*values: Any) -> None:
         stop_if_orphaned()
-        events.put(('progress', values))
+        reports.send(('progress', values))
 
     os.environ['TOKENIZERS_PARALLELISM'] = 'false'  # the tokenizers library's threads would deadlock after a fork
     while (index := todo.get()) is not None:
         stop_if_orphaned()
-        events.put(('start', index, os.getpid()))
+        reports.send(('start', index))
         try:
             result = function(tasks[index], progress) if with_progress else function(tasks[index])
-        except BaseException as error:  # every failure goes back to the parent
-            events.put(('error', index, os.getpid(), _sendable(error), traceback.format_exc()))
+            reports.send(('done', index, result))
+        except BaseException as error:  # every failure goes back to the parent, then this worker ends
+            reports.send(('error', index, _sendable(error), traceback.format_exc()))
             return
-        events.put(('done', index, os.getpid(), result))
 
 
 def _sendable(error: BaseException) -> BaseException:
