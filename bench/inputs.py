@@ -44,8 +44,13 @@ def synthetic_corpus(path: Path, documents: int, seed: int = 0) -> Path:
     return path
 
 
-def build_packed(work: Path, documents: int, max_seq_len: int) -> tuple[Path, Path]:
-    """(tokenizer dir, packed MDS dir) for a fresh synthetic corpus, through convert_documents and pack_documents."""
+def build_packed(
+    work: Path, documents: int, max_seq_len: int, reserve_prefix: list[str] | None = None
+) -> tuple[Path, Path]:
+    """(tokenizer dir, packed MDS dir) for a fresh synthetic corpus, through convert_documents and pack_documents.
+
+    ``reserve_prefix`` packs with prefix room for those metadata kinds, as the README packs for MeCo.
+    """
     from meco_callbacks.corpus.documents import convert_documents
     from meco_callbacks.corpus.packing import pack_documents
     from meco_callbacks.tokenizer.training import train_bpe_tokenizer
@@ -54,16 +59,27 @@ def build_packed(work: Path, documents: int, max_seq_len: int) -> tuple[Path, Pa
     texts = [json.loads(line)['text'] for line in corpus.read_text().splitlines()[:500]]
     tokenizer_dir = train_bpe_tokenizer(texts, work / 'tokenizer', vocab_size=4096)
     convert_documents([str(corpus)], work / 'documents', str(tokenizer_dir), progress=False)
-    pack_documents(work / 'documents', work / 'packed', max_seq_len, progress=False)
+    pack_documents(work / 'documents', work / 'packed', max_seq_len, progress=False, reserve_prefix=reserve_prefix)
     return tokenizer_dir, work / 'packed'
 
 
 def write_token_rows(packed: Path, out: Path) -> Path:
-    """The packed rows as llm-foundry's pre-tokenized ``tokens`` MDS (what its text loader reads)."""
+    """The packed rows as llm-foundry's pre-tokenized ``tokens`` MDS (what its text loader reads).
+
+    Rows packed with prefix room hold fewer document tokens than ``max_seq_len``; they are filled up with EOS
+    so that both loaders yield rows of the same length.
+    """
     from streaming import LocalDataset, MDSWriter
 
+    from meco_callbacks.formats import read_dataset_info
+
+    info = read_dataset_info(packed)
+    length, eos = info['max_seq_len'], info['tokenizer']['eos_token_id']
     dataset = LocalDataset(str(packed))  # no shared memory: the loaders open their own StreamingDataset later
     with MDSWriter(out=str(out), columns={'tokens': 'ndarray:int32'}) as writer:
         for i in range(len(dataset)):
-            writer.write({'tokens': np.asarray(dataset[i]['input_ids'], dtype=np.int32)})
+            row = np.full(length, eos, dtype=np.int32)
+            tokens = dataset[i]['input_ids']
+            row[: len(tokens)] = tokens
+            writer.write({'tokens': row})
     return out

@@ -1,7 +1,8 @@
 """Batches/s of the MeCo loader (prefixes on, injection included) against llm-foundry's text loader.
 
-Both read the same packed rows (llm-foundry's copy as a ``tokens`` MDS) and yield [batch, max_seq_len];
-MeCo also tokenizes prefixes (cached), injects them, and builds labels, sequence ids and positions.
+Both read the same packed rows (packed with prefix room for domains, as the README packs; llm-foundry's copy as
+a ``tokens`` MDS of each row's document tokens) and yield [batch, max_seq_len]; MeCo also tokenizes prefixes
+(cached), injects them into the room, and builds labels, sequence ids, positions and padding.
 Last line: the ratio (goal >= 0.9).   python bench/loader.py [--documents N] [--batches N] [--num-workers N]
 """
 
@@ -41,7 +42,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     work = scratch_dir()
-    tokenizer_dir, packed = build_packed(work, args.documents, args.max_seq_len)
+    tokenizer_dir, packed = build_packed(work, args.documents, args.max_seq_len, reserve_prefix=['domain'])
     tokens = write_token_rows(packed, work / 'tokens')
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     common = {'drop_last': True, 'num_workers': args.num_workers}

@@ -156,6 +156,8 @@ class PrefixInjector:
         self.document_masking = document_masking
         self.pad_token_id = pad_token_id
         self.stats = InjectionStats()
+        self._arange = np.arange(max_seq_len)
+        self._minus_ones = np.full(max_seq_len, -1)
 
     def __call__(self, batch: PackedBatch | Mapping[str, Any]) -> dict[str, torch.Tensor]:
         if not isinstance(batch, PackedBatch):
@@ -165,23 +167,21 @@ class PrefixInjector:
     def inject(self, batch: PackedBatch) -> tuple[dict[str, torch.Tensor], np.ndarray]:
         """The model batch, and for each of its slots the index of its token in the stored row (-1: prefix/pad)."""
         n, length = len(batch), self.max_seq_len
-        input_ids = np.full((n, length), self.pad_token_id, dtype=np.int64)
-        labels = np.full((n, length), IGNORE_INDEX, dtype=np.int64)
+        input_ids = np.empty((n, length), dtype=np.int64)
+        labels = np.empty((n, length), dtype=np.int64)
         sequence_id = np.empty((n, length), dtype=np.int64)
         position_ids = np.empty((n, length), dtype=np.int64)
-        sources = np.full((n, length), -1, dtype=np.int64)
+        sources = np.empty((n, length), dtype=np.int64)
         attention_mask = np.zeros((n, length), dtype=bool)
         metadata_tokens = dropped = used = 0
         for r, (row, segments) in enumerate(zip(batch.tokens, batch.segments)):
-            kept_meta, kept_doc, write = self._inject_row(
+            kept_meta, write = self._inject_row(
                 row, segments, input_ids[r], labels[r], sequence_id[r], position_ids[r], sources[r]
             )
             metadata_tokens += kept_meta
-            dropped += len(row) - kept_doc
+            dropped += len(row) - (write - kept_meta)
             used += write
             attention_mask[r, :write] = True
-            sequence_id[r, write:] = len(segments)  # padding: an id no segment has, so no real token sees it
-            position_ids[r, write:] = np.arange(length - write)
         total = n * length
         self.stats.add(total, metadata_tokens, dropped, used - metadata_tokens, total - used)
         out = {
@@ -203,35 +203,49 @@ class PrefixInjector:
         seq_out: np.ndarray,
         pos_out: np.ndarray,
         src_out: np.ndarray,
-    ) -> tuple[int, int, int]:
-        """Fill one output row in place; returns the metadata and document tokens kept and the slots used."""
-        length = self.max_seq_len
-        write = metadata_tokens = document_tokens = 0
+    ) -> tuple[int, int]:
+        """Fill one output row in place; returns the metadata tokens kept and the slots used.
+
+        The row is assembled from views (the segments' tokens, their prefixes, slices of one ``arange``) and
+        written with one concatenation per output, so the cost per segment is a few slices, not array ops.
+        """
+        length, arange, minus_ones = self.max_seq_len, self._arange, self._minus_ones
+        ids, src, seq, pos = [], [], [], []
+        masks: list[tuple[int, int]] = []  # (start, count) of label slots to ignore
+        write = metadata_tokens = 0
         for s, seg in enumerate(segments):
             if write >= length:
                 break
-            doc = row[seg.start : seg.start + seg.length]
-            source = np.arange(seg.start, seg.start + seg.length)
+            end = seg.start + seg.length
             prefix = seg.prefix if self.enabled else _EMPTY
-            head = 1 if (seg.starts_with_bos and len(prefix)) else 0  # a BOS stays first, before the prefix
-            if len(prefix):
-                ids = np.concatenate((doc[:head], prefix, doc[head:]))
-                source = np.concatenate((source[:head], np.full(len(prefix), -1), source[head:]))
+            p = len(prefix)
+            head = 1 if (seg.starts_with_bos and p) else 0  # a BOS stays first, before the prefix
+            kept = min(seg.length + p, length - write)
+            if p:
+                ids += (row[seg.start : seg.start + head], prefix, row[seg.start + head : end])
+                src += (arange[seg.start : seg.start + head], minus_ones[:p], arange[seg.start + head : end])
             else:
-                ids = doc
-            kept = min(len(ids), length - write)
-            end = write + kept
-            ids_out[write:end] = ids[:kept]
-            labels_out[write:end] = ids[:kept]
-            masked = head + len(prefix)
+                ids.append(row[seg.start : end])
+                src.append(arange[seg.start : end])
+            masked = head + p
             if seg.new_document:
                 masked = max(masked, 1)  # the first token of a document is never predicted from the previous one
-            labels_out[write : write + min(masked, kept)] = IGNORE_INDEX
-            seq_out[write:end] = s
-            pos_out[write:end] = np.arange(kept)
-            src_out[write:end] = source[:kept]
-            meta = min(len(prefix), max(kept - head, 0))
-            metadata_tokens += meta
-            document_tokens += kept - meta
-            write = end
-        return metadata_tokens, document_tokens, write
+            masks.append((write, min(masked, kept)))
+            seq.append(np.full(kept, s))
+            pos.append(arange[:kept])
+            metadata_tokens += min(p, max(kept - head, 0))
+            write += kept
+        if write < length:  # padding: no loss, and an id no segment has, so no real token attends to it
+            ids.append(np.full(length - write, self.pad_token_id))
+            src.append(minus_ones[: length - write])
+            seq.append(np.full(length - write, len(segments)))
+            pos.append(arange[: length - write])
+        ids_out[:] = np.concatenate(ids)[:length]
+        src_out[:] = np.concatenate(src)[:length]
+        seq_out[:] = np.concatenate(seq)
+        pos_out[:] = np.concatenate(pos)
+        labels_out[:] = ids_out
+        labels_out[write:] = IGNORE_INDEX
+        for start, count in masks:
+            labels_out[start : start + count] = IGNORE_INDEX
+        return metadata_tokens, write
