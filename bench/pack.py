@@ -97,7 +97,9 @@ def main() -> None:
         f'DCLM-like (log-normal, mean {web.mean():.0f})': document_set(work / 'web', web, tokenizer, 1),
         f'short documents (mean {short.mean():.0f})': document_set(work / 'short', short, tokenizer, 2),
     }
-    print(f'{"set":<34} {"row":>5} {"packing":<16} {"dropped":>8} {"padding":>8} {"split docs":>10} {"tokens/s":>10}')
+    print(
+        f'{"set":<34} {"row":>5} {"packing":<16} {"dropped":>8} {"room":>7} {"padding":>8} {"split docs":>10} {"tokens/s":>10}'
+    )
     speeds: dict[str, float] = {}
     for name, documents in sets.items():
         for max_seq_len in (2048, 8192):
@@ -116,10 +118,12 @@ def main() -> None:
                 split = stats.get('documents_split', stats['continued_segments'])
                 print(
                     f'{name:<34} {max_seq_len:>5} {label:<16} {100 * dropped / stream:>7.2f}% '
+                    f'{100 * stats.get("reserved_tokens", 0) / stats["tokens"]:>6.2f}% '
                     f'{100 * stats.get("padding_tokens", 0) / stats["tokens"]:>7.2f}% {split:>10} {speed:>10.3g}'
                 )
     print('dropped: document tokens the loader drops (kind domain) + tokens left out at packing, over all tokens;')
-    print('padding: slots of the MeCo rows left unused (the baseline also pads the room); tokens/s: one worker.')
+    print('room: slots reserved for prefixes (padding in the baseline and the cooldown); padding: slots MeCo leaves')
+    print('unused; split docs: documents cut across rows; tokens/s: document tokens (with BOS/EOS), one worker.')
     print(f'packing tokens/s (c)/(a), DCLM-like at 8192: {speeds["c"] / speeds["a"]:.2f}')
 
 
