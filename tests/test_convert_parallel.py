@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -90,6 +91,39 @@ def test_a_run_after_a_partial_one_converts_only_the_rest(corpus, serial, tokeni
     units = read_dataset_info(serial)['conversion']['units']
     assert report.units_converted == units // 2
     assert tree(tmp_path / 'out') == tree(serial)
+
+
+def test_a_resumed_run_reports_its_own_work_over_its_whole_wall_time_and_what_it_reused(
+    corpus, serial, tokenizer, tmp_path, caplog
+):
+    # Issue 20 item 6: the figures of a resumed run count only the units it converted, from the run's start.
+    units = read_dataset_info(serial)['conversion']['units']
+    convert(corpus, tmp_path / 'out', tokenizer, job_index=0, num_jobs=2)
+    started = time.perf_counter() - 100  # as if starting the command (imports, loading) had taken 100 s
+    with caplog.at_level(logging.INFO, logger='meco_callbacks.corpus.documents'):
+        report = convert(corpus, tmp_path / 'out', tokenizer, started=started)
+    per_unit = [json.loads(path.read_text()) for path in sorted((tmp_path / 'out').glob('unit-*/unit.json'))]
+    mine, earlier = per_unit[1::2], per_unit[0::2]
+    converted = (sum(u['documents_written'] for u in mine), sum(u['tokens_written'] for u in mine))
+    reused = (sum(u['documents_written'] for u in earlier), sum(u['tokens_written'] for u in earlier))
+    assert (report.units_converted, report.units_reused) == (units // 2, units - units // 2)
+    assert (report.converted.documents_written, report.converted.tokens_written) == converted
+    assert (report.reused.documents_written, report.reused.tokens_written) == reused
+    assert converted[1] + reused[1] == report.info['stats']['tokens_written']
+    assert report.wall_seconds >= 100
+    assert report.tokens_per_second == converted[1] / report.wall_seconds
+    assert (
+        f'This run converted {units // 2} units ({converted[0]} documents, {converted[1]} tokens) in '
+        f'{report.wall_seconds:.1f}s wall from its start' in caplog.text
+    )
+    assert f': {report.tokens_per_second:.0f} tokens/s' in caplog.text
+    assert f'Reused {units - units // 2} units converted earlier ({reused[0]} documents, {reused[1]} tokens).' in (
+        caplog.text
+    )
+
+    again = convert(corpus, tmp_path / 'out', tokenizer)
+    assert (again.units_converted, again.units_reused, again.converted.tokens_written) == (0, units, 0)
+    assert again.reused.tokens_written == report.info['stats']['tokens_written']
 
 
 def test_a_different_conversion_in_progress_is_refused(corpus, tokenizer, tmp_path):
