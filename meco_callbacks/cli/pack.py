@@ -17,11 +17,12 @@ from meco_callbacks.data.metadata import DEFAULT_TEMPLATE
 DESCRIPTION = """\
 Pack a document MDS into training rows of --max-seq-len slots.
 
-Each document is written as [BOS] document-tokens EOS. EOS always ends a document; BOS starts one only
-when the tokenizer itself adds a BOS to encoded text (Llama-3's <|begin_of_text|> does; GPT-2-style
-tokenizers do not). Each row stores input_ids, segment_lengths, continued (1 when its first segment
-continues a document from the previous row), urls and metadata (the extra columns, one dict per segment).
-The MeCo prefix ("URL: <domain>\\n\\n") is not written here: the training loader inserts it, so one
+Each document is written as [BOS] document-tokens EOS. EOS always ends a document;
+BOS starts one only when the tokenizer itself adds a BOS to encoded text (Llama-3's <|begin_of_text|>
+does; GPT-2-style tokenizers do not). Each row stores input_ids, segment_lengths (summing to --max-seq-len)
+in rows without room, or with prefix_room (their sum with segment_lengths at most --max-seq-len) in rows
+with room, continued (1 when its first segment continues a document from the previous row), urls and
+metadata (the extra columns, one dict per segment). The MeCo prefix ("URL: <domain>\\n\\n") is not written here: the training loader inserts it, so one
 packed set serves the baseline, MeCo and its ablations.
 
 Prefix room (--reserve-prefix KIND [KIND ...], recommended for MeCo): each segment gets as many slots as its

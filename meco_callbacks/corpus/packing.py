@@ -14,15 +14,11 @@ for any number of workers. Parts are joined in plan order into one index.
 
 from __future__ import annotations
 
-import json
 import logging
-import multiprocessing
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +31,12 @@ from meco_callbacks.corpus.document_set import (
     open_document_dataset,
     plan_ranges,
 )
+from meco_callbacks.corpus.joint_index import write_joint_index
+from meco_callbacks.corpus.output import existing_output, replace_output
 from meco_callbacks.corpus.reserved_rows import WindowStats, WindowTask, remember_tokenizer, write_window
 from meco_callbacks.corpus.row_planning import STRATEGIES
 from meco_callbacks.corpus.stream_rows import plan_parts, write_part
+from meco_callbacks.corpus.workers import ProcessMap
 from meco_callbacks.data.metadata import DEFAULT_TEMPLATE
 from meco_callbacks.data.prefix import PrefixReservation
 from meco_callbacks.formats import DOCUMENT_FORMAT, PACKED_FORMAT, read_dataset_info, write_dataset_info
@@ -48,6 +47,16 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DOCUMENTS_PER_TASK = 16384  # about one 64 MB shard of web documents
 
+# What makes two packed datasets the same dataset (label -> path in meco_dataset.json): source, settings, tokenizer.
+PACKED_IDENTITY = {
+    'max_seq_len': 'max_seq_len',
+    'tokenizer fingerprint': 'tokenizer.fingerprint',
+    'source path': 'source.path',
+    'metadata columns': 'source.metadata_columns',
+    'compression': 'compression',
+    'strategy': 'strategy',
+    'prefix room': 'reserve_prefix',
+}
 SKIP_DROPPED_TAIL = 'in_dropped_last_partial_row'
 
 
@@ -151,11 +160,7 @@ def pack_documents(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if out.is_dir():
-        shutil.rmtree(out)
-    elif out.exists():
-        out.unlink()
-    staging.rename(out)
+    replace_output(out, staging)
     seconds = time.perf_counter() - started
     logger.info(
         'Packed %d documents (%d skipped: %s) into %d rows of %d slots in %s with %d worker(s), strategy %s, '
@@ -228,23 +233,26 @@ def _pack(
     compression: str | None,
 ) -> dict[str, Any]:
     """Run both passes (in worker processes when ``num_workers`` > 1), join the parts, and total the stats."""
-    with _task_map(num_workers) as run:
-        measured = run(measure_range, ranges)
-        measures = []
-        with tqdm(
+    measures = []
+    with (
+        ProcessMap(measure_range, ranges, num_workers, describe=_describe_range) as measured,
+        tqdm(
             total=sum(task.end - task.begin for task in ranges), unit='doc', desc='measuring', disable=not progress
-        ) as bar:
-            for measure in measured:
-                measures.append(measure)
-                bar.update(measure.documents_read)
-        parts = plan_parts(ranges, measures, max_seq_len, staging / 'parts', compression)
-        written = run(write_part, parts)
-        part_stats = []
-        with tqdm(total=sum(part.rows for part in parts), unit='row', desc='packing', disable=not progress) as bar:
-            for stats in written:
-                part_stats.append(stats)
-                bar.update(stats.rows)
-                bar.set_postfix(tokens_per_s=f'{bar.n * max_seq_len / max(bar.format_dict["elapsed"], 1e-9):.3g}')
+        ) as bar,
+    ):
+        for measure in measured:
+            measures.append(measure)
+            bar.update(measure.documents_read)
+    parts = plan_parts(ranges, measures, max_seq_len, staging / 'parts', compression)
+    part_stats = []
+    with (
+        ProcessMap(write_part, parts, num_workers, describe=lambda part: f'writing {part.out}') as written,
+        tqdm(total=sum(part.rows for part in parts), unit='row', desc='packing', disable=not progress) as bar,
+    ):
+        for stats in written:
+            part_stats.append(stats)
+            bar.update(stats.rows)
+            bar.set_postfix(tokens_per_s=f'{bar.n * max_seq_len / max(bar.format_dict["elapsed"], 1e-9):.3g}')
     _join_parts(staging, [Path(part.out) for part in parts])
     rows = sum(stats.rows for stats in part_stats)
     segments = sum(stats.segments for stats in part_stats)
@@ -276,7 +284,7 @@ def _pack_windows(
     """Pack every window (in worker processes when ``num_workers`` > 1), join the parts, and total the stats."""
     results: list[WindowStats] = []
     with (
-        _task_map(num_workers) as run,
+        ProcessMap(write_window, tasks, num_workers, describe=lambda task: _describe_range(task.documents)) as run,
         tqdm(
             total=sum(t.documents.end - t.documents.begin for t in tasks),
             unit='doc',
@@ -284,7 +292,7 @@ def _pack_windows(
             disable=not progress,
         ) as bar,
     ):
-        for stats in run(write_window, tasks):
+        for stats in run:
             results.append(stats)
             bar.update(stats.documents_read)
     _join_parts(staging, [Path(task.out) for task, stats in zip(tasks, results) if stats.rows])
@@ -312,41 +320,14 @@ def _pack_windows(
     }
 
 
-@contextmanager
-def _task_map(num_workers: int) -> Iterator[Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]]:
-    """An order-preserving ``map``: in this process, or over a pool of ``num_workers`` processes.
-
-    Workers are forked (where the platform can) when the first tasks are submitted, before tqdm's or any
-    writer's threads exist in this process.
-    """
-    if num_workers == 1:
-        yield map
-        return
-    method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn'
-    pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context(method))
-    try:
-        yield lambda function, tasks: pool.map(function, tasks)
-    finally:  # on an error, tasks not yet started are dropped rather than run to completion
-        pool.shutdown(wait=True, cancel_futures=True)
+def _describe_range(task: DocumentRange) -> str:
+    """A range for messages about a worker that died on it."""
+    return f'packing documents {task.first_document}-{task.first_document + task.end - task.begin - 1}'
 
 
 def _join_parts(staging: Path, part_dirs: list[Path]) -> None:
-    """Move the parts' shards into ``staging`` under one numbering, in order, and write the joint index."""
-    shards = []
-    for part_dir in part_dirs:
-        for shard in json.loads((part_dir / 'index.json').read_text())['shards']:
-            old_name = shard['raw_data']['basename']
-            new_name = f'shard.{len(shards):05d}.mds'
-            for key in ('raw_data', 'zip_data'):
-                if shard.get(key):
-                    basename = shard[key]['basename']
-                    shard[key]['basename'] = new_name + basename[len(old_name) :]
-                    if (part_dir / basename).is_file():
-                        (part_dir / basename).rename(staging / shard[key]['basename'])
-            shards.append(shard)
-    staging.mkdir(parents=True, exist_ok=True)
-    # The index as MDSWriter writes it, so the joint dataset reads like a single writer's.
-    (staging / 'index.json').write_text(json.dumps({'version': 2, 'shards': shards}, sort_keys=True))
+    """Move the parts' shards into ``staging`` under one numbering, in order, with one index; drop the parts."""
+    write_joint_index(staging, part_dirs, flatten=True)
     shutil.rmtree(staging / 'parts', ignore_errors=True)
 
 
@@ -354,35 +335,5 @@ def _check_output_dir(out: Path, documents: Path, info: dict[str, Any], overwrit
     """Refuse an output that is (or contains, or is inside) the input, or that holds a different dataset."""
     if out == documents or documents.is_relative_to(out) or out.is_relative_to(documents):
         raise ValueError(f'the output {out} overlaps the documents {documents}; choose a separate directory.')
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        return
-    if overwrite:
-        logger.warning('Replacing %s (--overwrite).', out)
-        return
-    existing = read_dataset_info(out) if out.is_dir() else None
-    if existing is None or existing.get('format') != PACKED_FORMAT:
-        raise FileExistsError(
-            f'{out} already exists and holds something other than a packed dataset; pass '
-            f'--overwrite (overwrite=True) to replace it, or choose another output directory.'
-        )
-    differences = [key for key, value in _identity(info).items() if _identity(existing).get(key) != value]
-    if differences:
-        raise FileExistsError(
-            f'{out} holds a different packed dataset (it differs in {", ".join(differences)}); '
-            f'pass --overwrite (overwrite=True) to replace it, or choose another output directory.'
-        )
-    logger.info('%s holds a packed dataset made with the same settings; rebuilding it.', out)
-
-
-def _identity(info: dict[str, Any]) -> dict[str, Any]:
-    """What makes two packed datasets the same dataset: their source, settings and tokenizer."""
-    source = info.get('source') or {}
-    return {
-        'max_seq_len': info.get('max_seq_len'),
-        'tokenizer fingerprint': (info.get('tokenizer') or {}).get('fingerprint'),
-        'source path': source.get('path'),
-        'metadata columns': source.get('metadata_columns'),
-        'compression': info.get('compression'),
-        'strategy': info.get('strategy', 'stream'),
-        'prefix room': info.get('reserve_prefix'),
-    }
+    if existing_output(out, info, PACKED_IDENTITY, 'packed dataset', overwrite) is not None:
+        logger.info('%s holds a packed dataset made with the same settings; rebuilding it.', out)
