@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -32,11 +31,11 @@ from meco_callbacks.corpus.conversion_plan import (
     record_plan,
     recorded_plan,
 )
-from meco_callbacks.corpus.document_checks import ConversionStats, DocumentChecker, DocumentPolicy, text_problem
+from meco_callbacks.corpus.document_checks import ConversionStats, DocumentChecker, DocumentPolicy
 from meco_callbacks.corpus.document_merge import claim_document_output, merge_document_parts
 from meco_callbacks.corpus.errors import ConversionError
-from meco_callbacks.corpus.readers import Record, UnitReader
-from meco_callbacks.corpus.sources import FieldMapping, Unit, UnreadableFile, find_sources, plan_units
+from meco_callbacks.corpus.sources import DEFAULT_UNIT_BYTES, FieldMapping, Unit, find_sources, plan_units
+from meco_callbacks.corpus.text_sample import sample_texts
 from meco_callbacks.corpus.tokenization import build_tokenizer_backend
 from meco_callbacks.corpus.unit_conversion import UnitContext, convert_unit, describe_unit
 from meco_callbacks.corpus.workers import ProcessMap, WorkerDied
@@ -44,10 +43,7 @@ from meco_callbacks.tokenizer.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-DEFAULT_UNIT_BYTES = 64 << 20
-MIN_UNIT_BYTES = 1 << 20
-UNITS_PER_INPUT = 64  # small inputs get smaller units (never below MIN_UNIT_BYTES) so that workers share the tail
-SAMPLE_CHARS = 1 << 18
+SAMPLE_BYTES = 1 << 18  # of input text verifying the tiktoken backend, from up to SAMPLE_UNITS spread units
 SAMPLE_UNITS = 16
 SAMPLE_TEXT_CHARS = 1 << 12
 
@@ -112,8 +108,7 @@ def convert_documents(
     tok = load_tokenizer(tokenizer, require_fast=True) if isinstance(tokenizer, (str, Path)) else tokenizer
     output = Path(output)
     discovery = find_sources(inputs, fields, require_url=policy.missing_url == 'skip')
-    total = sum(source.size for source in discovery.sources)
-    units = plan_units(discovery.sources, min(unit_bytes, max(MIN_UNIT_BYTES, total // UNITS_PER_INPUT)))
+    units = plan_units(discovery.sources, unit_bytes)
     plan = plan_conversion(
         discovery.sources, discovery.unreadable, units, fields, policy, tok, tokenizer_backend, unit_bytes
     )
@@ -135,7 +130,15 @@ def convert_documents(
     recorded = recorded_plan(partial, plan['id'], overwrite)
     checker = DocumentChecker(policy, plan['tokenizer']['vocab_size'], _special_ids(tok))
     requested = recorded['tokenizer_backend'] if recorded else tokenizer_backend
-    backend = build_tokenizer_backend(tok, requested, _sample_texts(units, fields, checker), num_threads=num_workers)
+    sample = sample_texts(
+        units,
+        fields,
+        SAMPLE_BYTES,
+        max_units=SAMPLE_UNITS,
+        text_chars=SAMPLE_TEXT_CHARS,
+        max_document_chars=policy.max_document_chars,
+    )
+    backend = build_tokenizer_backend(tok, requested, sample, num_threads=num_workers)
     if recorded is None:
         record_plan(partial, dict(plan, tokenizer_backend=backend.name, tokenizer_backend_reason=backend.reason))
     context = UnitContext(fields, checker, backend, partial, len(units))
@@ -230,26 +233,6 @@ def _run_units(
         finally:
             bar.close()
     return seconds, stats
-
-
-def _sample_texts(units: list[Unit], fields: FieldMapping, checker: DocumentChecker) -> list[str]:
-    """Up to SAMPLE_CHARS of acceptable texts from up to SAMPLE_UNITS evenly spread units, for backend verification."""
-    step = max(1, math.ceil(len(units) / SAMPLE_UNITS))
-    per_unit = SAMPLE_CHARS // min(SAMPLE_UNITS, max(1, len(units)))
-    texts: list[str] = []
-    for unit in units[::step]:
-        taken = 0
-        try:
-            for item in UnitReader(unit, fields):
-                if isinstance(item, Record) and item.token_ids is None:
-                    if text_problem(item.text, checker.policy.max_document_chars) is None:
-                        texts.append(item.text[:SAMPLE_TEXT_CHARS])
-                        taken += len(texts[-1])
-                if taken >= per_unit:
-                    break
-        except UnreadableFile:
-            continue  # counted when the unit itself is converted
-    return texts
 
 
 def _special_ids(tokenizer: Any) -> list[int]:

@@ -29,6 +29,9 @@ from meco_callbacks.corpus.mds import TOKEN_ENCODINGS
 
 JSON_SUFFIXES = ('.jsonl', '.json', '.ndjson')
 COMPRESSIONS = {'.gz': 'gzip', '.zst': 'zstd', '.zstd': 'zstd'}
+DEFAULT_UNIT_BYTES = 64 << 20
+MIN_UNIT_BYTES = 1 << 20
+UNITS_PER_INPUT = 64  # small inputs get smaller units (never below MIN_UNIT_BYTES) so that workers share the tail
 
 
 class InputError(ValueError):
@@ -118,7 +121,12 @@ def find_sources(inputs: Sequence[str], fields: FieldMapping, require_url: bool 
 
 
 def plan_units(sources: Sequence[Source], unit_bytes: int) -> list[Unit]:
-    """Cut sources into units of about ``unit_bytes`` of input; every source gets at least one unit."""
+    """Cut sources into units of at most ``unit_bytes`` of input; every source gets at least one unit.
+
+    A small input gets smaller units (1/UNITS_PER_INPUT of it, at least MIN_UNIT_BYTES), so that workers share it.
+    """
+    total = sum(source.size for source in sources)
+    unit_bytes = min(unit_bytes, max(MIN_UNIT_BYTES, total // UNITS_PER_INPUT))
     units: list[Unit] = []
 
     def add(source: Source, start: int, stop: int, size: int) -> None:

@@ -1,0 +1,51 @@
+"""A sample of a corpus's text, spread evenly over its units: for verifying a tokenizer backend, or training one.
+
+A sample taken from the front of a corpus sees only its first files (often one site or one crawl); this one
+takes each chosen unit's share of the budget from its beginning, and a unit with less text than its share leaves
+the rest to the units after it. Only texts that conversion would accept are taken.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from meco_callbacks.corpus.document_checks import DocumentPolicy, text_problem
+from meco_callbacks.corpus.readers import Record, UnitReader
+from meco_callbacks.corpus.sources import FieldMapping, Unit, UnreadableFile
+
+
+def sample_texts(
+    units: Sequence[Unit],
+    fields: FieldMapping,
+    max_bytes: int,
+    *,
+    max_units: int | None = None,
+    text_chars: int | None = None,
+    max_document_chars: int = DocumentPolicy.max_document_chars,
+) -> list[str]:
+    """About ``max_bytes`` (UTF-8) of acceptable texts, in corpus order, an even share from each chosen unit.
+
+    ``max_units`` takes that many evenly spaced units (all by default); ``text_chars`` cuts each text to its first
+    characters. A damaged file gives the texts before the damage (conversion counts it).
+    """
+    chosen = list(units[:: max(1, math.ceil(len(units) / max_units))] if max_units else units)
+    texts: list[str] = []
+    taken = 0
+    for position, unit in enumerate(chosen):
+        share = (max_bytes - taken) // (len(chosen) - position)
+        if share <= 0:
+            break
+        from_unit = 0
+        try:
+            for item in UnitReader(unit, fields):
+                if not isinstance(item, Record) or text_problem(item.text, max_document_chars) is not None:
+                    continue
+                texts.append(item.text[:text_chars])
+                from_unit += len(texts[-1].encode('utf-8'))
+                if from_unit >= share:
+                    break
+        except UnreadableFile:
+            pass
+        taken += from_unit
+    return texts
