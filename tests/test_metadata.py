@@ -1,11 +1,12 @@
 """Metadata kinds and normalisation: what each document's prefix says, and that it stays one safe line."""
 
 import socket
+from urllib.parse import urlsplit
 
 import pytest
 
 from meco_callbacks.data import metadata
-from meco_callbacks.data.metadata import MetadataConfig, normalize_metadata, registered_domain
+from meco_callbacks.data.metadata import MetadataConfig, normalize_metadata, registered_domain, url_host
 
 URLS = {
     'wiki': 'https://EN.Wikipedia.org:443/wiki/X',
@@ -141,3 +142,30 @@ def test_a_url_without_a_host_gives_no_prefix():
 def test_bad_metadata_config_is_a_clear_error(cfg, message):
     with pytest.raises(ValueError, match=message):
         MetadataConfig.from_dict(cfg)
+
+
+@pytest.mark.parametrize(
+    'url',
+    [
+        'https://en.wikipedia.org/wiki/X',
+        'HTTP://WWW.Example.COM./a',
+        'example.com/a',
+        '//a.b',
+        'https://a.b?x',
+        'https://a.b#f',
+        'ftp://a-b.c:21/x',
+        'https://u@a.b/',
+        'https://[::1]/x',
+        'https://a.b\t/x',
+        'https:///x',
+        'mailto:a@b.c',
+        'https://a_b.c/',
+        '1http://a.b/',
+        'https://a.b/c://d',
+    ],
+)
+def test_the_fast_host_path_returns_what_urlsplit_returns(url):
+    reference = url.strip() if '://' in url or url.startswith('//') else '//' + url.strip()
+    expected = (urlsplit(reference).hostname or '').rstrip('.')
+    assert url_host(url) == expected
+    assert url_host(url, strip_www=True) == (expected[4:] if expected.startswith('www.') else expected)

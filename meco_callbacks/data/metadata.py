@@ -24,6 +24,8 @@ DEFAULT_MAX_CHARS = 100
 
 _REGISTERED_DOMAIN_CACHE = 1 << 16  # distinct hosts remembered per process (a loader worker calls this per document)
 _WHITESPACE = re.compile(r'\s+')
+# A scheme (or none) and a netloc of letters, digits, dots and hyphens only: no credentials, port or brackets.
+_PLAIN_HOST_URL = re.compile(r'(?:[A-Za-z][A-Za-z0-9+.-]*:)?//([A-Za-z0-9.-]+)(?:[/?#]|$)')
 _PLAIN_KINDS = ('domain', 'url', 'registered_domain', 'hash', 'none')
 
 
@@ -44,6 +46,10 @@ def url_host(url: str, strip_www: bool = False) -> str:
     url = url.strip()
     if '://' not in url and not url.startswith('//'):
         url = '//' + url  # 'example.com/a' has no scheme but is still a host and a path
+    plain = _PLAIN_HOST_URL.match(url)
+    if plain:  # the common case, what urlsplit would return without its cost (a third of packing with room)
+        host = plain.group(1).lower().rstrip('.')
+        return host[4:] if strip_www and host.startswith('www.') else host
     try:
         host = urlsplit(url).hostname or ''
     except ValueError:  # e.g. an unbalanced '[' in an IPv6-looking netloc

@@ -31,11 +31,11 @@ from streaming.base.util import clean_stale_shared_memory
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from meco_callbacks.data.collator import IGNORE_INDEX, PackedBatch, PackedCollator, PrefixInjector
+from meco_callbacks.data.collator import IGNORE_INDEX, PackedCollator, PrefixInjector
 from meco_callbacks.data.dataloader import build_meco_loader
+from meco_callbacks.data.dataset import documents_start_with_bos
 from meco_callbacks.data.metadata import MetadataConfig, url_host
 from meco_callbacks.formats import read_dataset_info
-from meco_callbacks.tokenizer.fingerprint import adds_bos_token
 
 log = logging.getLogger(__name__)
 
@@ -76,27 +76,6 @@ def language_model(model: torch.nn.Module) -> torch.nn.Module:
     from composer.models import HuggingFaceModel
 
     return model.model if isinstance(model, HuggingFaceModel) else model
-
-
-def packed_positions(batch: PackedBatch, prefixed: bool, max_seq_len: int) -> np.ndarray:
-    """For each output slot of ``PrefixInjector``, the packed-row index of its token, or -1 for a prefix token.
-
-    Mirrors the injector's layout (``[BOS] prefix document`` per segment, cut at ``max_seq_len``); the caller
-    checks the result against the injected ids, so a change in the injector cannot go unnoticed.
-    """
-    out = np.full((len(batch), max_seq_len), -1, dtype=np.int64)
-    for r, segments in enumerate(batch.segments):
-        layout: list[np.ndarray] = []
-        offset = 0
-        for seg in segments:
-            prefix_len = len(seg.prefix) if prefixed else 0
-            head = 1 if (seg.starts_with_bos and prefix_len) else 0
-            doc = np.arange(offset, offset + seg.length)
-            layout += [doc[:head], np.full(prefix_len, -1, dtype=np.int64), doc[head:]]
-            offset += seg.length
-        row = np.concatenate(layout)[:max_seq_len]
-        out[r, : len(row)] = row
-    return out
 
 
 def _forward_token_losses(
@@ -205,15 +184,18 @@ def compare_conditions(
             f'reserve_tokens must be in [0, {max_seq_len}) for rows of {max_seq_len} tokens; got {reserve_tokens}.'
         )
     configs = {name: metadata_config(spec) for name, spec in conditions.items()}
-    collators = {
-        name: PackedCollator(tokenizer, cfg, max_seq_len, adds_bos=adds_bos_token(tokenizer))
-        for name, cfg in configs.items()
-    }
+    bos_id = (
+        tokenizer.bos_token_id if documents_start_with_bos([read_dataset_info(packed_dir) or {}], tokenizer) else None
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collators = {name: PackedCollator(tokenizer, cfg, max_seq_len, bos_id) for name, cfg in configs.items()}
     injectors = {
-        name: PrefixInjector(max_seq_len, enabled=cfg.enabled and cfg.active, document_masking=document_masking)
+        name: PrefixInjector(
+            max_seq_len, enabled=cfg.enabled and cfg.active, document_masking=document_masking, pad_token_id=pad_id
+        )
         for name, cfg in configs.items()
     }
-    plain = PrefixInjector(max_seq_len, enabled=False, document_masking=document_masking)
+    plain = PrefixInjector(max_seq_len, enabled=False, document_masking=document_masking, pad_token_id=pad_id)
     lm = language_model(model)
     was_training = lm.training
     lm.eval()
@@ -231,15 +213,11 @@ def compare_conditions(
             losses, scored = _score_batch(
                 lm, samples, collators, injectors, plain, max_seq_len, reserve_tokens, device, rows
             )
-            domains = np.stack(
-                [
-                    np.repeat(
-                        np.array([url_host(u) for u in s['urls']], dtype=object),
-                        np.asarray(s['segment_lengths'], dtype=np.int64),
-                    )
-                    for s in samples
-                ]
-            )
+            domains = np.full((len(samples), max_seq_len), '', dtype=object)
+            for r, sample in enumerate(samples):
+                hosts = np.array([url_host(u) for u in sample['urls']], dtype=object)
+                row = np.repeat(hosts, np.asarray(sample['segment_lengths'], dtype=np.int64))
+                domains[r, : len(row)] = row
             for name, loss in losses.items():
                 totals[name].add(loss[scored], domains[scored])
             rows += len(samples)
@@ -272,17 +250,11 @@ def _score_batch(
     by_packed: dict[str, np.ndarray] = {}
     for name, collator in collators.items():
         packed = collator(samples)
-        batch = injectors[name](packed)
-        positions = packed_positions(packed, injectors[name].enabled, max_seq_len)
+        batch, positions = injectors[name].inject(packed)
         rows_idx = np.arange(len(packed))[:, None].repeat(max_seq_len, 1)
         is_doc = positions >= 0
-        if not np.array_equal(batch['input_ids'].numpy()[is_doc], packed.tokens[rows_idx[is_doc], positions[is_doc]]):
-            raise RuntimeError(
-                'PrefixInjector laid out a row differently from packed_positions; update '
-                "meco_callbacks/evaluation/conditional_loss.py to the injector's layout."
-            )
         slot_loss = _forward_token_losses(lm, batch, device).numpy()
-        loss = np.full((len(packed), max_seq_len), np.nan)
+        loss = np.full((len(packed), max_seq_len), np.nan)  # indexed by stored-row position
         loss[rows_idx[is_doc], positions[is_doc]] = slot_loss[is_doc]
         lost = scored & np.isnan(loss)
         if reserve_tokens and lost.any():
