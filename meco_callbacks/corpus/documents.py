@@ -143,17 +143,19 @@ def convert_documents(
         record_plan(partial, dict(plan, tokenizer_backend=backend.name, tokenizer_backend_reason=backend.reason))
     context = UnitContext(fields, checker, backend, partial, len(units))
     mine = [unit for unit in units if unit.index % num_jobs == job_index]
-    pending = [unit for unit in mine if not context.unit_dir(unit).is_dir()]
-    reused = ConversionStats()
+    done: list[Unit] = []
+    pending: list[Unit] = []
     for unit in mine:
-        if unit not in pending:
-            reused.add(ConversionStats.from_dict(json.loads((context.unit_dir(unit) / UNIT_STATS_FILE).read_text())))
+        (done if context.unit_dir(unit).is_dir() else pending).append(unit)
+    reused = ConversionStats()
+    for unit in done:
+        reused.add(ConversionStats.from_dict(json.loads((context.unit_dir(unit) / UNIT_STATS_FILE).read_text())))
     log.info(
         'Converting %d inputs: %d units%s, %d already done; %d workers; tokenizer backend %s.',
         len(discovery.sources),
         len(mine),
         f' (part {job_index} of {num_jobs})' if num_jobs > 1 else '',
-        len(mine) - len(pending),
+        len(done),
         num_workers,
         backend.name,
     )
@@ -167,7 +169,7 @@ def convert_documents(
         stage_seconds,
         0.0,
         time.perf_counter() - converting,
-        units_reused=len(mine) - len(pending),
+        units_reused=len(done),
         converted=converted,
         reused=reused,
     )
