@@ -64,3 +64,12 @@ def test_the_conversion_command_stops_with_the_message_and_exit_code_2(tmp_path,
         '(or name a Hugging Face hub tokenizer, e.g. meta-llama/Meta-Llama-3-8B)\n'
     )
     assert not (tmp_path / 'out').exists()
+
+
+def test_evaluation_names_a_missing_tokenizer_directory_of_the_run(tmp_path):
+    from conftest import TINY_YAML
+
+    from meco_callbacks.evaluation.trained_models import load_composer_checkpoint
+
+    with pytest.raises(TokenizerNotFound, match=f'tokenizer directory {tmp_path}/missing does not exist'):
+        load_composer_checkpoint(TINY_YAML, tmp_path / 'latest-rank0.pt', [f'variables.tokenizer={tmp_path}/missing'])

@@ -16,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from meco_callbacks.data.metadata import MetadataConfig
+from meco_callbacks.tokenizer.loading import check_tokenizer_location, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def load_composer_checkpoint(
 
     cfg = train_config(config_path, overrides)
     tokenizer_cfg = dict(cfg['tokenizer'])
+    check_tokenizer_location(tokenizer_cfg['name'])  # a missing directory is named, not taken for a hub repo id
     tokenizer = build_tokenizer(tokenizer_cfg['name'], dict(tokenizer_cfg.get('kwargs') or {}))
     model_cfg = dict(cfg['model'])
     model_cfg['init_device'] = 'cpu'
@@ -77,7 +79,7 @@ def load_composer_checkpoint(
 
 def load_hf_model(directory: str | Path, device: str = 'cpu') -> tuple[torch.nn.Module, Any]:
     """(HF causal LM in eval mode, tokenizer) from a directory written by ``hf_checkpointer`` or ``save_pretrained``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if not (Path(directory) / 'config.json').is_file():
         raise FileNotFoundError(
@@ -85,7 +87,7 @@ def load_hf_model(directory: str | Path, device: str = 'cpu') -> tuple[torch.nn.
             '(save_folder/huggingface/ba<N>) or a save_pretrained directory.'
         )
     model = AutoModelForCausalLM.from_pretrained(str(directory), trust_remote_code=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    tokenizer = load_tokenizer(directory)
     log.info('loaded %s from %s', type(model).__name__, directory)
     return model.to(device).eval(), tokenizer
 
