@@ -216,3 +216,37 @@ def test_best_fit_decreasing_splits_no_document_that_fits_a_row(short_docs, toke
     rows = stored_rows(out)
     assert sum(len(row['urls']) for row in rows) == stats['documents_packed'] == len(short_docs[1])
     assert stats['padding_tokens'] == ROW * len(rows) - sum(len(r['input_ids']) + r['prefix_room'].sum() for r in rows)
+
+
+def test_a_held_out_split_by_url_hash_puts_every_document_on_exactly_one_side(short_docs, tmp_path):
+    stats = pack_documents(
+        short_docs[0], tmp_path / 'split', ROW, progress=False, reserve_prefix=['domain'], holdout=0.2
+    )
+    sides = {name: {url for row in stored_rows(tmp_path / 'split' / name) for url in row['urls']} for name in stats}
+    assert sides['train'] | sides['heldout'] == {d['url'] for d in short_docs[1]}
+    assert not sides['train'] & sides['heldout']
+    assert 0.1 < len(sides['heldout']) / len(short_docs[1]) < 0.3
+    for name, other in (('train', 'heldout'), ('heldout', 'train')):
+        assert stats[name]['documents_packed'] == len(sides[name])
+        assert stats[name]['documents_in_other_split'] == len(sides[other])
+        assert read_dataset_info(tmp_path / 'split' / name)['split'] == {
+            'name': name,
+            'holdout': 0.2,
+            'by': 'sha256 of the URL',
+        }
+    again = pack_documents(
+        short_docs[0], tmp_path / 'again', ROW, progress=False, reserve_prefix=['domain'], holdout=0.2
+    )
+    assert again == stats  # the split is a function of the URLs alone
+
+
+def test_evaluating_fewer_batches_than_a_split_has_takes_rows_from_across_it(tmp_path, tokenizer):
+    from meco_callbacks.evaluation.conditional_loss import _packed_rows
+
+    by_site = sorted(short_documents(400, seed=5), key=lambda d: d['url'].split('/')[2])  # corpus order: site by site
+    documents = write_documents_mds(tmp_path / 'docs', by_site, tokenizer)
+    pack_documents(documents, tmp_path / 'packed', ROW, progress=False, reserve_prefix=['domain'])
+    with _packed_rows(tokenizer, tmp_path / 'packed', ROW, 4, True, max_batches=1) as batches:
+        (batch,) = list(batches)
+    sites = {url.split('/')[2] for row in batch for url in row['urls']}
+    assert sites == {'en.wikipedia.org', 'news.example.com', 'forum.example.org', 'docs.python.org'}

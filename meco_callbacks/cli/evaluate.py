@@ -119,7 +119,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     loss.add_argument('--per-source', action='store_true', help='also report the loss per source domain')
     loss.add_argument('--batch-size', type=int, default=8, help='rows per forward pass (default 8)')
-    loss.add_argument('--max-batches', type=int, help='stop after this many batches (default: the whole split)')
+    loss.add_argument(
+        '--max-batches',
+        type=int,
+        help='score this many batches of rows spread evenly over the whole split (default: every row)',
+    )
     loss.add_argument(
         '--reserve-tokens',
         type=int,

@@ -108,6 +108,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_DOCUMENTS_PER_TASK,
         help='documents per unit of work; with room or bfd also the window packed on its own (default %(default)s)',
     )
+    parser.add_argument(
+        '--holdout',
+        type=float,
+        default=0.0,
+        metavar='FRACTION',
+        help='hold out about this fraction of documents (e.g. 0.01), chosen by a SHA-256 hash of their URL, in '
+        'OUT/heldout and pack the rest in OUT/train; the same URL always lands on the same side',
+    )
     parser.add_argument('--compression', default=None, help='shard compression, e.g. zstd (default: none)')
     parser.add_argument('--overwrite', action='store_true', help='replace an output directory holding another dataset')
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
@@ -134,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             reserve_prefix=args.reserve_prefix,
             template=args.template,
             strategy=args.strategy,
+            holdout=args.holdout,
         )
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f'error: {error}', file=sys.stderr)

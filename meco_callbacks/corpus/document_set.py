@@ -8,6 +8,7 @@ the tokenizer cannot have is an error. Columns are located with ``corpus.mds`` f
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from meco_callbacks.corpus.mds import (
 
 SKIP_EMPTY = 'empty_document'
 
+IN_OTHER_SPLIT = 'in_the_other_split'  # counted with the skips, reported apart: not lost, in the other split
 SKIP_LENGTH_MISMATCH = 'length_column_mismatch'
 
 
@@ -54,6 +56,23 @@ class DocumentRange:
     metadata_columns: tuple[str, ...]
     special: SpecialTokens
     vocab_size: int | None
+    split: Split | None = None
+
+
+@dataclass(frozen=True)
+class Split:
+    """One side of a held-out split by URL hash: ``held_out`` selects the ``fraction`` side, else the rest."""
+
+    fraction: float
+    held_out: bool
+
+    def keeps(self, urls: list[bytes]) -> np.ndarray:
+        """Which of these URLs (UTF-8 bytes) belong to this side."""
+        threshold = int(self.fraction * 2**64)
+        held = np.fromiter(
+            (int.from_bytes(hashlib.sha256(url).digest()[:8], 'big') < threshold for url in urls), bool, len(urls)
+        )
+        return held if self.held_out else ~held
 
 
 @dataclass(frozen=True)
@@ -265,9 +284,14 @@ def _decode_layout(task: DocumentRange) -> _RangeLayout:
         else np.ones(count, bool)
     )
     empty = token_counts == 0
+    ours = np.ones(count, bool)
+    if task.split is not None:
+        url_starts, url_sizes = (column.tolist() for column in spans['url'])
+        ours = task.split.keeps([blob[a : a + n] for a, n in zip(url_starts, url_sizes)])
     skipped = {
-        SKIP_LENGTH_MISMATCH: int(np.count_nonzero(~lengths_agree)),
-        SKIP_EMPTY: int(np.count_nonzero(empty & lengths_agree)),
+        SKIP_LENGTH_MISMATCH: int(np.count_nonzero(~lengths_agree & ours)),
+        SKIP_EMPTY: int(np.count_nonzero(empty & lengths_agree & ours)),
+        IN_OTHER_SPLIT: int(np.count_nonzero(~ours)),
     }
     return _RangeLayout(
         blob=blob,
@@ -275,7 +299,7 @@ def _decode_layout(task: DocumentRange) -> _RangeLayout:
         encodings=encodings,
         token_starts=token_starts,
         token_counts=token_counts,
-        kept=np.flatnonzero(lengths_agree & ~empty),
+        kept=np.flatnonzero(lengths_agree & ~empty & ours),
         documents_read=count,
         skipped={reason: n for reason, n in skipped.items() if n},
     )

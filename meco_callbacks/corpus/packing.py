@@ -19,14 +19,17 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from meco_callbacks.corpus.document_set import (
+    IN_OTHER_SPLIT,
     DocumentRange,
     SpecialTokens,
+    Split,
     measure_range,
     open_document_dataset,
     plan_ranges,
@@ -74,6 +77,7 @@ def pack_documents(
     reserve_prefix: Sequence[str] | None = None,
     template: str = DEFAULT_TEMPLATE,
     strategy: str = 'stream',
+    holdout: float = 0.0,
 ) -> dict[str, Any]:
     """Pack a document MDS into rows of ``max_seq_len`` slots in ``out_dir``; returns the stats.
 
@@ -84,7 +88,9 @@ def pack_documents(
     ``max_seq_len`` document tokens (the first layout). ``tokenizer`` (a path, hub name or loaded tokenizer) is
     required when the documents carry no info file and must match the recorded fingerprint when they do.
     ``out_dir`` is written in a temporary sibling and renamed when complete; one that holds a different
-    dataset is refused unless ``overwrite``. The output does not depend on ``num_workers``.
+    dataset is refused unless ``overwrite``. The output does not depend on ``num_workers``. With ``holdout``
+    (a fraction), documents are split by a hash of their URL into ``out_dir/train`` and ``out_dir/heldout``
+    (about that fraction), and the stats of each are returned under ``train`` and ``heldout``.
     """
     if max_seq_len < 1:
         raise ValueError(f'max_seq_len must be at least 1, got {max_seq_len}.')
@@ -123,8 +129,41 @@ def pack_documents(
         'strategy': strategy,
         'reserve_prefix': reservation.to_info(tokenizer_entry['fingerprint']) if reservation else None,
     }
-    _check_output_dir(out, documents, info, overwrite)
+    if reservation is not None and loaded is not None:
+        remember_tokenizer(loaded, tokenizer_entry['fingerprint'])
     ranges = plan_ranges(dataset, documents_per_task, special, tokenizer_entry.get('vocab_size'))
+    if not holdout:
+        return _pack_split(ranges, documents, out, info, num_workers, progress, overwrite)
+    if not 0 < holdout < 1:
+        raise ValueError(f'holdout must be a fraction in (0, 1), e.g. 0.01; got {holdout}.')
+    stats = {}
+    for name, held_out in (('train', False), ('heldout', True)):
+        split = Split(holdout, held_out)
+        stats[name] = _pack_split(
+            [replace(task, split=split) for task in ranges],
+            documents,
+            out / name,
+            {**info, 'split': {'name': name, 'holdout': holdout, 'by': 'sha256 of the URL'}},
+            num_workers,
+            progress,
+            overwrite,
+        )
+    return stats
+
+
+def _pack_split(
+    ranges: list[DocumentRange],
+    documents: Path,
+    out: Path,
+    info: dict[str, Any],
+    num_workers: int,
+    progress: bool,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """Pack the documents of ``ranges`` into ``out`` (staged beside it, renamed when complete); returns the stats."""
+    _check_output_dir(out, documents, info, overwrite)
+    max_seq_len, compression, strategy = info['max_seq_len'], info['compression'], info['strategy']
+    reservation = PrefixReservation.from_info(info['reserve_prefix']) if info['reserve_prefix'] else None
     staging = out.with_name(out.name + '.packing')
     if staging.exists():
         logger.warning('Removing %s left by an interrupted packing run.', staging)
@@ -134,8 +173,6 @@ def pack_documents(
         if reservation is None and strategy == 'stream':
             stats = _pack(ranges, staging, max_seq_len, num_workers, progress, compression)
         else:
-            if loaded is not None:
-                remember_tokenizer(loaded, tokenizer_entry['fingerprint'])
             tasks = [
                 WindowTask(
                     out=str(staging / 'parts' / f'part.{k:05d}'),
@@ -143,23 +180,27 @@ def pack_documents(
                     max_seq_len=max_seq_len,
                     strategy=strategy,
                     reservation=reservation,
-                    tokenizer_name=str(tokenizer_entry.get('name')),
-                    tokenizer_fingerprint=tokenizer_entry['fingerprint'],
+                    tokenizer_name=str(info['tokenizer'].get('name')),
+                    tokenizer_fingerprint=info['tokenizer']['fingerprint'],
                     compression=compression,
                 )
                 for k, task in enumerate(ranges)
             ]
             stats = _pack_windows(tasks, staging, max_seq_len, num_workers, progress)
+        other = stats['skipped'].pop(IN_OTHER_SPLIT, 0)
+        if 'split' in info:
+            stats['documents_in_other_split'] = other
         if stats['rows'] == 0:
             raise ValueError(
-                f'{documents} holds {stats["tokens_dropped"]} tokens (BOS/EOS included), fewer than '
-                f'one row of max_seq_len={max_seq_len}: nothing to train on. Use a smaller '
-                f'--max-seq-len or more documents.'
+                f'{documents} holds {stats["document_tokens"] + stats["special_tokens"]} tokens (BOS/EOS included) '
+                f'for {out.name}, fewer than one row of max_seq_len={max_seq_len}: nothing to train on. Use a '
+                'smaller --max-seq-len or more documents.'
             )
         write_dataset_info(staging, {**info, 'stats': stats})
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    out.parent.mkdir(parents=True, exist_ok=True)
     replace_output(out, staging)
     seconds = time.perf_counter() - started
     logger.info(

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from streaming.base.util import clean_stale_shared_memory
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from meco_callbacks.data.collator import IGNORE_INDEX, PackedCollator, PrefixInjector
@@ -109,9 +109,18 @@ def _forward_token_losses(
 
 @contextmanager
 def _packed_rows(
-    tokenizer: Any, packed_dir: str | Path, max_seq_len: int, device_batch_size: int, document_masking: bool
+    tokenizer: Any,
+    packed_dir: str | Path,
+    max_seq_len: int,
+    device_batch_size: int,
+    document_masking: bool,
+    max_batches: int | None = None,
 ) -> Iterator[DataLoader]:
-    """Batches (lists) of raw packed rows in stored order, from the MeCo loader's checked dataset."""
+    """Batches (lists) of raw packed rows from the MeCo loader's checked dataset.
+
+    All rows in stored order, or with ``max_batches`` fewer than that, rows spread evenly over the whole set:
+    packed rows keep corpus order, so the first rows would all come from the first documents (often one site).
+    """
     clean_stale_shared_memory()
     loader = build_meco_loader(
         tokenizer,
@@ -125,8 +134,12 @@ def _packed_rows(
         },
         drop_last=False,
     )
+    rows: Any = loader.dataset
+    wanted = None if max_batches is None else max_batches * device_batch_size
+    if wanted is not None and wanted < len(rows):
+        rows = Subset(rows, np.linspace(0, len(rows) - 1, wanted).round().astype(int).tolist())
     try:
-        yield DataLoader(loader.dataset, batch_size=device_batch_size, collate_fn=list, num_workers=0)
+        yield DataLoader(rows, batch_size=device_batch_size, collate_fn=list, num_workers=0)
     finally:
         del loader
         clean_stale_shared_memory()
@@ -203,13 +216,10 @@ def compare_conditions(
     totals = {name: _Accumulator() for name in conditions}
     rows = 0
     with (
-        _packed_rows(tokenizer, packed_dir, max_seq_len, device_batch_size, document_masking) as batches,
+        _packed_rows(tokenizer, packed_dir, max_seq_len, device_batch_size, document_masking, max_batches) as batches,
         torch.no_grad(),
     ):
-        total = len(batches) if max_batches is None else min(max_batches, len(batches))
-        for b, samples in enumerate(tqdm(batches, total=total, desc='conditional loss', leave=False)):
-            if max_batches is not None and b >= max_batches:
-                break
+        for samples in tqdm(batches, desc='conditional loss', leave=False):
             losses, scored = _score_batch(
                 lm, samples, collators, injectors, plain, max_seq_len, reserve_tokens, device, rows
             )
