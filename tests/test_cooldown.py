@@ -136,7 +136,7 @@ def test_two_ranks_switch_at_the_same_batch_and_never_share_a_sample(tiny_packed
         str(tmp_path / 'rank{rank}.err'),
         str(REPO_ROOT / 'tests' / 'train_recorded.py'),
         str(REPO_ROOT / 'yamls' / 'tiny-cpu.yaml'),
-        f'variables.data={tiny_packed}',
+        f'variables.data_local={tiny_packed}',
         f'variables.tokenizer={tokenizer_dir}',
         'variables.max_seq_len=64',
         f'callbacks.batch_recorder.path={records}',

@@ -186,6 +186,44 @@ def test_baseline_is_the_meco_recipe_without_metadata_or_cooldown(size: str) -> 
     )
 
 
+def test_baseline_tiny_is_the_tiny_recipe_without_metadata_or_cooldown() -> None:
+    meco, baseline = (
+        flat(om.to_container(om.load(YAMLS / f'{name}.yaml'))) for name in ('tiny-cpu', 'baseline-tiny-cpu')
+    )
+    differing = {
+        key for key in meco.keys() | baseline.keys() if meco.get(key, '<absent>') != baseline.get(key, '<absent>')
+    }
+
+    assert differing == {
+        'variables.run_name',
+        'variables.cooldown',
+        'callbacks.meco_cooldown.cooldown',
+        'train_loader.dataset.metadata.kind',
+        'train_loader.dataset.metadata.template',
+        'train_loader.dataset.metadata.enabled',
+    }
+    assert (
+        baseline['train_loader.dataset.metadata.kind'] == 'none'
+        and baseline['variables.run_name'] == 'baseline-tiny-cpu'
+    )
+
+
+@pytest.mark.parametrize('name', [*RECIPES, *ABLATIONS, 'tiny-cpu', 'baseline-tiny-cpu'])
+def test_every_recipe_takes_its_data_tokenizer_and_save_folder_from_the_same_variables(name: str) -> None:
+    path = recipe_path(name)
+    raw, cfg = om.to_container(om.load(path)), resolved(name)
+
+    assert raw['train_loader']['dataset']['local'] == '${variables.data_local}'
+    assert raw['train_loader']['dataset']['remote'] == '${variables.data_remote}'
+    assert raw['tokenizer']['name'] == '${variables.tokenizer}' and raw['save_folder'] == '${variables.save_folder}'
+    assert cfg['callbacks']['hf_checkpointer']['save_folder'] == cfg['save_folder'] == f'./runs/{cfg["run_name"]}'
+
+
+@pytest.mark.parametrize('name', ['tiny-cpu', 'baseline-tiny-cpu'])
+def test_the_tiny_recipes_take_the_vocabulary_from_the_tokenizer(name: str) -> None:
+    assert resolved(name)['model']['vocab_size'] == 'tokenizer'
+
+
 @pytest.mark.parametrize('name', ABLATIONS)
 def test_ablation_differs_from_meco_1b_only_in_what_it_ablates(name: str) -> None:
     meco, ablation = (flat(om.to_container(om.load(recipe_path(n)))) for n in ('meco-1b', name))

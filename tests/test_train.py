@@ -1,31 +1,32 @@
 """End to end: `composer train.py yamls/tiny-cpu.yaml` trains, and a misconfigured run stops at start."""
 
+import json
 import math
+import os
 import re
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, TINY_MODEL, train_tiny
 
 
-@pytest.mark.slow
-def test_composer_train_py_trains_the_tiny_recipe_and_the_loss_falls(tiny_packed, tokenizer_dir, tmp_path):
+def composer_train(recipe: str, run_dir: Path, data: Path, tokenizer_dir: Path, *overrides: str) -> str:
+    """``composer train.py yamls/<recipe> ...`` into ``variables.save_folder=run_dir``; returns the console output."""
     done = subprocess.run(
         [
             str(Path(sys.executable).parent / 'composer'),
             'train.py',
-            'yamls/tiny-cpu.yaml',
-            f'variables.data={tiny_packed}',
+            f'yamls/{recipe}',
+            f'variables.data_local={data}',
             f'variables.tokenizer={tokenizer_dir}',
+            f'variables.save_folder={run_dir}',
             'variables.max_seq_len=64',
-            'max_duration=30ba',
-            'global_train_batch_size=8',
-            'device_train_microbatch_size=8',
-            'console_log_interval=1ba',
-            f'save_folder={tmp_path}/ckpt',
-            'save_interval=30ba',
+            *overrides,
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -33,11 +34,158 @@ def test_composer_train_py_trains_the_tiny_recipe_and_the_loss_falls(tiny_packed
         timeout=900,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    losses = [float(x) for x in re.findall(r'Train loss/train/total: ([0-9.naninf]+)', done.stdout + done.stderr)]
+    return done.stdout + done.stderr
+
+
+def logged_losses(output: str) -> list[float]:
+    """Every training loss the console logger printed, in order."""
+    return [float(x) for x in re.findall(r'Train loss/train/total: ([0-9.naninf]+)', output)]
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tiny_packed: Path, tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """yamls/tiny-cpu.yaml as shipped, 30 batches (cooldown from batch 27): its save_folder and console output."""
+    run_dir = tmp_path_factory.mktemp('tiny') / 'meco'
+    return run_dir, composer_train('tiny-cpu.yaml', run_dir, tiny_packed, tokenizer_dir, 'variables.max_duration=30ba')
+
+
+@pytest.fixture(scope='module')
+def baseline_run(tiny_packed: Path, tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """yamls/baseline-tiny-cpu.yaml, 10 batches of the smallest model: its save_folder and console output."""
+    run_dir = tmp_path_factory.mktemp('tiny') / 'baseline'
+    overrides = ['variables.max_duration=10ba', *TINY_MODEL]
+    return run_dir, composer_train('baseline-tiny-cpu.yaml', run_dir, tiny_packed, tokenizer_dir, *overrides)
+
+
+@pytest.mark.slow
+def test_composer_train_py_trains_the_tiny_recipe_and_the_loss_falls(tiny_run: tuple[Path, str]) -> None:
+    losses = logged_losses(tiny_run[1])
+
     assert len(losses) == 30
     assert all(math.isfinite(x) for x in losses)
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
-    assert (tmp_path / 'ckpt' / 'ep0-ba30-rank0.pt').is_file()
+
+
+@pytest.mark.slow
+def test_the_tiny_recipe_saves_checkpoints_and_a_hugging_face_copy_with_the_tokenizers_vocabulary(
+    tiny_run: tuple[Path, str], tokenizer
+) -> None:
+    run_dir, output = tiny_run
+    export = run_dir / 'huggingface' / 'ba30'
+
+    assert sorted(p.name for p in run_dir.glob('ep0-ba*-rank0.pt')) == [
+        'ep0-ba10-rank0.pt',
+        'ep0-ba20-rank0.pt',
+        'ep0-ba30-rank0.pt',
+    ]
+    assert json.loads((export / 'config.json').read_text())['vocab_size'] == len(tokenizer) == 388
+    assert (export / 'tokenizer.json').is_file()
+    assert f'meco_mpt_causal_lm: vocab_size 388, from the tokenizer {tokenizer.name_or_path}' in output
+
+
+@pytest.mark.slow
+def test_the_tiny_recipe_on_the_cpu_runs_torch_attention_and_says_so_once(tiny_run: tuple[Path, str]) -> None:
+    assert tiny_run[1].count("attn_impl: flex on the CPU runs as llm-foundry's torch attention") == 1
+
+
+@pytest.mark.slow
+def test_the_baseline_tiny_recipe_trains_without_metadata_or_cooldown(baseline_run: tuple[Path, str]) -> None:
+    run_dir, output = baseline_run
+
+    assert re.findall(r'Train meco/metadata_token_fraction: (\S+)', output) == ['0.0000'] * 10
+    assert 'meco_cooldown' not in output
+    assert (run_dir / 'ep0-ba10-rank0.pt').is_file() and (run_dir / 'huggingface' / 'ba10' / 'config.json').is_file()
+
+
+@pytest.mark.slow
+def test_plot_reads_the_runs_train_logs_and_draws_them_side_by_side(
+    tiny_run: tuple[Path, str], baseline_run: tuple[Path, str], tmp_path: Path
+) -> None:
+    from meco_callbacks.training.run_log import read_run_log
+
+    (meco_dir, meco_output), (baseline_dir, baseline_output) = tiny_run, baseline_run
+    meco, baseline = read_run_log(meco_dir / 'train.log'), read_run_log(baseline_dir / 'train.log')
+    png = tmp_path / 'loss.png'
+    done = subprocess.run(
+        [sys.executable, 'recipes/plot.py', str(meco_dir), str(baseline_dir), '--output', str(png)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert (meco.name, baseline.name) == ('meco', 'baseline')
+    assert [meco.losses[b] for b in range(1, 31)] == logged_losses(meco_output)
+    assert [baseline.losses[b] for b in range(1, 11)] == logged_losses(baseline_output)
+    assert [meco.tokens[b] for b in range(1, 31)] == [
+        int(x) for x in re.findall(r'Train time/token: (\d+)', meco_output)
+    ]
+    assert meco.tokens_before(27) == meco.tokens[28] > 0  # where the plot marks the cooldown
+    assert (meco.cooldown_start_batch, baseline.cooldown_start_batch) == (27, None)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == [
+        f'meco: 30 logged batches, last 30, loss {meco.final_loss:.4f}',
+        f'baseline: 10 logged batches, last 10, loss {baseline.final_loss:.4f}',
+        f'wrote {png}',
+    ]
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and png.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_the_plot_command_and_the_log_reader_import_without_matplotlib() -> None:
+    # (Composer itself imports matplotlib, so modules that import Composer cannot be checked this way.)
+    code = (
+        'import sys, meco_callbacks.cli.plot, meco_callbacks.cli.train, meco_callbacks.training.run_log; '
+        "print('matplotlib' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+
+    assert done.stdout == 'False\n', done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_training_with_one_line_naming_the_last_checkpoint(
+    tiny_packed: Path, tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    args = [
+        'yamls/tiny-cpu.yaml',
+        f'variables.data_local={tiny_packed}',
+        f'variables.tokenizer={tokenizer_dir}',
+        f'variables.save_folder={tmp_path}',
+        'variables.max_seq_len=64',
+        'variables.max_duration=400ba',
+        'variables.save_interval=5ba',
+        'console_log_interval=100ba',
+        *TINY_MODEL,
+    ]
+    training = subprocess.Popen(
+        [sys.executable, 'recipes/train.py', *args],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job: Ctrl-C reaches every process
+    )
+    deadline = time.monotonic() + 600
+    while not (tmp_path / 'ep0-ba5-rank0.pt').is_file() and training.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(training.pid, signal.SIGINT)
+    output, _ = training.communicate(timeout=300)
+    checkpoint = (tmp_path / 'latest-rank0.pt').resolve()
+    after = output[output.index('[batch=1/400]') :].splitlines()  # what followed the first batch
+
+    assert training.returncode == 130
+    assert checkpoint.name.startswith('ep0-ba') and checkpoint.is_file()
+    assert 'Traceback' not in output
+    assert [
+        line
+        for line in after
+        if not line.startswith('\t') and 'UserWarning' not in line and 'current_batch_size' not in line
+    ] == [
+        '[batch=1/400]:',
+        f'Training interrupted; last checkpoint {checkpoint}. Resume with: composer recipes/train.py '
+        f'{shlex.join(args)} load_path={checkpoint}',
+    ]
 
 
 def test_document_masking_without_a_model_that_honours_it_stops_the_run(tiny_packed, tokenizer_dir, tmp_path):
@@ -87,7 +235,7 @@ def test_two_meco_eval_loaders_track_loss_with_and_without_urls_through_the_cool
     trainer = train_from_yaml(
         str(REPO_ROOT / 'yamls' / 'tiny-cpu.yaml'),
         [
-            f'variables.data={tiny_packed}',
+            f'variables.data_local={tiny_packed}',
             f'variables.tokenizer={tokenizer_dir}',
             'variables.max_seq_len=64',
             'max_duration=10ba',
