@@ -89,6 +89,11 @@ def test_the_tiny_recipe_on_the_cpu_runs_torch_attention_and_says_so_once(tiny_r
 
 
 @pytest.mark.slow
+def test_a_tiny_run_prints_no_warning_per_batch(tiny_run: tuple[Path, str]) -> None:
+    assert 'To copy construct' not in tiny_run[1]
+
+
+@pytest.mark.slow
 def test_the_baseline_tiny_recipe_trains_without_metadata_or_cooldown(baseline_run: tuple[Path, str]) -> None:
     run_dir, output = baseline_run
 

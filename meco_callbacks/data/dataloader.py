@@ -174,13 +174,17 @@ def build_cooldown_loader(main: MeCoDataLoader, streams: Mapping[str, Any]) -> D
     )
 
 
-def meco_data_spec(loader: MeCoDataLoader) -> DataSpec:
-    """Wrap a loader so Composer injects prefixes per batch in the main process and counts tokens right."""
+def count_tokens(batch: Mapping[str, Any]) -> dict[str, int]:
+    """Tokens in a model batch as ints (llm-foundry's counter returns tensors, which Composer re-wraps every batch
+    with a warning)."""
     from llmfoundry.data.utils import get_tokens_per_batch_func
 
-    return DataSpec(
-        dataloader=loader, batch_transforms=loader.injector, get_num_tokens_in_batch=get_tokens_per_batch_func()
-    )
+    return {name: int(value) for name, value in get_tokens_per_batch_func()(batch).items()}
+
+
+def meco_data_spec(loader: MeCoDataLoader) -> DataSpec:
+    """Wrap a loader so Composer injects prefixes per batch in the main process and counts tokens right."""
+    return DataSpec(dataloader=loader, batch_transforms=loader.injector, get_num_tokens_in_batch=count_tokens)
 
 
 def build_meco_dataloader(
