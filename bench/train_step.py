@@ -86,15 +86,15 @@ def main() -> None:
         f'max_duration={args.batches}ba',
         f'global_train_batch_size={args.batch_size}',
         f'device_train_microbatch_size={args.batch_size}',
-        'model.vocab_size=4096',
+        f'variables.save_folder={work / "run"}',
     ]
     per_batch = args.batch_size * args.max_seq_len
-    ours = tokens_per_second(REPO / 'yamls' / 'tiny-cpu.yaml', [*common, f'variables.data={packed}'], per_batch)
+    ours = tokens_per_second(REPO / 'yamls' / 'tiny-cpu.yaml', [*common, f'variables.data_local={packed}'], per_batch)
     anchor = tokens_per_second(
         plain_recipe(work / 'plain.yaml'),
         [
             *common,
-            f'variables.data={tokens}',
+            f'variables.data_local={tokens}',
             'train_loader.name=text',
             'train_loader.num_workers=1',
             'model.attn_config.attn_uses_sequence_id=false',

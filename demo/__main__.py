@@ -74,11 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
     os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
     from demo.corpus import build_demo_corpus
-    from demo.report import plot_losses, read_run_log, write_report
+    from demo.report import plot_losses, write_report
     from meco_callbacks.corpus.documents import convert_documents
     from meco_callbacks.corpus.packing import pack_documents
     from meco_callbacks.formats import read_dataset_info
     from meco_callbacks.tokenizer.training import train_bpe_tokenizer
+    from meco_callbacks.training.run_log import read_run_log
 
     out = Path(args.output).resolve()
     if args.fresh and out.exists():
@@ -117,9 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         packed = data / f'{split}-packed-{args.seq_len}'
         info = read_dataset_info(packed)
         if info is None or not info.get('reserve_prefix'):  # a demo from before prefix room is repacked
-            pack_documents(
-                data / f'{split}-documents', packed, args.seq_len, reserve_prefix=['domain'], overwrite=True
-            )
+            pack_documents(data / f'{split}-documents', packed, args.seq_len, reserve_prefix=['domain'], overwrite=True)
 
     step('4/6 train')
     overrides = [
@@ -127,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
         f'variables.tokenizer={tokenizer}',
         f'variables.max_seq_len={args.seq_len}',
         f'variables.cooldown={args.cooldown}',
-        f'model.vocab_size={args.vocab_size}',
         f'max_duration={args.steps}ba',
         f'global_train_batch_size={args.batch_size}',
         f'device_train_microbatch_size={args.batch_size}',

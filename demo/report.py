@@ -1,57 +1,18 @@
 """The demo's report: training losses read back from each run's own console log, a plot, and a Markdown summary.
 
+Logs are read with the library's ``training.run_log`` (what ``meco-plot`` reads too).
+
 Numbers come only from the runs' logs (Composer's console logger, one block per batch) and the evaluation
 results handed in, so the report cannot disagree with what the runs printed.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-_BATCH = re.compile(r'^\[(?:epoch=\d+\]\[)?batch=(\d+)/(\d+)\]:?\s*$')
-_METRIC = re.compile(r'^\s+Train ([^:]+): (\S+)\s*$')
-
-
-@dataclass
-class RunLog:
-    """One training run as its console log recorded it: loss after each batch and when cooldown began."""
-
-    name: str
-    losses: dict[int, float] = field(default_factory=dict)
-    max_batches: int | None = None
-    cooldown_start_batch: int | None = None
-
-    @property
-    def complete(self) -> bool:
-        """Whether the log reaches the run's last batch."""
-        return self.max_batches is not None and self.max_batches in self.losses
-
-    @property
-    def final_loss(self) -> float:
-        """The training loss logged for the last batch."""
-        return self.losses[max(self.losses)]
-
-
-def read_run_log(path: str | Path, name: str) -> RunLog:
-    """Parse a Composer console log (``console_log_interval=1ba``): per-batch ``loss/train/total`` and the cooldown start."""
-    run = RunLog(name)
-    batch = None
-    for line in Path(path).read_text(encoding='utf-8', errors='replace').splitlines():
-        header = _BATCH.match(line)
-        if header:
-            batch, run.max_batches = int(header.group(1)), int(header.group(2))
-            continue
-        metric = _METRIC.match(line)
-        if metric and batch is not None:
-            key, value = metric.groups()
-            if key == 'loss/train/total':
-                run.losses[batch] = float(value)
-            elif key == 'meco/cooldown_start_batch':
-                run.cooldown_start_batch = int(value)
-    return run
+from meco_callbacks.cli.plot import moving_average
+from meco_callbacks.training.run_log import RunLog
 
 
 def plot_losses(runs: Sequence[RunLog], tokens_per_batch: int, cooldown_batch: int | None, out_png: str | Path) -> Path:
@@ -93,14 +54,6 @@ def plot_losses(runs: Sequence[RunLog], tokens_per_batch: int, cooldown_batch: i
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
     return Path(out_png)
-
-
-def moving_average(values: Sequence[float], window: int) -> list[float]:
-    """Mean of each value and up to ``window - 1`` before it: per-batch losses are too noisy to read by eye."""
-    sums = [0.0]
-    for value in values:
-        sums.append(sums[-1] + value)
-    return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(window, i + 1) for i in range(len(values))]
 
 
 def wrong_url_condition(url: str) -> str:

@@ -138,7 +138,7 @@ def test_the_report_spells_out_the_papers_comparisons_from_the_held_out_losses(d
 
 
 def test_the_plotted_moving_average_is_the_mean_of_each_loss_and_those_just_before_it():
-    from demo.report import moving_average
+    from meco_callbacks.cli.plot import moving_average
 
     assert moving_average([4.0, 2.0, 6.0, 0.0], 2) == [4.0, 3.0, 4.0, 3.0]
     assert moving_average([4.0, 2.0, 6.0], 1) == [4.0, 2.0, 6.0]
