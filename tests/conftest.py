@@ -165,9 +165,13 @@ TINY_MODEL = ['model.d_model=64', 'model.n_heads=2', 'model.n_layers=2', 'model.
 
 @pytest.fixture(scope='session')
 def tiny_packed(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
-    """A packed dataset (rows of 64 tokens) of the synthetic corpus, for training runs."""
-    out = tmp_path_factory.mktemp('packed')
-    return write_packed_mds(out, pack_texts(synthetic_documents(1500, seed=1), tokenizer, 64), 64, tokenizer)
+    """The synthetic corpus packed for training runs as the README packs: rows of 64, prefix room for domains."""
+    from meco_callbacks.corpus.packing import pack_documents
+
+    documents = write_documents_mds(tmp_path_factory.mktemp('documents'), synthetic_documents(1500, seed=1), tokenizer)
+    out = tmp_path_factory.mktemp('packed') / 'packed'
+    pack_documents(documents, out, 64, progress=False, reserve_prefix=['domain'])
+    return out
 
 
 def train_tiny(run_dir: Path, data: Path, tokenizer_dir: Path, *overrides: str) -> list[dict]:
@@ -182,7 +186,7 @@ def train_tiny(run_dir: Path, data: Path, tokenizer_dir: Path, *overrides: str) 
     train_from_yaml(
         str(REPO_ROOT / 'yamls' / 'tiny-cpu.yaml'),
         [
-            f'variables.data={data}',
+            f'variables.data_local={data}',
             f'variables.tokenizer={tokenizer_dir}',
             'variables.max_seq_len=64',
             f'callbacks.batch_recorder.path={records}',

@@ -143,6 +143,6 @@ def test_a_bos_stays_first_with_the_prefix_after_it(tokenizer):
 
 def test_rows_of_the_wrong_length_are_a_clear_error(tokenizer):
     sample, _, _ = two_document_row(tokenizer)
-    collator = PackedCollator(tokenizer, MetadataConfig(), len(sample["input_ids"]) + 1, None)
+    collator = PackedCollator(tokenizer, MetadataConfig(), len(sample['input_ids']) + 1, None)
     with pytest.raises(ValueError, match='pack the dataset with convert/pack.py'):
         collator([sample])

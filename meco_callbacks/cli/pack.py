@@ -77,7 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         '--num-workers',
         type=int,
         default=1,
-        help='processes that read documents and write rows; the output is byte-identical for any number (default 1)',
+        help='processes that read documents and write rows; the output is byte-identical for any number (default 1). '
+        'Each window of --window-documents documents (or compressed shard) is one task, so workers help when there '
+        'are several windows per worker; at short rows (e.g. 128) writing rows dominates and 2 workers gave 1.3-1.7x',
     )
     parser.add_argument(
         '--metadata-columns',

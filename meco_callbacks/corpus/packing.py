@@ -48,7 +48,7 @@ from meco_callbacks.tokenizer.loading import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DOCUMENTS_PER_TASK = 16384  # about one 64 MB shard of web documents
+DEFAULT_DOCUMENTS_PER_TASK = 4096  # a window: ~5M tokens of web documents; enough windows to keep workers busy
 
 # What makes two packed datasets the same dataset (label -> path in meco_dataset.json): source, settings, tokenizer.
 PACKED_IDENTITY = {
