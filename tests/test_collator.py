@@ -146,3 +146,63 @@ def test_rows_of_the_wrong_length_are_a_clear_error(tokenizer):
     collator = PackedCollator(tokenizer, MetadataConfig(), len(sample['input_ids']) + 1, None)
     with pytest.raises(ValueError, match='pack the dataset with convert/pack.py'):
         collator([sample])
+
+
+def reserved_row(tokenizer, extra: int = 3):
+    """DOC_A + EOS + DOC_B + EOS with the room of each domain prefix, in a row ``extra`` slots longer than needed."""
+    sample, a, b = two_document_row(tokenizer)
+    pa, pb = ids(tokenizer, 'URL: a.example\n\n'), ids(tokenizer, 'URL: b.example\n\n')
+    sample['prefix_room'] = np.array([len(pa), len(pb)])
+    return sample, a, b, pa, pb, len(pa) + len(a) + len(pb) + len(b) + extra
+
+
+def test_a_reserved_row_fills_each_room_with_its_prefix_and_pads_the_rest(tokenizer):
+    sample, a, b, pa, pb, length = reserved_row(tokenizer)
+    collator = PackedCollator(tokenizer, MetadataConfig(), length, None)
+    injector = PrefixInjector(length, enabled=True, document_masking=True, pad_token_id=7)
+    batch, sources = injector.inject(collator([sample]))
+    used = len(pa) + len(a) + len(pb) + len(b)
+    assert batch['input_ids'][0].tolist() == pa + a + pb + b + [7, 7, 7]
+    assert batch['attention_mask'][0].tolist() == [True] * used + [False] * 3
+    assert batch['sequence_id'][0].tolist() == [0] * (len(pa) + len(a)) + [1] * (len(pb) + len(b)) + [2] * 3
+    assert batch['position_ids'][0].tolist()[-3:] == [0, 1, 2]
+    assert batch['labels'][0].tolist()[-3:] == [IGNORE_INDEX] * 3
+    assert sources[0].tolist() == (
+        [-1] * len(pa) + list(range(len(a))) + [-1] * len(pb) + list(range(len(a), len(a) + len(b))) + [-1] * 3
+    )
+    assert injector.stats.last == {
+        'tokens': length,
+        'metadata_tokens': len(pa) + len(pb),
+        'dropped_tokens': 0,
+        'document_tokens': len(a) + len(b),
+        'padding_tokens': 3,
+    }
+
+
+def test_the_baseline_reads_a_reserved_row_with_its_room_as_padding_at_the_end(tokenizer):
+    sample, a, b, pa, pb, length = reserved_row(tokenizer)
+    collator = PackedCollator(tokenizer, MetadataConfig(kind='none'), length, None)
+    injector = PrefixInjector(length, enabled=False, document_masking=True, pad_token_id=7)
+    batch = injector(collator([sample]))
+    padding = length - len(a) - len(b)
+    assert batch['input_ids'][0].tolist() == a + b + [7] * padding
+    assert batch['attention_mask'][0].tolist() == [True] * (len(a) + len(b)) + [False] * padding
+    assert injector.stats.last['padding_tokens'] == padding == len(pa) + len(pb) + 3
+
+
+def test_a_reserved_row_longer_than_max_seq_len_is_a_clear_error(tokenizer):
+    sample, *_, length = reserved_row(tokenizer, extra=0)
+    with pytest.raises(ValueError, match='needs .* slots but max_seq_len is'):
+        PackedCollator(tokenizer, MetadataConfig(), length - 1, None)([sample])
+
+
+def test_the_prefix_cache_is_bounded_and_evicts_the_least_recently_used(tokenizer):
+    from meco_callbacks.data.prefix import PrefixTokens
+
+    prefixes = PrefixTokens(tokenizer, MetadataConfig(), cache_size=2)
+    first = prefixes('a.example').tolist()
+    prefixes('b.example')
+    prefixes('a.example')  # used again: b.example is now the oldest
+    prefixes('c.example')
+    assert list(prefixes._cache) == ['a.example', 'c.example']
+    assert prefixes('a.example').tolist() == first == ids(tokenizer, 'URL: a.example\n\n')

@@ -250,3 +250,16 @@ def test_evaluating_fewer_batches_than_a_split_has_takes_rows_from_across_it(tmp
         (batch,) = list(batches)
     sites = {url.split('/')[2] for row in batch for url in row['urls']}
     assert sites == {'en.wikipedia.org', 'news.example.com', 'forum.example.org', 'docs.python.org'}
+
+
+def test_a_set_whose_documents_start_with_bos_refuses_a_tokenizer_that_adds_none(reserved, tokenizer, tmp_path):
+    import json
+    import shutil
+
+    copy = tmp_path / 'bos-record'
+    shutil.copytree(reserved, copy)
+    info = json.loads((copy / 'meco_dataset.json').read_text())
+    info['tokenizer']['adds_bos'] = True  # as if packed by the same vocabulary with a BOS-adding post-processor
+    (copy / 'meco_dataset.json').write_text(json.dumps(info))
+    with pytest.raises(ValueError, match='documents starting with BOS, but the training tokenizer .* does not add one'):
+        meco_loader(copy, tokenizer, {'kind': 'domain'})
