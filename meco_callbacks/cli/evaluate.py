@@ -110,13 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     loss = sub.add_parser('loss', help='per-token loss with the true URL, no URL and wrong URLs (per source)')
     add_model_args(loss)
     loss.add_argument('--packed', required=True, help='a held-out packed MeCo dataset (convert/pack.py)')
-    loss.add_argument(
-        '--wrong-url',
-        action='append',
-        default=[],
-        metavar='DOMAIN',
-        help='a fixed URL put before every document (repeatable): the mismatched condition',
-    )
+    wrong_url = 'a fixed URL put before every document (repeatable): the mismatched condition'
+    loss.add_argument('--wrong-url', action='append', default=[], metavar='DOMAIN', help=wrong_url)
     loss.add_argument('--per-source', action='store_true', help='also report the loss per source domain')
     loss.add_argument('--batch-size', type=int, default=8, help='rows per forward pass (default 8)')
     loss.add_argument(
