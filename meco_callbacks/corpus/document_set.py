@@ -204,6 +204,11 @@ def plan_ranges(
     return ranges
 
 
+def describe_range(task: DocumentRange) -> str:
+    """A range for messages about a worker that died on it."""
+    return f'packing documents {task.first_document}-{task.first_document + task.end - task.begin - 1}'
+
+
 def measure_range(task: DocumentRange) -> RangeMeasure:
     """Pass 1: a range's stream length and document counts, from the sample layout alone (no token copies)."""
     layout = _decode_layout(task)

@@ -17,29 +17,24 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-
-from tqdm import tqdm
 
 from meco_callbacks.corpus.document_set import (
     IN_OTHER_SPLIT,
     DocumentRange,
     SpecialTokens,
     Split,
-    measure_range,
     open_document_dataset,
     plan_ranges,
 )
 from meco_callbacks.corpus.joint_index import write_joint_index
 from meco_callbacks.corpus.output import existing_output, replace_output
-from meco_callbacks.corpus.reserved_rows import WindowStats, WindowTask, remember_tokenizer, write_window
+from meco_callbacks.corpus.reserved_rows import WindowTask, pack_windows, remember_tokenizer
 from meco_callbacks.corpus.row_planning import STRATEGIES
-from meco_callbacks.corpus.stream_rows import plan_parts, write_part
-from meco_callbacks.corpus.workers import ProcessMap
+from meco_callbacks.corpus.stream_rows import pack_stream
 from meco_callbacks.data.metadata import DEFAULT_TEMPLATE
 from meco_callbacks.data.prefix import PrefixReservation
 from meco_callbacks.formats import DOCUMENT_FORMAT, PACKED_FORMAT, read_dataset_info, write_dataset_info
@@ -60,7 +55,6 @@ PACKED_IDENTITY = {
     'strategy': 'strategy',
     'prefix room': 'reserve_prefix',
 }
-SKIP_DROPPED_TAIL = 'in_dropped_last_partial_row'
 
 
 def pack_documents(
@@ -171,7 +165,7 @@ def _pack_split(
     started = time.perf_counter()
     try:
         if reservation is None and strategy == 'stream':
-            stats = _pack(ranges, staging, max_seq_len, num_workers, progress, compression)
+            stats, parts = pack_stream(ranges, staging / 'parts', max_seq_len, num_workers, progress, compression)
         else:
             tasks = [
                 WindowTask(
@@ -186,7 +180,8 @@ def _pack_split(
                 )
                 for k, task in enumerate(ranges)
             ]
-            stats = _pack_windows(tasks, staging, max_seq_len, num_workers, progress)
+            stats, parts = pack_windows(tasks, max_seq_len, num_workers, progress)
+        _join_parts(staging, parts)
         other = stats['skipped'].pop(IN_OTHER_SPLIT, 0)
         if 'split' in info:
             stats['documents_in_other_split'] = other
@@ -263,107 +258,6 @@ def resolve_tokenizer(
     if given['eos_token_id'] is None:
         raise ValueError(f'tokenizer {given["name"]!r} has no EOS token; the packer ends every document with one.')
     return ({**given, **recorded} if recorded is not None else given), tokenizer
-
-
-def _pack(
-    ranges: list[DocumentRange],
-    staging: Path,
-    max_seq_len: int,
-    num_workers: int,
-    progress: bool,
-    compression: str | None,
-) -> dict[str, Any]:
-    """Run both passes (in worker processes when ``num_workers`` > 1), join the parts, and total the stats."""
-    measures = []
-    with (
-        ProcessMap(measure_range, ranges, num_workers, describe=_describe_range) as measured,
-        tqdm(
-            total=sum(task.end - task.begin for task in ranges), unit='doc', desc='measuring', disable=not progress
-        ) as bar,
-    ):
-        for measure in measured:
-            measures.append(measure)
-            bar.update(measure.documents_read)
-    parts = plan_parts(ranges, measures, max_seq_len, staging / 'parts', compression)
-    part_stats = []
-    with (
-        ProcessMap(write_part, parts, num_workers, describe=lambda part: f'writing {part.out}') as written,
-        tqdm(total=sum(part.rows for part in parts), unit='row', desc='packing', disable=not progress) as bar,
-    ):
-        for stats in written:
-            part_stats.append(stats)
-            bar.update(stats.rows)
-            bar.set_postfix(tokens_per_s=f'{bar.n * max_seq_len / max(bar.format_dict["elapsed"], 1e-9):.3g}')
-    _join_parts(staging, [Path(part.out) for part in parts])
-    rows = sum(stats.rows for stats in part_stats)
-    segments = sum(stats.segments for stats in part_stats)
-    continued = sum(stats.continued_segments for stats in part_stats)
-    stream_tokens = sum(measure.stream_tokens for measure in measures)
-    document_tokens = sum(measure.document_tokens for measure in measures)
-    skipped: Counter[str] = Counter()
-    for measure in measures:
-        skipped.update(measure.skipped)
-    # Documents whose every token falls in the dropped last partial row were never written.
-    skipped[SKIP_DROPPED_TAIL] = sum(measure.documents_kept for measure in measures) - (segments - continued)
-    return {
-        'rows': rows,
-        'tokens': rows * max_seq_len,
-        'documents_read': sum(measure.documents_read for measure in measures),
-        'documents_packed': segments - continued,
-        'skipped': {reason: count for reason, count in sorted(skipped.items()) if count},
-        'segments': segments,
-        'continued_segments': continued,
-        'document_tokens': document_tokens,
-        'special_tokens': stream_tokens - document_tokens,
-        'tokens_dropped': stream_tokens - rows * max_seq_len,
-    }
-
-
-def _pack_windows(
-    tasks: list[WindowTask], staging: Path, max_seq_len: int, num_workers: int, progress: bool
-) -> dict[str, Any]:
-    """Pack every window (in worker processes when ``num_workers`` > 1), join the parts, and total the stats."""
-    results: list[WindowStats] = []
-    with (
-        ProcessMap(write_window, tasks, num_workers, describe=lambda task: _describe_range(task.documents)) as run,
-        tqdm(
-            total=sum(t.documents.end - t.documents.begin for t in tasks),
-            unit='doc',
-            desc='packing',
-            disable=not progress,
-        ) as bar,
-    ):
-        for stats in run:
-            results.append(stats)
-            bar.update(stats.documents_read)
-    _join_parts(staging, [Path(task.out) for task, stats in zip(tasks, results) if stats.rows])
-    rows = sum(r.rows for r in results)
-    skipped: Counter[str] = Counter()
-    for r in results:
-        skipped.update(r.skipped)
-    stream_tokens = sum(r.stream_tokens for r in results)
-    reserved = sum(r.reserved_tokens for r in results)
-    document_tokens = sum(r.document_tokens for r in results)
-    return {
-        'rows': rows,
-        'tokens': rows * max_seq_len,
-        'documents_read': sum(r.documents_read for r in results),
-        'documents_packed': sum(r.documents_packed for r in results),
-        'documents_split': sum(r.documents_split for r in results),
-        'skipped': {reason: count for reason, count in sorted(skipped.items()) if count},
-        'segments': sum(r.segments for r in results),
-        'continued_segments': sum(r.continued_segments for r in results),
-        'document_tokens': document_tokens,
-        'special_tokens': stream_tokens - document_tokens,
-        'reserved_tokens': reserved,
-        'padding_tokens': rows * max_seq_len - stream_tokens - reserved,
-        'tokens_dropped': 0,
-    }
-
-
-def _describe_range(task: DocumentRange) -> str:
-    """A range for messages about a worker that died on it."""
-    return f'packing documents {task.first_document}-{task.first_document + task.end - task.begin - 1}'
 
 
 def _join_parts(staging: Path, part_dirs: list[Path]) -> None:

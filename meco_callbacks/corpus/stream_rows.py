@@ -12,17 +12,28 @@ finish its last row).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from streaming import MDSWriter
+from tqdm import tqdm
 
-from meco_callbacks.corpus.document_set import DocumentChunk, DocumentRange, RangeMeasure, read_range
+from meco_callbacks.corpus.document_set import (
+    DocumentChunk,
+    DocumentRange,
+    RangeMeasure,
+    describe_range,
+    measure_range,
+    read_range,
+)
 from meco_callbacks.corpus.mds import raw_shard_path
+from meco_callbacks.corpus.workers import ProcessMap
 from meco_callbacks.formats import PACKED_COLUMNS
 
+SKIP_DROPPED_TAIL = 'in_dropped_last_partial_row'
 READ_AHEAD_DOCUMENTS = 256  # documents read at a time past a part's own range to finish its last row
 
 
@@ -181,3 +192,57 @@ def write_part(task: PartTask) -> PartStats:
     if packer.rows != task.rows:
         raise RuntimeError(f'internal error: part {task.out} cut {packer.rows} rows, planned {task.rows}.')
     return PartStats(rows=packer.rows, segments=packer.segments, continued_segments=packer.continued_segments)
+
+
+def pack_stream(
+    ranges: list[DocumentRange],
+    parts_dir: Path,
+    max_seq_len: int,
+    num_workers: int,
+    progress: bool,
+    compression: str | None,
+) -> tuple[dict[str, Any], list[Path]]:
+    """Run both passes (in worker processes when ``num_workers`` > 1); the stats and the parts, in order."""
+    measures = []
+    with (
+        ProcessMap(measure_range, ranges, num_workers, describe=describe_range) as measured,
+        tqdm(
+            total=sum(task.end - task.begin for task in ranges), unit='doc', desc='measuring', disable=not progress
+        ) as bar,
+    ):
+        for measure in measured:
+            measures.append(measure)
+            bar.update(measure.documents_read)
+    parts = plan_parts(ranges, measures, max_seq_len, parts_dir, compression)
+    part_stats = []
+    with (
+        ProcessMap(write_part, parts, num_workers, describe=lambda part: f'writing {part.out}') as written,
+        tqdm(total=sum(part.rows for part in parts), unit='row', desc='packing', disable=not progress) as bar,
+    ):
+        for stats in written:
+            part_stats.append(stats)
+            bar.update(stats.rows)
+            bar.set_postfix(tokens_per_s=f'{bar.n * max_seq_len / max(bar.format_dict["elapsed"], 1e-9):.3g}')
+    rows = sum(stats.rows for stats in part_stats)
+    segments = sum(stats.segments for stats in part_stats)
+    continued = sum(stats.continued_segments for stats in part_stats)
+    stream_tokens = sum(measure.stream_tokens for measure in measures)
+    document_tokens = sum(measure.document_tokens for measure in measures)
+    skipped: Counter[str] = Counter()
+    for measure in measures:
+        skipped.update(measure.skipped)
+    # Documents whose every token falls in the dropped last partial row were never written.
+    skipped[SKIP_DROPPED_TAIL] = sum(measure.documents_kept for measure in measures) - (segments - continued)
+    stats = {
+        'rows': rows,
+        'tokens': rows * max_seq_len,
+        'documents_read': sum(measure.documents_read for measure in measures),
+        'documents_packed': segments - continued,
+        'skipped': {reason: count for reason, count in sorted(skipped.items()) if count},
+        'segments': segments,
+        'continued_segments': continued,
+        'document_tokens': document_tokens,
+        'special_tokens': stream_tokens - document_tokens,
+        'tokens_dropped': stream_tokens - rows * max_seq_len,
+    }
+    return stats, [Path(part.out) for part in parts]
