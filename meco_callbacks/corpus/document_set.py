@@ -31,6 +31,7 @@ from meco_callbacks.corpus.mds import (
 
 SKIP_EMPTY = 'empty_document'
 
+WINDOW_BYTES = 32 << 20  # a range's share of shard bytes: ~8M tokens, one padded row in thousands at 8192
 IN_OTHER_SPLIT = 'in_the_other_split'  # counted with the skips, reported apart: not lost, in the other split
 SKIP_LENGTH_MISMATCH = 'length_column_mismatch'
 
@@ -173,18 +174,24 @@ def open_document_dataset(documents_dir: str | Path, metadata_columns: Sequence[
 
 
 def plan_ranges(
-    dataset: DocumentDataset, documents_per_task: int, special: SpecialTokens, vocab_size: int | None
+    dataset: DocumentDataset, documents_per_task: int | None, special: SpecialTokens, vocab_size: int | None
 ) -> list[DocumentRange]:
     """Split the dataset into contiguous document ranges, in dataset order, independent of the worker count.
 
-    Uncompressed shards are split into ranges of at most ``documents_per_task`` documents; a shard stored only
-    compressed is one range, since it must be decompressed whole.
+    Uncompressed shards are split into ranges of at most ``documents_per_task`` documents, or by default of about
+    ``WINDOW_BYTES`` of shard (so a range holds about as many tokens whatever the documents' lengths); a shard
+    stored only compressed is one range, since it must be decompressed whole.
     """
     ranges = []
     first = 0
     for shard in dataset.shards:
         samples = shard['samples']
-        step = documents_per_task if raw_shard_path(str(dataset.directory), shard).is_file() else max(samples, 1)
+        if not raw_shard_path(str(dataset.directory), shard).is_file():
+            step = max(samples, 1)
+        elif documents_per_task:
+            step = documents_per_task
+        else:
+            step = max(1, samples * WINDOW_BYTES // max(shard['raw_data']['bytes'], 1))
         for begin in range(0, samples, step):
             end = min(begin + step, samples)
             ranges.append(

@@ -43,7 +43,6 @@ from meco_callbacks.tokenizer.loading import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DOCUMENTS_PER_TASK = 4096  # a window: ~5M tokens of web documents; enough windows to keep workers busy
 
 # What makes two packed datasets the same dataset (label -> path in meco_dataset.json): source, settings, tokenizer.
 PACKED_IDENTITY = {
@@ -67,7 +66,7 @@ def pack_documents(
     progress: bool = True,
     metadata_columns: Sequence[str] | None = None,
     compression: str | None = None,
-    documents_per_task: int = DEFAULT_DOCUMENTS_PER_TASK,
+    documents_per_task: int | None = None,
     reserve_prefix: Sequence[str] | None = None,
     template: str = DEFAULT_TEMPLATE,
     strategy: str = 'stream',
@@ -77,9 +76,9 @@ def pack_documents(
 
     ``reserve_prefix`` names the metadata kinds (as in the loader's ``metadata.kind``) whose prefixes, built
     with ``template``, get room before every segment; the loader then drops no document token. ``strategy``
-    is ``stream`` (documents in order, cut at row ends) or ``bfd`` (best-fit-decreasing within each window of
-    ``documents_per_task`` documents). Without a reservation and with ``stream``, rows hold exactly
-    ``max_seq_len`` document tokens (the first layout). ``tokenizer`` (a path, hub name or loaded tokenizer) is
+    is ``stream`` (documents in order, cut at row ends) or ``bfd`` (best-fit-decreasing within each window:
+    ``documents_per_task`` documents, or about 32 MB of document shards by default). Without a reservation and
+    with ``stream``, rows hold exactly ``max_seq_len`` document tokens (the first layout). ``tokenizer`` (a path, hub name or loaded tokenizer) is
     required when the documents carry no info file and must match the recorded fingerprint when they do.
     ``out_dir`` is written in a temporary sibling and renamed when complete; one that holds a different
     dataset is refused unless ``overwrite``. The output does not depend on ``num_workers``. With ``holdout``
@@ -90,7 +89,7 @@ def pack_documents(
         raise ValueError(f'max_seq_len must be at least 1, got {max_seq_len}.')
     if num_workers < 1:
         raise ValueError(f'num_workers must be at least 1, got {num_workers}.')
-    if documents_per_task < 1:
+    if documents_per_task is not None and documents_per_task < 1:
         raise ValueError(f'documents_per_task must be at least 1, got {documents_per_task}.')
     if strategy not in STRATEGIES:
         raise ValueError(f'packing strategy {strategy!r} is not known; use one of {", ".join(STRATEGIES)}.')
