@@ -71,45 +71,46 @@ class PackedCollator:
         tokens, rows, urls = [], [], []
         for sample in samples:
             row = np.asarray(sample['input_ids'], dtype=np.int64)
-            lengths = np.asarray(sample['segment_lengths'], dtype=np.int64)
-            rooms = sample.get('prefix_room')
-            rooms = np.zeros(len(lengths), np.int64) if rooms is None else np.asarray(rooms, dtype=np.int64)
-            self._check(row, lengths, rooms, reserved=sample.get('prefix_room') is not None)
-            extras = sample['metadata']
-            starts = (np.cumsum(lengths) - lengths).tolist()
+            lengths = np.asarray(sample['segment_lengths']).tolist()  # a few segments: Python ints beat numpy calls
+            reserved = sample.get('prefix_room') is not None
+            rooms = np.asarray(sample['prefix_room']).tolist() if reserved else [0] * len(lengths)
+            self._check(len(row), sum(lengths), sum(rooms), reserved)
+            extras, row_urls = sample['metadata'], sample['urls']
             segments = []
-            for s, (length, start, room) in enumerate(zip(lengths.tolist(), starts, rooms.tolist())):
-                new_document = not (s == 0 and bool(sample['continued']))
+            start = 0
+            for s, (length, room) in enumerate(zip(lengths, rooms)):
+                new_document = s > 0 or not sample['continued']
                 segments.append(
                     Segment(
                         start=start,
                         length=length,
                         room=room,
-                        prefix=self.prefixes.for_document(sample['urls'][s], extras[s] if extras else None),
+                        prefix=self.prefixes.for_document(row_urls[s], extras[s] if extras else None),
                         new_document=new_document,
                         starts_with_bos=self.bos_id is not None and new_document and int(row[start]) == self.bos_id,
                     )
                 )
+                start += length
             tokens.append(row)
             rows.append(segments)
-            urls.append(list(sample['urls']))
+            urls.append(list(row_urls))
         return PackedBatch(tokens=tokens, segments=rows, urls=urls)
 
-    def _check(self, row: np.ndarray, lengths: np.ndarray, rooms: np.ndarray, reserved: bool) -> None:
+    def _check(self, tokens: int, lengths: int, rooms: int, reserved: bool) -> None:
         """Refuse a row that does not fit the training row length (another max_seq_len, or a corrupt set)."""
-        if int(lengths.sum()) != len(row):
+        if lengths != tokens:
             raise ValueError(
-                f"a packed row's segment_lengths sum to {int(lengths.sum())}, not its {len(row)} tokens: "
+                f"a packed row's segment_lengths sum to {lengths}, not its {tokens} tokens: "
                 'the dataset is corrupt or not a MeCo packed dataset.'
             )
-        if reserved and len(row) + int(rooms.sum()) > self.max_seq_len:
+        if reserved and tokens + rooms > self.max_seq_len:
             raise ValueError(
-                f'a packed row needs {len(row) + int(rooms.sum())} slots but max_seq_len is {self.max_seq_len}: '
+                f'a packed row needs {tokens + rooms} slots but max_seq_len is {self.max_seq_len}: '
                 'pack the dataset with convert/pack.py --max-seq-len equal to the training max_seq_len.'
             )
-        if not reserved and len(row) != self.max_seq_len:
+        if not reserved and tokens != self.max_seq_len:
             raise ValueError(
-                f'packed rows hold {len(row)} tokens but max_seq_len is {self.max_seq_len}: '
+                f'packed rows hold {tokens} tokens but max_seq_len is {self.max_seq_len}: '
                 'pack the dataset with convert/pack.py --max-seq-len equal to the training max_seq_len.'
             )
 
@@ -158,6 +159,7 @@ class PrefixInjector:
         self.stats = InjectionStats()
         self._arange = np.arange(max_seq_len)
         self._minus_ones = np.full(max_seq_len, -1)
+        self._pad = np.full(max_seq_len, pad_token_id)
 
     def __call__(self, batch: PackedBatch | Mapping[str, Any]) -> dict[str, torch.Tensor]:
         if not isinstance(batch, PackedBatch):
@@ -165,87 +167,71 @@ class PrefixInjector:
         return self.inject(batch)[0]
 
     def inject(self, batch: PackedBatch) -> tuple[dict[str, torch.Tensor], np.ndarray]:
-        """The model batch, and for each of its slots the index of its token in the stored row (-1: prefix/pad)."""
+        """The model batch, and for each of its slots the index of its token in the stored row (-1: prefix/pad).
+
+        The batch is assembled from views (the segments' tokens, their prefixes, slices of one ``arange``) with
+        one concatenation per output: numpy calls release the GIL, and each one in the main process gives the
+        dataset's background threads a chance to hold it, so their number per batch matters more than their size.
+        Labels follow from the layout: a slot is trained when it holds a document token (``sources`` >= 0) that
+        does not start a new document.
+        """
         n, length = len(batch), self.max_seq_len
-        input_ids = np.empty((n, length), dtype=np.int64)
-        labels = np.empty((n, length), dtype=np.int64)
-        sequence_id = np.empty((n, length), dtype=np.int64)
-        position_ids = np.empty((n, length), dtype=np.int64)
-        sources = np.empty((n, length), dtype=np.int64)
-        attention_mask = np.zeros((n, length), dtype=bool)
-        metadata_tokens = dropped = used = 0
+        arange, minus_ones = self._arange, self._minus_ones
+        ids: list[np.ndarray] = []
+        src: list[np.ndarray] = []
+        pos: list[np.ndarray] = []
+        seq_values: list[int] = []
+        seq_counts: list[int] = []
+        starts: list[int] = []  # flat index of each new document's first slot: never predicted from the one before
+        used = np.empty(n, dtype=np.int64)
+        metadata_tokens = dropped = 0
         for r, (row, segments) in enumerate(zip(batch.tokens, batch.segments)):
-            kept_meta, write = self._inject_row(
-                row, segments, input_ids[r], labels[r], sequence_id[r], position_ids[r], sources[r]
-            )
+            write = kept_meta = 0
+            for s, seg in enumerate(segments):
+                if write >= length:
+                    break
+                end = seg.start + seg.length
+                prefix = seg.prefix if self.enabled else _EMPTY
+                p = len(prefix)
+                head = 1 if (seg.starts_with_bos and p) else 0  # a BOS stays first, before the prefix
+                if p:
+                    seg_ids = [row[seg.start : seg.start + head], prefix, row[seg.start + head : end]]
+                    seg_src = [arange[seg.start : seg.start + head], minus_ones[:p], arange[seg.start + head : end]]
+                else:
+                    seg_ids, seg_src = [row[seg.start : end]], [arange[seg.start : end]]
+                kept = min(seg.length + p, length - write)
+                if kept < seg.length + p:  # the row ends inside this segment (a set packed without room)
+                    seg_ids, seg_src = [np.concatenate(seg_ids)[:kept]], [np.concatenate(seg_src)[:kept]]
+                ids += seg_ids
+                src += seg_src
+                pos.append(arange[:kept])
+                seq_values.append(s)
+                seq_counts.append(kept)
+                if seg.new_document:
+                    starts.append(r * length + write)
+                kept_meta += min(p, max(kept - head, 0))
+                write += kept
+            if write < length:  # padding: no loss, and an id no segment has, so no real token attends to it
+                ids.append(self._pad[: length - write])
+                src.append(minus_ones[: length - write])
+                pos.append(arange[: length - write])
+                seq_values.append(len(segments))
+                seq_counts.append(length - write)
+            used[r] = write
             metadata_tokens += kept_meta
             dropped += len(row) - (write - kept_meta)
-            used += write
-            attention_mask[r, :write] = True
-        total = n * length
-        self.stats.add(total, metadata_tokens, dropped, used - metadata_tokens, total - used)
+        input_ids = np.concatenate(ids).reshape(n, length)
+        sources = np.concatenate(src).reshape(n, length)
+        labels = np.where(sources >= 0, input_ids, IGNORE_INDEX)
+        labels.reshape(-1)[starts] = IGNORE_INDEX
+        total, real = n * length, int(used.sum())
+        self.stats.add(total, metadata_tokens, dropped, real - metadata_tokens, total - real)
         out = {
             'input_ids': torch.from_numpy(input_ids),
             'labels': torch.from_numpy(labels),
-            'attention_mask': torch.from_numpy(attention_mask),
+            'attention_mask': torch.from_numpy(arange[None, :] < used[:, None]),
         }
         if self.document_masking:
-            out['sequence_id'] = torch.from_numpy(sequence_id)
-            out['position_ids'] = torch.from_numpy(position_ids)
+            out['sequence_id'] = torch.from_numpy(np.repeat(np.asarray(seq_values), seq_counts).reshape(n, length))
+            out['position_ids'] = torch.from_numpy(np.concatenate(pos).reshape(n, length))
         return out, sources
-
-    def _inject_row(
-        self,
-        row: np.ndarray,
-        segments: list[Segment],
-        ids_out: np.ndarray,
-        labels_out: np.ndarray,
-        seq_out: np.ndarray,
-        pos_out: np.ndarray,
-        src_out: np.ndarray,
-    ) -> tuple[int, int]:
-        """Fill one output row in place; returns the metadata tokens kept and the slots used.
-
-        The row is assembled from views (the segments' tokens, their prefixes, slices of one ``arange``) and
-        written with one concatenation per output, so the cost per segment is a few slices, not array ops.
-        """
-        length, arange, minus_ones = self.max_seq_len, self._arange, self._minus_ones
-        ids, src, seq, pos = [], [], [], []
-        masks: list[tuple[int, int]] = []  # (start, count) of label slots to ignore
-        write = metadata_tokens = 0
-        for s, seg in enumerate(segments):
-            if write >= length:
-                break
-            end = seg.start + seg.length
-            prefix = seg.prefix if self.enabled else _EMPTY
-            p = len(prefix)
-            head = 1 if (seg.starts_with_bos and p) else 0  # a BOS stays first, before the prefix
-            kept = min(seg.length + p, length - write)
-            if p:
-                ids += (row[seg.start : seg.start + head], prefix, row[seg.start + head : end])
-                src += (arange[seg.start : seg.start + head], minus_ones[:p], arange[seg.start + head : end])
-            else:
-                ids.append(row[seg.start : end])
-                src.append(arange[seg.start : end])
-            masked = head + p
-            if seg.new_document:
-                masked = max(masked, 1)  # the first token of a document is never predicted from the previous one
-            masks.append((write, min(masked, kept)))
-            seq.append(np.full(kept, s))
-            pos.append(arange[:kept])
-            metadata_tokens += min(p, max(kept - head, 0))
-            write += kept
-        if write < length:  # padding: no loss, and an id no segment has, so no real token attends to it
-            ids.append(np.full(length - write, self.pad_token_id))
-            src.append(minus_ones[: length - write])
-            seq.append(np.full(length - write, len(segments)))
-            pos.append(arange[: length - write])
-        ids_out[:] = np.concatenate(ids)[:length]
-        src_out[:] = np.concatenate(src)[:length]
-        seq_out[:] = np.concatenate(seq)
-        pos_out[:] = np.concatenate(pos)
-        labels_out[:] = ids_out
-        labels_out[write:] = IGNORE_INDEX
-        for start, count in masks:
-            labels_out[start : start + count] = IGNORE_INDEX
-        return metadata_tokens, write
