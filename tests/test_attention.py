@@ -138,6 +138,7 @@ def test_flex_attention_matches_dense_mask_sdpa_forward_and_backward(kv_n_heads:
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=f'd{name} differs')
 
 
+@pytest.mark.slow
 def test_flex_model_equals_torch_model_with_sequence_id_forward_and_backward() -> None:
     flex, dense = build(model_config('flex', flex_on_cpu=True)), build(model_config('torch'))
     dense.load_state_dict(flex.state_dict())
@@ -204,6 +205,7 @@ def test_perturbing_document_a_leaves_document_b_logits_unchanged(uses_sequence_
     assert torch.equal(logits[1], perturbed_logits[1])
 
 
+@pytest.mark.slow
 def test_document_b_packed_after_a_gets_the_logits_of_b_alone() -> None:
     model = build(model_config('flex', flex_on_cpu=True)).eval()
     batch = packed_batch()

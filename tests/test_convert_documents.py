@@ -278,6 +278,7 @@ def test_release_format_rows_with_impossible_tokens_are_counted_skips(tmp_path, 
     assert [r['input_ids'].tolist() for r in read_rows(tmp_path / 'out')] == [[7]]
 
 
+@pytest.mark.slow
 def test_a_ten_megabyte_document_is_converted_whole(tmp_path, tokenizer):
     sentence = ' the model reads a page about rivers and mountains.'
     repeats = 10_000_000 // len(sentence) + 1

@@ -290,6 +290,7 @@ def test_the_main_loaders_workers_stop_at_the_switch_to_cooldown_streams(
     assert not main_workers & cooldown_workers
 
 
+@pytest.mark.slow
 def test_cooldown_streams_of_another_tokenizer_are_refused(tiny_packed, tokenizer_dir, cooldown_data, tmp_path):
     import json
     import shutil

@@ -193,6 +193,7 @@ def test_ctrl_c_stops_training_with_one_line_naming_the_last_checkpoint(
     ]
 
 
+@pytest.mark.slow
 def test_document_masking_without_a_model_that_honours_it_stops_the_run(tiny_packed, tokenizer_dir, tmp_path):
     with pytest.raises(ValueError, match='attn_uses_sequence_id: true'):
         train_tiny(
@@ -200,11 +201,13 @@ def test_document_masking_without_a_model_that_honours_it_stops_the_run(tiny_pac
         )
 
 
+@pytest.mark.slow
 def test_the_cooldown_callback_on_a_baseline_loader_stops_the_run(tiny_packed, tokenizer_dir, tmp_path):
     with pytest.raises(ValueError, match='remove the callback for a baseline run'):
         train_tiny(tmp_path, tiny_packed, tokenizer_dir, 'max_duration=2ba', 'train_loader.dataset.metadata.kind=none')
 
 
+@pytest.mark.slow
 def test_meco_components_on_a_plain_text_loader_stop_the_run(tokenizer_dir, tmp_path):
     from streaming import MDSWriter
 
