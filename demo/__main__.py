@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
     os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
     from demo.corpus import build_demo_corpus
-    from demo.report import plot_losses, write_report
+    from demo.report import write_report
+    from meco_callbacks.cli.plot import plot_runs
     from meco_callbacks.corpus.documents import convert_documents
     from meco_callbacks.corpus.packing import pack_documents
     from meco_callbacks.formats import read_dataset_info
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     step('6/6 report')
     tokens_per_batch = args.batch_size * args.seq_len
     cooldown_batch = runs[0].cooldown_start_batch
-    plot_losses(runs, tokens_per_batch, cooldown_batch, out / 'loss.png')
+    plot_runs(runs, out / 'loss.png', 'MeCo vs standard pre-training (tiny model, demo corpus)', tokens_per_batch)
     settings = {
         'model': f'yamls/tiny-cpu.yaml (vocabulary {args.vocab_size}) {" ".join(args.override)}'.strip(),
         'training': f'{args.steps} batches of {args.batch_size} x {args.seq_len} tokens per run',

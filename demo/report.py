@@ -11,49 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from meco_callbacks.cli.plot import moving_average
 from meco_callbacks.training.run_log import RunLog
-
-
-def plot_losses(runs: Sequence[RunLog], tokens_per_batch: int, cooldown_batch: int | None, out_png: str | Path) -> Path:
-    """Training loss of each run over tokens seen, with the cooldown boundary as a vertical line."""
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for run in runs:
-        batches = sorted(run.losses)
-        tokens = [b * tokens_per_batch for b in batches]
-        losses = [run.losses[b] for b in batches]
-        (raw,) = ax.plot(tokens, losses, lw=0.8, alpha=0.3)
-        ax.plot(
-            tokens,
-            moving_average(losses, max(1, len(losses) // 30)),
-            color=raw.get_color(),
-            lw=1.8,
-            label=f'{run.name} (moving average)',
-        )
-    if cooldown_batch is not None:
-        ax.axvline(cooldown_batch * tokens_per_batch, color='grey', ls='--', lw=1)
-        ax.annotate(
-            'cooldown (no URLs) ',
-            (cooldown_batch * tokens_per_batch, ax.get_ylim()[1]),
-            va='top',
-            ha='right',
-            color='grey',
-            fontsize=9,
-        )
-    ax.set_xlabel('training tokens')
-    ax.set_ylabel('training loss (nats/token)')
-    ax.set_title('MeCo vs standard pre-training (tiny model, demo corpus)')
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return Path(out_png)
 
 
 def wrong_url_condition(url: str) -> str:

@@ -48,3 +48,14 @@ def test_a_baseline_log_has_no_cooldown(tmp_path: Path) -> None:
     log.write_text(block(1, 2, 6.0, 0) + block(2, 2, 5.5, 512))
 
     assert read_run_log(log).cooldown_start_batch is None
+
+
+def test_the_plot_can_put_runs_on_batch_slots_instead_of_logged_tokens(tmp_path: Path) -> None:
+    from meco_callbacks.cli.plot import loss_curve
+
+    log = tmp_path / 'train.log'
+    log.write_text(''.join(block(b, 3, 4.0 - b / 10, 70 * (b - 1)) for b in (1, 2, 3)))  # 70 real tokens a batch
+    run = read_run_log(log, 'meco')
+
+    assert loss_curve(run) == ([0, 70, 140], [3.9, 3.8, 3.7])
+    assert loss_curve(run, slots_per_batch=128) == ([0, 128, 256], [3.9, 3.8, 3.7])

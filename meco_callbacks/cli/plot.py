@@ -36,14 +36,25 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
     return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(window, i + 1) for i in range(len(values))]
 
 
-def loss_curve(run: RunLog) -> tuple[list[int], list[float]]:
-    """(tokens trained before each logged batch, its loss), in batch order."""
-    batches = [batch for batch in sorted(run.losses) if run.tokens_before(batch - 1) is not None]
-    return [run.tokens_before(batch - 1) for batch in batches], [run.losses[batch] for batch in batches]
+def position(run: RunLog, batches_done: int, slots_per_batch: int | None) -> int | None:
+    """Where a run is after ``batches_done`` batches: tokens it trained, or batch slots when ``slots_per_batch``."""
+    return batches_done * slots_per_batch if slots_per_batch else run.tokens_before(batches_done)
 
 
-def plot_runs(runs: Sequence[RunLog], output: str | Path, title: str | None = None) -> Path:
-    """Draw the runs' loss curves on one set of axes and save the figure to ``output`` (format from its suffix)."""
+def loss_curve(run: RunLog, slots_per_batch: int | None = None) -> tuple[list[int], list[float]]:
+    """(position before each logged batch, its loss), in batch order."""
+    batches = [batch for batch in sorted(run.losses) if position(run, batch - 1, slots_per_batch) is not None]
+    return [position(run, batch - 1, slots_per_batch) for batch in batches], [run.losses[batch] for batch in batches]
+
+
+def plot_runs(
+    runs: Sequence[RunLog], output: str | Path, title: str | None = None, slots_per_batch: int | None = None
+) -> Path:
+    """Draw the runs' loss curves on one set of axes and save the figure to ``output`` (format from its suffix).
+
+    The x axis is the tokens each run trained (Composer's ``time/token``: prefix tokens count, padding does
+    not), or with ``slots_per_batch`` the batch slots, the same for MeCo and a baseline that read the same rows.
+    """
     import matplotlib
 
     matplotlib.use('Agg')
@@ -51,11 +62,12 @@ def plot_runs(runs: Sequence[RunLog], output: str | Path, title: str | None = No
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for run in runs:
-        tokens, losses = loss_curve(run)
+        tokens, losses = loss_curve(run, slots_per_batch)
         (raw,) = ax.plot(tokens, losses, lw=0.8, alpha=0.3)
         colour = raw.get_color()
         ax.plot(tokens, moving_average(losses, max(1, len(losses) // 30)), color=colour, lw=1.8, label=run.name)
-        boundary = None if run.cooldown_start_batch is None else run.tokens_before(run.cooldown_start_batch)
+        start = run.cooldown_start_batch
+        boundary = None if start is None else position(run, start, slots_per_batch)
         if boundary is not None:
             ax.axvline(
                 boundary,
@@ -64,7 +76,7 @@ def plot_runs(runs: Sequence[RunLog], output: str | Path, title: str | None = No
                 lw=1,
                 label=f'{run.name}: cooldown from batch {run.cooldown_start_batch}',
             )
-    ax.set_xlabel('training tokens')
+    ax.set_xlabel('training slots (batches x batch size x row length)' if slots_per_batch else 'training tokens')
     ax.set_ylabel('training loss (nats/token)')
     ax.set_title(title or 'Training loss')
     ax.legend()
@@ -82,6 +94,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--output', required=True, help='the image to write, e.g. loss.png (or .pdf, .svg)')
     parser.add_argument('--names', nargs='+', help="the runs' names in the legend (default: their folder names)")
     parser.add_argument('--title', help='the plot title (default: "Training loss")')
+    parser.add_argument(
+        '--slots-per-batch',
+        type=int,
+        metavar='N',
+        help='plot against batch slots (N = global batch size x row length) instead of the tokens each run logged: '
+        'the same axis for MeCo and a baseline that read the same rows (MeCo also counts its prefix tokens)',
+    )
     args = parser.parse_args(argv)
     if args.names and len(args.names) != len(args.runs):
         parser.error(f'--names gives {len(args.names)} names for {len(args.runs)} runs.')
@@ -93,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         if not parsed.losses:
             raise SystemExit(f'error: {log} holds no training loss (is it a Composer console log?).')
         runs.append(parsed)
-    output = plot_runs(runs, args.output, args.title)
+    output = plot_runs(runs, args.output, args.title, args.slots_per_batch)
     for run in runs:
         last = max(run.losses)
         print(f'{run.name}: {len(run.losses)} logged batches, last {last}, loss {run.final_loss:.4f}')
