@@ -164,44 +164,39 @@ def test_meco_recipe_cools_down_for_the_last_10_percent(size: str) -> None:
     assert boundary == Time(STEPS[size] * 9 // 10, 'ba')
 
 
-@pytest.mark.parametrize('size', SIZES)
-def test_baseline_is_the_meco_recipe_without_metadata_or_cooldown(size: str) -> None:
-    meco, baseline = (
-        flat(om.to_container(om.load(YAMLS / f'{family}-{size}.yaml'))) for family in ('meco', 'baseline')
-    )
-    differing = {
+# What a baseline recipe may change in its MeCo recipe: its name, the metadata and the cooldown.
+BASELINE_DIFFERENCES = {
+    'variables.run_name',
+    'variables.cooldown',
+    'callbacks.meco_cooldown.cooldown',
+    'train_loader.dataset.metadata.kind',
+    'train_loader.dataset.metadata.template',
+    'train_loader.dataset.metadata.enabled',
+}
+
+
+def baseline_and_differences(meco_name: str, baseline_name: str) -> tuple[dict, set[str]]:
+    """The baseline recipe (flattened keys) and the keys whose values differ from the MeCo recipe's."""
+    meco, baseline = (flat(om.to_container(om.load(YAMLS / f'{name}.yaml'))) for name in (meco_name, baseline_name))
+    return baseline, {
         key for key in meco.keys() | baseline.keys() if meco.get(key, '<absent>') != baseline.get(key, '<absent>')
     }
 
-    assert differing == {
-        'variables.run_name',
-        'variables.cooldown',
-        'callbacks.meco_cooldown.cooldown',
-        'train_loader.dataset.metadata.kind',
-        'train_loader.dataset.metadata.template',
-        'train_loader.dataset.metadata.enabled',
-    }
+
+@pytest.mark.parametrize('size', SIZES)
+def test_baseline_is_the_meco_recipe_without_metadata_or_cooldown(size: str) -> None:
+    baseline, differing = baseline_and_differences(f'meco-{size}', f'baseline-{size}')
+
+    assert differing == BASELINE_DIFFERENCES
     assert (
         baseline['train_loader.dataset.metadata.kind'] == 'none' and 'callbacks.meco_cooldown.cooldown' not in baseline
     )
 
 
 def test_baseline_tiny_is_the_tiny_recipe_without_metadata_or_cooldown() -> None:
-    meco, baseline = (
-        flat(om.to_container(om.load(YAMLS / f'{name}.yaml'))) for name in ('tiny-cpu', 'baseline-tiny-cpu')
-    )
-    differing = {
-        key for key in meco.keys() | baseline.keys() if meco.get(key, '<absent>') != baseline.get(key, '<absent>')
-    }
+    baseline, differing = baseline_and_differences('tiny-cpu', 'baseline-tiny-cpu')
 
-    assert differing == {
-        'variables.run_name',
-        'variables.cooldown',
-        'callbacks.meco_cooldown.cooldown',
-        'train_loader.dataset.metadata.kind',
-        'train_loader.dataset.metadata.template',
-        'train_loader.dataset.metadata.enabled',
-    }
+    assert differing == BASELINE_DIFFERENCES
     assert (
         baseline['train_loader.dataset.metadata.kind'] == 'none'
         and baseline['variables.run_name'] == 'baseline-tiny-cpu'
