@@ -94,7 +94,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar='KIND',
         default=None,
         help="metadata kinds to reserve prefix room for, as the loader's metadata.kind (domain, url, "
-        'registered_domain, hash, column:<name>, constant:<text>); the room is the longest of their prefixes',
+        'registered_domain, hash, column:<name>, bins:<column>, constant:<text>); the room is the longest of their '
+        'prefixes (a suffix, metadata.position: suffix, uses the same room)',
+    )
+    parser.add_argument(
+        '--bins',
+        default=None,
+        metavar='SPEC',
+        help="bin edges of a bins:<column> kind: quantiles:N (the column's N-quantiles over all documents, "
+        'recorded in meco_dataset.json for metadata.quantiles: N) or E1,E2,... (as metadata.bins)',
     )
     parser.add_argument(
         '--template',
@@ -147,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             template=args.template,
             strategy=args.strategy,
             holdout=args.holdout,
+            bins=args.bins,
         )
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f'error: {error}', file=sys.stderr)

@@ -37,6 +37,7 @@ from meco_callbacks.corpus.row_planning import STRATEGIES
 from meco_callbacks.corpus.stream_rows import pack_stream
 from meco_callbacks.data.metadata import DEFAULT_TEMPLATE
 from meco_callbacks.data.prefix import PrefixReservation
+from meco_callbacks.data.quality_bins import packing_bins
 from meco_callbacks.formats import DOCUMENT_FORMAT, PACKED_FORMAT, read_dataset_info, write_dataset_info
 from meco_callbacks.tokenizer.fingerprint import tokenizer_info
 from meco_callbacks.tokenizer.loading import load_tokenizer
@@ -71,6 +72,7 @@ def pack_documents(
     template: str = DEFAULT_TEMPLATE,
     strategy: str = 'stream',
     holdout: float = 0.0,
+    bins: str | None = None,
 ) -> dict[str, Any]:
     """Pack a document MDS into rows of ``max_seq_len`` slots in ``out_dir``; returns the stats.
 
@@ -83,7 +85,8 @@ def pack_documents(
     ``out_dir`` is written in a temporary sibling and renamed when complete; one that holds a different
     dataset is refused unless ``overwrite``. The output does not depend on ``num_workers``. With ``holdout``
     (a fraction), documents are split by a hash of their URL into ``out_dir/train`` and ``out_dir/heldout``
-    (about that fraction), and the stats of each are returned under ``train`` and ``heldout``.
+    (about that fraction), and the stats of each are returned under ``train`` and ``heldout``. ``bins``
+    (``quantiles:N`` or ``E1,E2,...``) gives the edges of reserved ``bins:<column>`` kinds (``quality_bins``).
     """
     if max_seq_len < 1:
         raise ValueError(f'max_seq_len must be at least 1, got {max_seq_len}.')
@@ -125,6 +128,10 @@ def pack_documents(
     if reservation is not None and loaded is not None:
         remember_tokenizer(loaded, tokenizer_entry['fingerprint'])
     ranges = plan_ranges(dataset, documents_per_task, special, tokenizer_entry.get('vocab_size'))
+    bin_edges = packing_bins(reservation.kinds if reservation else (), bins, ranges)  # bins:<column> kinds' edges
+    if bin_edges:
+        reservation = replace(reservation, bins=bin_edges)
+        info['reserve_prefix'] = reservation.to_info(tokenizer_entry['fingerprint'])
     if not holdout:
         return _pack_split(ranges, documents, out, info, num_workers, progress, overwrite)
     if not 0 < holdout < 1:

@@ -11,10 +11,17 @@ Rows packed with room (``convert/pack.py --reserve-prefix``) have slots for ever
 dropped; what a row does not use (the baseline, the cooldown, a shorter prefix than its room, packing
 leftovers) is padding at the row's end. Rows packed without room hold ``max_seq_len`` document tokens, and each
 prefix token pushes one document token off the row (counted as dropped).
+
+Variants (``MetadataConfig``): with ``drop_probability`` the collator leaves a document's metadata out when
+``metadata_dropped`` says so (its room becomes padding); with ``position: suffix`` the metadata follows the
+document's EOS, in the segment that holds that EOS (``[BOS] doc EOS metadata``, same room, same sequence id and
+positions continuing), and a segment cut before its document's end gets none; with ``loss: true`` the
+metadata tokens carry labels (as a suffix: the model predicts the metadata from the whole document).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +34,19 @@ from meco_callbacks.data.prefix import EMPTY_IDS as _EMPTY
 from meco_callbacks.data.prefix import PrefixTokens
 
 IGNORE_INDEX = -100
+UNTRAINED, TRAINED_METADATA = -1, -2  # source index of a slot holding no stored token: padding/metadata, or trained
+
+
+def metadata_dropped(seed: int, epoch: int, url: str, probability: float) -> bool:
+    """Whether a document's metadata is left out this epoch: a pure function of (seed, epoch, URL).
+
+    The URL is the document's identity (packed rows carry no document index), so both pieces of a document cut
+    across rows decide alike, on any rank or worker and after a resume; an exact duplicate URL decides alike too.
+    """
+    if probability <= 0:
+        return False
+    digest = hashlib.blake2b(f'{seed}\0{epoch}\0{url}'.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, 'big') < probability * 2**64
 
 
 @dataclass
@@ -36,7 +56,7 @@ class Segment:
     start: int  # offset of its first token in the row's stored tokens
     length: int
     room: int  # slots reserved for its prefix at packing (0 in sets packed without room)
-    prefix: np.ndarray
+    prefix: np.ndarray  # its metadata tokens (before it, or after its EOS as a suffix); empty when it has none
     new_document: bool
     starts_with_bos: bool
 
@@ -57,14 +77,19 @@ class PackedCollator:
     """Worker half: gathers packed rows, checks their layout and attaches each segment's tokenized prefix.
 
     ``bos_id`` is the BOS id when the packed set's documents start with one (its ``meco_dataset.json``
-    record says so), else None.
+    record says so), else None. ``seed`` (the dataset's shuffle seed) and each sample's ``epoch`` decide which
+    documents lose their metadata under ``metadata.drop_probability``.
     """
 
-    def __init__(self, tokenizer: Any, metadata: MetadataConfig, max_seq_len: int, bos_id: int | None) -> None:
+    def __init__(
+        self, tokenizer: Any, metadata: MetadataConfig, max_seq_len: int, bos_id: int | None, seed: int = 0
+    ) -> None:
         self.tokenizer = tokenizer
         self.metadata = metadata
         self.max_seq_len = max_seq_len
         self.bos_id = bos_id
+        self.seed = seed
+        self.eos_id = tokenizer.eos_token_id
         self.prefixes = PrefixTokens(tokenizer, metadata)
 
     def __call__(self, samples: Sequence[Mapping[str, Any]]) -> PackedBatch:
@@ -76,6 +101,7 @@ class PackedCollator:
             rooms = np.asarray(sample['prefix_room']).tolist() if reserved else [0] * len(lengths)
             self._check(len(row), sum(lengths), sum(rooms), reserved)
             extras, row_urls = sample['metadata'], sample['urls']
+            epoch = int(sample.get('epoch', 0))
             segments = []
             start = 0
             for s, (length, room) in enumerate(zip(lengths, rooms)):
@@ -85,7 +111,9 @@ class PackedCollator:
                         start=start,
                         length=length,
                         room=room,
-                        prefix=self.prefixes.for_document(row_urls[s], extras[s] if extras else None),
+                        prefix=self._metadata_ids(
+                            row, start, length, row_urls[s], extras[s] if extras else None, epoch
+                        ),
                         new_document=new_document,
                         starts_with_bos=self.bos_id is not None and new_document and int(row[start]) == self.bos_id,
                     )
@@ -95,6 +123,17 @@ class PackedCollator:
             rows.append(segments)
             urls.append(list(row_urls))
         return PackedBatch(tokens=tokens, segments=rows, urls=urls)
+
+    def _metadata_ids(
+        self, row: np.ndarray, start: int, length: int, url: str, columns: Mapping[str, Any] | None, epoch: int
+    ) -> np.ndarray:
+        """The segment's metadata tokens: none when dropped, or as a suffix on a segment its document does not end in."""
+        metadata = self.metadata
+        if metadata.position == 'suffix' and (length == 0 or int(row[start + length - 1]) != self.eos_id):
+            return _EMPTY
+        if metadata_dropped(self.seed, epoch, url, metadata.drop_probability):
+            return _EMPTY
+        return self.prefixes.for_document(url, columns)
 
     def _check(self, tokens: int, lengths: int, rooms: int, reserved: bool) -> None:
         """Refuse a row that does not fit the training row length (another max_seq_len, or a corrupt set)."""
@@ -148,17 +187,29 @@ class PrefixInjector:
     on padding and on each new document's first token, so nothing is trained across a document boundary);
     ``attention_mask`` (0 on the padding at a row's end); with ``document_masking`` also ``sequence_id`` (one
     id per segment, its prefix included, and one of its own for the padding) and ``position_ids`` restarting
-    at 0 at each segment. Each segment is laid out as ``[BOS] prefix document`` (a BOS stays first).
+    at 0 at each segment. Each segment is laid out as ``[BOS] prefix document`` (a BOS stays first), or with
+    ``position='suffix'`` as ``[BOS] document EOS metadata``; ``metadata_loss`` gives the metadata tokens labels.
     """
 
-    def __init__(self, max_seq_len: int, enabled: bool, document_masking: bool, pad_token_id: int = 0) -> None:
+    def __init__(
+        self,
+        max_seq_len: int,
+        enabled: bool,
+        document_masking: bool,
+        pad_token_id: int = 0,
+        position: str = 'prefix',
+        metadata_loss: bool = False,
+    ) -> None:
         self.max_seq_len = max_seq_len
         self.enabled = enabled
         self.document_masking = document_masking
         self.pad_token_id = pad_token_id
+        self.suffix = position == 'suffix'
+        self.metadata_loss = metadata_loss
         self.stats = InjectionStats()
         self._arange = np.arange(max_seq_len)
-        self._minus_ones = np.full(max_seq_len, -1)
+        self._minus_ones = np.full(max_seq_len, UNTRAINED)
+        self._metadata_src = np.full(max_seq_len, TRAINED_METADATA if metadata_loss else UNTRAINED)
         self._pad = np.full(max_seq_len, pad_token_id)
 
     def __call__(self, batch: PackedBatch | Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -167,16 +218,16 @@ class PrefixInjector:
         return self.inject(batch)[0]
 
     def inject(self, batch: PackedBatch) -> tuple[dict[str, torch.Tensor], np.ndarray]:
-        """The model batch, and for each of its slots the index of its token in the stored row (-1: prefix/pad).
+        """The model batch, and for each of its slots the index of its token in the stored row (< 0: metadata/pad).
 
         The batch is assembled from views (the segments' tokens, their prefixes, slices of one ``arange``) with
         one concatenation per output: numpy calls release the GIL, and each one in the main process gives the
         dataset's background threads a chance to hold it, so their number per batch matters more than their size.
-        Labels follow from the layout: a slot is trained when it holds a document token (``sources`` >= 0) that
-        does not start a new document.
+        Labels follow from the layout: a slot is trained when it holds a document token (``sources`` >= 0), or a
+        metadata token under ``metadata_loss`` (``TRAINED_METADATA``), that does not start a new document.
         """
         n, length = len(batch), self.max_seq_len
-        arange, minus_ones = self._arange, self._minus_ones
+        arange, minus_ones, meta_src = self._arange, self._minus_ones, self._metadata_src
         ids: list[np.ndarray] = []
         src: list[np.ndarray] = []
         pos: list[np.ndarray] = []
@@ -193,10 +244,12 @@ class PrefixInjector:
                 end = seg.start + seg.length
                 prefix = seg.prefix if self.enabled else _EMPTY
                 p = len(prefix)
-                head = 1 if (seg.starts_with_bos and p) else 0  # a BOS stays first, before the prefix
-                if p:
+                head = 1 if (seg.starts_with_bos and p and not self.suffix) else 0  # a BOS stays first
+                if p and self.suffix:
+                    seg_ids, seg_src = [row[seg.start : end], prefix], [arange[seg.start : end], meta_src[:p]]
+                elif p:
                     seg_ids = [row[seg.start : seg.start + head], prefix, row[seg.start + head : end]]
-                    seg_src = [arange[seg.start : seg.start + head], minus_ones[:p], arange[seg.start + head : end]]
+                    seg_src = [arange[seg.start : seg.start + head], meta_src[:p], arange[seg.start + head : end]]
                 else:
                     seg_ids, seg_src = [row[seg.start : end]], [arange[seg.start : end]]
                 kept = min(seg.length + p, length - write)
@@ -209,7 +262,7 @@ class PrefixInjector:
                 seq_counts.append(kept)
                 if seg.new_document:
                     starts.append(r * length + write)
-                kept_meta += min(p, max(kept - head, 0))
+                kept_meta += max(kept - seg.length, 0) if self.suffix else min(p, max(kept - head, 0))
                 write += kept
             if write < length:  # padding: no loss, and an id no segment has, so no real token attends to it
                 ids.append(self._pad[: length - write])
@@ -222,7 +275,7 @@ class PrefixInjector:
             dropped += len(row) - (write - kept_meta)
         input_ids = np.concatenate(ids).reshape(n, length)
         sources = np.concatenate(src).reshape(n, length)
-        labels = np.where(sources >= 0, input_ids, IGNORE_INDEX)
+        labels = np.where(sources != UNTRAINED if self.metadata_loss else sources >= 0, input_ids, IGNORE_INDEX)
         labels.reshape(-1)[starts] = IGNORE_INDEX
         total, real = n * length, int(used.sum())
         self.stats.add(total, metadata_tokens, dropped, real - metadata_tokens, total - real)

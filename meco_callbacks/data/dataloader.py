@@ -3,7 +3,8 @@
 train_loader:
   name: meco
   dataset: {local: /data/packed, shuffle: true, max_seq_len: 8192,
-            metadata: {kind: domain, template: "URL: {}\\n\\n", enabled: true, max_chars: 100},
+            metadata: {kind: domain, template: "URL: {}\\n\\n", enabled: true, max_chars: 100,
+                       drop_probability: 0.0, position: prefix, loss: false},
             document_masking: true}
   drop_last: true
   num_workers: 8
@@ -24,6 +25,7 @@ from meco_callbacks.data.dataset import (
     build_packed_dataset,
     check_packed_datasets,
     documents_start_with_bos,
+    with_recorded_bins,
 )
 from meco_callbacks.data.metadata import MetadataConfig
 
@@ -104,6 +106,7 @@ def build_meco_loader(
         raise ValueError('the meco dataset block needs max_seq_len (the packed row length).')
     max_seq_len = int(config['max_seq_len'])
     infos = check_packed_datasets(config, tokenizer, max_seq_len, metadata, prefix_overflow)
+    metadata = with_recorded_bins(metadata, infos)
     packed = build_packed_dataset(config, batch_size=int(device_batch_size))
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     injector = PrefixInjector(
@@ -111,14 +114,19 @@ def build_meco_loader(
         enabled=metadata.enabled and metadata.active,
         document_masking=document_masking,
         pad_token_id=pad_token_id,
+        position=metadata.position,
+        metadata_loss=metadata.loss,
     )
     bos_id = tokenizer.bos_token_id if documents_start_with_bos(infos, tokenizer) else None
-    collator = PackedCollator(tokenizer, metadata, max_seq_len, bos_id)
+    collator = PackedCollator(tokenizer, metadata, max_seq_len, bos_id, seed=packed.shuffle_seed)
     workers = {'prefetch_factor': prefetch_factor, 'persistent_workers': persistent_workers} if num_workers else {}
     log.info(
-        'meco loader: metadata %s (%s), document masking %s, %d workers',
+        'meco loader: metadata %s as %s (%s, drop probability %g, loss %s), document masking %s, %d workers',
         metadata.kind,
+        metadata.position,
         'on' if injector.enabled else 'off',
+        metadata.drop_probability,
+        'on' if metadata.loss else 'off',
         'on' if document_masking else 'off',
         num_workers,
     )

@@ -11,6 +11,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ STREAMING_KEYS = frozenset(inspect.signature(StreamingDataset.__init__).paramete
 
 class MeCoPackedDataset(StreamingDataset):
     """Packed rows as dicts: ``input_ids`` (int64), ``segment_lengths``, ``continued``, ``urls``, ``metadata``,
-    ``prefix_room`` (None in sets packed without room).
+    ``prefix_room`` (None in sets packed without room), ``epoch`` (the epoch being iterated, 0 outside one).
 
     With separate cooldown streams the run's epoch position covers two datasets: samples before
     ``cooldown_start_sample`` come from this one, the rest from ``cooldown_dataset``. Composer saves and
@@ -42,6 +43,17 @@ class MeCoPackedDataset(StreamingDataset):
         self.cooldown_dataset: MeCoPackedDataset | None = None
         self.cooldown_start_sample: int | None = None
         self.pending_cooldown_state: dict[str, Any] | None = None
+        self.epoch = 0
+
+    def _resume_incr_epoch(self) -> tuple[int, int]:
+        """Streaming's start of an epoch in this worker; remembers the epoch for the samples it yields.
+
+        The epoch Streaming resumes or starts (not its shared next-epoch counter, which another worker may not
+        have advanced yet), so metadata dropping (``metadata.drop_probability``) sees the same epoch after a resume.
+        """
+        epoch, sample_in_epoch = super()._resume_incr_epoch()
+        self.epoch = epoch
+        return epoch, sample_in_epoch
 
     def state_dict(self, num_samples: int, from_beginning: bool) -> dict[str, Any]:
         start = self.cooldown_start_sample
@@ -74,6 +86,7 @@ class MeCoPackedDataset(StreamingDataset):
             'urls': sample['urls'],
             'metadata': sample['metadata'],
             'prefix_room': sample.get('prefix_room'),
+            'epoch': self.epoch,
         }
 
 
@@ -195,6 +208,26 @@ def documents_start_with_bos(infos: Sequence[Mapping[str, Any]], tokenizer: Any)
                 'packed with, or repack it with this one.'
             )
     return adds
+
+
+def with_recorded_bins(metadata: MetadataConfig, infos: Sequence[Mapping[str, Any]]) -> MetadataConfig:
+    """``metadata`` with the bin edges its packed sets recorded, for a ``bins:`` kind set as ``quantiles: N``."""
+    if not metadata.kind.startswith('bins:') or metadata.bins is not None:
+        return metadata
+    resolved = {
+        PrefixReservation.from_info(info['reserve_prefix']).with_recorded_bins(metadata).bins
+        for info in infos
+        if info.get('reserve_prefix') and metadata.kind in info['reserve_prefix']['kinds']
+    }
+    resolved.discard(None)
+    if len(resolved) != 1:
+        raise ValueError(
+            f'metadata.kind {metadata.kind!r} with metadata.quantiles {metadata.quantiles} reads its bin edges from '
+            f'the packed set, but {"no set records them" if not resolved else "the streams record different ones"}'
+            f': pack with meco-pack --reserve-prefix {metadata.kind} --bins quantiles:{metadata.quantiles}, or '
+            'give the edges as metadata.bins.'
+        )
+    return replace(metadata, bins=resolved.pop())
 
 
 def _check_prefix_room(

@@ -3,6 +3,11 @@
 The paper's default is the URL's absolute domain (``en.wikipedia.org``); its ablations use the full URL,
 a hash of the domain, or a model-generated topic (a carried column here). Metadata is untrusted web text:
 it is normalised to one bounded line before it meets the template, so it can never add a line of its own.
+
+Three variants from later work are settings of the same block: ``drop_probability`` (mixed conditioning, Fan,
+Sabolčec, Jaggi, "URLs Help, Topics Guide", arXiv 2505.16570: a document's metadata is left out with that
+probability), ``position: suffix`` with ``loss: true`` (metadata after the document, trained, "Beyond URLs",
+arXiv 2511.21613) and the kind ``bins:<column>`` (fine-grained quality bins, same paper; ``quality_bins.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from urllib.parse import urlsplit
 
 import tldextract
 
+from meco_callbacks.data.quality_bins import bin_label, bins_column, check_edges, numeric_value
+
 DEFAULT_TEMPLATE = 'URL: {}\n\n'
 DEFAULT_MAX_CHARS = 100
 
@@ -27,6 +34,7 @@ _WHITESPACE = re.compile(r'\s+')
 # A scheme (or none) and a netloc of letters, digits, dots and hyphens only: no credentials, port or brackets.
 _PLAIN_HOST_URL = re.compile(r'(?:[A-Za-z][A-Za-z0-9+.-]*:)?//([A-Za-z0-9.-]+)(?:[/?#]|$)')
 _PLAIN_KINDS = ('domain', 'url', 'registered_domain', 'hash', 'none')
+POSITIONS = ('prefix', 'suffix')
 
 
 def normalize_metadata(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> str:
@@ -98,9 +106,14 @@ class MetadataConfig:
     """The YAML ``metadata`` block of the MeCo loader.
 
     ``kind``: ``domain`` | ``url`` | ``registered_domain`` | ``hash`` | ``column:<name>`` | ``constant:<text>`` |
-    ``none``; ``template``: the prefix with one ``{}``; ``enabled``: inject prefixes (the cooldown callback
-    turns this off for the last phase); ``max_chars``: cap on the metadata string; ``strip_www``: drop a
-    leading ``www.`` from hosts.
+    ``bins:<column>`` | ``none``; ``template``: the prefix with one ``{}``; ``enabled``: inject prefixes (the
+    cooldown callback turns this off for the last phase); ``max_chars``: cap on the metadata string;
+    ``strip_www``: drop a leading ``www.`` from hosts.
+
+    Variants: ``drop_probability`` in [0, 1): each document's metadata is left out with this probability (its
+    room becomes padding), decided by (seed, URL, epoch); ``position``: ``prefix`` (before the document, the
+    paper) or ``suffix`` (after its EOS, where the document ends); ``loss``: train the metadata tokens too;
+    ``bins`` (edges) or ``quantiles`` (N, edges read from the packed set) for a ``bins:<column>`` kind.
     """
 
     kind: str = 'domain'
@@ -108,15 +121,22 @@ class MetadataConfig:
     enabled: bool = True
     max_chars: int = DEFAULT_MAX_CHARS
     strip_www: bool = False
+    drop_probability: float = 0.0
+    position: str = 'prefix'
+    loss: bool = False
+    bins: tuple[float, ...] | None = None
+    quantiles: int | None = None
 
     def __post_init__(self) -> None:
-        if not (self.kind in _PLAIN_KINDS or self.kind.startswith(('column:', 'constant:'))):
+        if not (self.kind in _PLAIN_KINDS or self.kind.startswith(('column:', 'constant:', 'bins:'))):
             raise ValueError(
                 f'metadata.kind {self.kind!r} is not known; use one of {", ".join(_PLAIN_KINDS)}, '
-                "'column:<name>' (a column carried in the packed dataset) or 'constant:<text>'."
+                "'column:<name>' (a column carried in the packed dataset), 'bins:<column>' (a numeric column as "
+                "quality bins) or 'constant:<text>'."
             )
-        if self.kind in ('column:', 'constant:'):
+        if self.kind in ('column:', 'constant:', 'bins:'):
             raise ValueError(f'metadata.kind {self.kind!r} needs a name or text after the colon, e.g. column:topic.')
+        self._check_variants()
         if self.template.count('{}') != 1 or self.template.replace('{}', '').count('{') + self.template.replace(
             '{}', ''
         ).count('}'):
@@ -125,6 +145,38 @@ class MetadataConfig:
             )
         if not isinstance(self.max_chars, int) or self.max_chars < 1:
             raise ValueError(f'metadata.max_chars must be a positive integer; got {self.max_chars!r}.')
+
+    def _check_variants(self) -> None:
+        """Validate the variant settings (drop, position, loss, bins) with errors that name the setting."""
+        p = self.drop_probability
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ValueError(
+                f"metadata.drop_probability must be a number in [0, 1) (0.1 leaves out one document's metadata in "
+                f'ten); got {p!r}.'
+            )
+        if self.position not in POSITIONS:
+            raise ValueError(f'metadata.position must be one of {", ".join(POSITIONS)}; got {self.position!r}.')
+        if not isinstance(self.loss, bool):
+            raise ValueError(f'metadata.loss must be true or false; got {self.loss!r}.')
+        column = bins_column(self.kind)
+        if column is None:
+            if self.bins is not None or self.quantiles is not None:
+                raise ValueError(
+                    f'metadata.bins and metadata.quantiles apply to a bins:<column> kind, not {self.kind!r}.'
+                )
+            return
+        if self.bins is None and self.quantiles is None:
+            raise ValueError(
+                f'metadata.kind {self.kind!r} needs metadata.bins (a list of edges) or metadata.quantiles (N, with '
+                'edges computed at packing: meco-pack --bins quantiles:N).'
+            )
+        q = self.quantiles
+        if q is not None and (isinstance(q, bool) or not isinstance(q, int) or q < 2):
+            raise ValueError(f'metadata.quantiles must be a whole number of at least 2; got {q!r}.')
+        if self.bins is not None:
+            object.__setattr__(self, 'bins', check_edges(self.bins, 'metadata.bins'))
+            if q is not None and len(self.bins) != q - 1:
+                raise ValueError(f'metadata.bins has {len(self.bins)} edges, not the {q - 1} of {q} quantiles.')
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any] | None) -> MetadataConfig:
@@ -151,6 +203,8 @@ class MetadataConfig:
         elif kind.startswith('column:'):
             value = (columns or {}).get(kind[len('column:') :])
             raw = '' if value is None else str(value)
+        elif kind.startswith('bins:'):
+            raw = bin_label(numeric_value(columns, kind[len('bins:') :], url), self.resolved_bins)
         elif kind == 'url':
             raw = url
         else:
@@ -162,6 +216,16 @@ class MetadataConfig:
             else:
                 raw = domain_hash(host)
         return normalize_metadata(raw, self.max_chars)
+
+    @property
+    def resolved_bins(self) -> tuple[float, ...]:
+        """The bin edges of a ``bins:`` kind; an error when they are still to be read from the packed set."""
+        if self.bins is None:
+            raise ValueError(
+                f'metadata.kind {self.kind!r} with metadata.quantiles {self.quantiles} has no edges yet: they are '
+                f'read from the packed set (meco-pack --reserve-prefix {self.kind} --bins quantiles:N).'
+            )
+        return self.bins
 
     def metadata_for_prompt(self, url: str) -> str:
         """The metadata a training document from ``url`` was conditioned on, for an inference prompt.

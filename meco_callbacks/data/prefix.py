@@ -4,19 +4,24 @@ The packer and the loader must agree to the token on how long each segment's pre
 many slots free in a row, the loader fills them. Both go through ``PrefixTokens``, with the dataset's tokenizer
 and the same ``MetadataConfig``, so they cannot disagree. ``PrefixReservation`` is what a packed set records
 about the room it reserved: the kinds it was packed for and the template, length cap and ``strip_www`` that
-shape their text.
+shape their text, and the bin edges of its ``bins:<column>`` kinds. The same room holds a suffix
+(``metadata.position: suffix``): it is the same text, put after the document instead of before it.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from meco_callbacks.data.metadata import DEFAULT_MAX_CHARS, DEFAULT_TEMPLATE, MetadataConfig
+from meco_callbacks.data.quality_bins import bins_column
+
+Bins = tuple[tuple[str, tuple[float, ...], int | None], ...]
+"""Bin edges per ``bins:`` column: (column, edges, quantiles or None when the edges were given)."""
 
 EMPTY_IDS = np.zeros(0, dtype=np.int64)
 DEFAULT_CACHE_SIZE = 65536  # distinct metadata strings kept per process (web corpora have tens of millions)
@@ -90,33 +95,77 @@ class PrefixReservation:
     template: str = DEFAULT_TEMPLATE
     max_chars: int = DEFAULT_MAX_CHARS
     strip_www: bool = False
+    bins: Bins = ()
 
     def __post_init__(self) -> None:
         if not self.kinds:
             raise ValueError('a prefix reservation needs at least one metadata kind, e.g. domain.')
-        self.configs()  # MetadataConfig validates each kind, the template and max_chars
+        recorded = {column for column, _, _ in self.bins}
+        for kind in self.kinds:  # MetadataConfig validates each kind, the template and max_chars
+            column = bins_column(kind)
+            pending = column is not None and column not in recorded  # edges come from the documents (packing_bins)
+            MetadataConfig(
+                kind=f'column:{column}' if pending else kind,
+                template=self.template,
+                max_chars=self.max_chars,
+                strip_www=self.strip_www,
+                **({} if pending else self._bins_of(kind)),
+            )
 
     def configs(self) -> list[MetadataConfig]:
-        """One metadata setting per reserved kind."""
+        """One metadata setting per reserved kind (a ``bins:`` kind with its recorded edges)."""
         return [
-            MetadataConfig(kind=kind, template=self.template, max_chars=self.max_chars, strip_www=self.strip_www)
+            MetadataConfig(
+                kind=kind,
+                template=self.template,
+                max_chars=self.max_chars,
+                strip_www=self.strip_www,
+                **self._bins_of(kind),
+            )
             for kind in self.kinds
         ]
+
+    def _bins_of(self, kind: str) -> dict[str, Any]:
+        """``bins`` and ``quantiles`` recorded for a ``bins:`` kind; nothing for other kinds."""
+        column = bins_column(kind)
+        if column is None:
+            return {}
+        for name, edges, quantiles in self.bins:
+            if name == column:
+                return {'bins': edges, 'quantiles': quantiles}
+        raise ValueError(f'the reservation for kind {kind!r} records no bin edges for column {column!r}.')
 
     def covers(self, metadata: MetadataConfig) -> bool:
         """Whether every prefix ``metadata`` produces fits the room (a kind reserved here, same text shape)."""
         if not metadata.active:
             return True
-        return (
+        if not (
             metadata.kind in self.kinds
             and metadata.template == self.template
             and metadata.max_chars == self.max_chars
             and metadata.strip_www == self.strip_www
-        )
+        ):
+            return False
+        if bins_column(metadata.kind) is None:
+            return True
+        recorded = self._bins_of(metadata.kind)
+        if metadata.bins is not None:
+            return metadata.bins == recorded['bins']
+        return metadata.quantiles == recorded['quantiles']
+
+    def with_recorded_bins(self, metadata: MetadataConfig) -> MetadataConfig:
+        """``metadata`` with the edges this set recorded, for a ``bins:`` kind given as ``quantiles: N``."""
+        if bins_column(metadata.kind) is None or metadata.bins is not None or metadata.kind not in self.kinds:
+            return metadata
+        return replace(metadata, bins=self._bins_of(metadata.kind)['bins'])
 
     def to_info(self, tokenizer_fingerprint: str) -> dict[str, Any]:
-        """The record written to ``meco_dataset.json``."""
-        return {**asdict(self), 'kinds': list(self.kinds), 'tokenizer_fingerprint': tokenizer_fingerprint}
+        """The record written to ``meco_dataset.json`` (``bins`` only when a ``bins:`` kind is reserved)."""
+        record = {**asdict(self), 'kinds': list(self.kinds), 'tokenizer_fingerprint': tokenizer_fingerprint}
+        record.pop('bins')
+        if self.bins:
+            record['bins'] = {column: {'edges': list(edges), 'quantiles': q} for column, edges, q in self.bins}
+        return record
 
     @classmethod
     def from_info(cls, record: Mapping[str, Any]) -> PrefixReservation:
@@ -126,6 +175,10 @@ class PrefixReservation:
             template=record['template'],
             max_chars=int(record['max_chars']),
             strip_www=bool(record['strip_www']),
+            bins=tuple(
+                (column, tuple(float(e) for e in entry['edges']), entry['quantiles'])
+                for column, entry in (record.get('bins') or {}).items()
+            ),
         )
 
 

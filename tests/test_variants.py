@@ -1,0 +1,343 @@
+"""The metadata variants as a specification: mixed conditioning, metadata as a trained suffix, quality bins.
+
+Exact layouts use ``bos_tokenizer`` (0 BOS, 1 EOS, 2 + b for byte b, ``NEWLINES_ID`` for a final "\\n\\n"), so a
+row, its labels and its document ids can be written out token by token.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import BOS_ID, NEWLINES_ID, byte_ids, write_documents_mds
+from streaming.base.util import clean_stale_shared_memory
+
+from meco_callbacks.data.collator import IGNORE_INDEX, PackedCollator, PrefixInjector, metadata_dropped
+from meco_callbacks.data.metadata import MetadataConfig
+from meco_callbacks.data.quality_bins import bin_label, quantile_edges
+from meco_callbacks.formats import DATASET_INFO_FILE
+
+EOS = 1
+KEPT_URL, DROPPED_URL = 'https://a.example/3', 'https://b.example/2'  # at seed 0, epoch 0, p = 0.5
+A, B = [BOS_ID, *byte_ids('ab'), EOS], [BOS_ID, *byte_ids('xyz'), EOS]
+PA, PB = [*byte_ids('URL: a.example'), NEWLINES_ID], [*byte_ids('URL: b.example'), NEWLINES_ID]
+X = IGNORE_INDEX
+
+
+def reserved_sample(urls=(KEPT_URL, DROPPED_URL), pieces=(A, B), rooms=(len(PA), len(PB)), continued=0, **extra):
+    """One packed row of ``pieces`` with ``rooms``, as the packer writes it."""
+    return {
+        'input_ids': np.array([t for piece in pieces for t in piece]),
+        'segment_lengths': np.array([len(p) for p in pieces]),
+        'prefix_room': np.array(rooms),
+        'continued': continued,
+        'urls': list(urls),
+        'metadata': [{} for _ in urls],
+        **extra,
+    }
+
+
+def inject(bos_tokenizer, samples, length, **metadata):
+    """The injected batch and the stored-token source of each slot, under the ``metadata`` block."""
+    config = MetadataConfig(**metadata)
+    collator = PackedCollator(bos_tokenizer, config, length, BOS_ID)
+    injector = PrefixInjector(
+        length, enabled=True, document_masking=True, pad_token_id=7, position=config.position, metadata_loss=config.loss
+    )
+    batch, sources = injector.inject(collator(samples))
+    return {k: v[0].tolist() for k, v in batch.items()}, sources[0].tolist(), injector
+
+
+LENGTH = len(A) + len(PA) + len(B) + len(PB) + 2
+
+
+# Mixed conditioning (drop_probability).
+
+
+def test_a_dropped_documents_room_becomes_padding_at_the_row_end_and_no_token_is_lost(bos_tokenizer):
+    batch, _, injector = inject(bos_tokenizer, [reserved_sample()], LENGTH, drop_probability=0.5)
+
+    assert batch['input_ids'] == [BOS_ID, *PA, *A[1:], *B, *[7] * (len(PB) + 2)]
+    assert batch['labels'] == [X, *[X] * len(PA), *A[1:], X, *B[1:], *[X] * (len(PB) + 2)]
+    assert batch['sequence_id'] == [0] * (len(A) + len(PA)) + [1] * len(B) + [2] * (len(PB) + 2)
+    assert injector.stats.last['dropped_tokens'] == 0 and injector.stats.last['metadata_tokens'] == len(PA)
+
+
+def test_the_drop_decision_is_a_pure_function_of_seed_url_and_epoch():
+    urls = [f'https://site{i % 7}.example/{i}' for i in range(4000)]
+    epoch0 = [metadata_dropped(0, 0, u, 0.1) for u in urls]
+
+    assert epoch0 == [metadata_dropped(0, 0, u, 0.1) for u in urls]  # another worker, rank or a resumed run
+    assert 0.08 < np.mean(epoch0) < 0.12
+    assert epoch0 != [metadata_dropped(0, 1, u, 0.1) for u in urls]
+    assert epoch0 != [metadata_dropped(1, 0, u, 0.1) for u in urls]
+    assert not any(metadata_dropped(0, 0, u, 0.0) for u in urls)
+
+
+def test_both_pieces_of_a_document_cut_across_rows_make_the_same_choice(bos_tokenizer):
+    url = 'https://a.example/1'  # dropped at epochs 0, 1 and 3, kept at epoch 2
+    head = reserved_sample(urls=(url,), pieces=([BOS_ID, *byte_ids('ab')],), rooms=(len(PA),))
+    tail = reserved_sample(urls=(url,), pieces=([*byte_ids('cd'), EOS],), rooms=(len(PA),), continued=1)
+    length = len(PA) + 3
+    for epoch, prefixed in ((0, False), (2, True)):
+        rows = [inject(bos_tokenizer, [{**s, 'epoch': epoch}], length, drop_probability=0.5)[0] for s in (head, tail)]
+
+        assert [row['input_ids'][1 : 1 + len(PA)] == PA for row in rows] == [prefixed, False]
+        assert [row['input_ids'][: len(PA)] == PA for row in rows] == [False, prefixed]
+
+
+def test_the_loader_makes_the_same_choices_with_any_number_of_workers_and_new_ones_each_epoch(reserved_set, tokenizer):
+    one_worker = prefixed_documents(reserved_set, tokenizer, num_workers=0)
+    two_workers = prefixed_documents(reserved_set, tokenizer, num_workers=2)
+
+    assert one_worker == two_workers
+    assert one_worker[0] != one_worker[1]
+    assert 0.3 < np.mean(list(one_worker[0].values())) < 0.7
+
+
+def test_a_resumed_epoch_makes_the_choices_of_the_uninterrupted_one(reserved_set, tokenizer):
+    from meco_callbacks.data.dataloader import build_meco_loader
+
+    clean_stale_shared_memory()
+    loader = build_meco_loader(tokenizer, 2, loader_dataset(reserved_set), num_workers=0)
+    list(loader)
+    second = list(loader)
+    state = loader.dataset.state_dict(4, False)  # stopped after 2 batches of epoch 1
+    del loader
+    clean_stale_shared_memory()
+    resumed = build_meco_loader(tokenizer, 2, loader_dataset(reserved_set), num_workers=0)
+    resumed.dataset.load_state_dict(state)
+
+    assert state['epoch'] == 1
+    assert [prefixes(b) for b in second[2:]] == [prefixes(b) for b in resumed]
+    clean_stale_shared_memory()
+
+
+def prefixes(batch):
+    """Each row's segments as (start, prefix ids): what the drop decisions made of a batch."""
+    return [[(seg.start, seg.prefix.tolist()) for seg in segments] for segments in batch.segments]
+
+
+@pytest.fixture
+def reserved_set(tmp_path, tokenizer):
+    """Synthetic documents packed with room for domains, in rows of 64."""
+    from conftest import synthetic_documents
+
+    from meco_callbacks.corpus.packing import pack_documents
+
+    documents = write_documents_mds(tmp_path / 'documents', synthetic_documents(80, seed=3), tokenizer)
+    pack_documents(documents, tmp_path / 'packed', 64, progress=False, reserve_prefix=['domain'])
+    return tmp_path / 'packed'
+
+
+def loader_dataset(packed, **metadata):
+    return {
+        'local': str(packed),
+        'shuffle': False,
+        'max_seq_len': 64,
+        'metadata': {'drop_probability': 0.5, **metadata},
+    }
+
+
+def prefixed_documents(packed, tokenizer, num_workers):
+    """For each of two epochs, {(row tokens, segment): whether it got its prefix}."""
+    from meco_callbacks.data.dataloader import build_meco_loader
+
+    clean_stale_shared_memory()
+    loader = build_meco_loader(tokenizer, 2, loader_dataset(packed), num_workers=num_workers)
+    epochs = [
+        {
+            (row.tobytes(), s): len(seg.prefix) > 0
+            for batch in loader
+            for row, segments in zip(batch.tokens, batch.segments)
+            for s, seg in enumerate(segments)
+        }
+        for _ in range(2)
+    ]
+    del loader
+    clean_stale_shared_memory()
+    return epochs
+
+
+# Metadata after the document (position: suffix), with or without its loss.
+
+
+def test_a_suffix_follows_each_documents_eos_with_labels_only_under_loss(bos_tokenizer):
+    sample = reserved_sample(urls=(KEPT_URL, 'https://b.example/4'))
+    trained, _, injector = inject(bos_tokenizer, [sample], LENGTH, position='suffix', loss=True)
+    untrained, sources, _ = inject(bos_tokenizer, [sample], LENGTH, position='suffix')
+
+    assert trained['input_ids'] == untrained['input_ids'] == [*A, *PA, *B, *PB, 7, 7]
+    assert trained['labels'] == [X, *A[1:], *PA, X, *B[1:], *PB, X, X]
+    assert untrained['labels'] == [X, *A[1:], *[X] * len(PA), X, *B[1:], *[X] * len(PB), X, X]
+    assert trained['sequence_id'] == [0] * (len(A) + len(PA)) + [1] * (len(B) + len(PB)) + [2, 2]
+    assert trained['position_ids'] == [*range(len(A) + len(PA)), *range(len(B) + len(PB)), 0, 1]
+    assert sources == [0, 1, 2, 3, *[-1] * len(PA), 4, 5, 6, 7, 8, *[-1] * len(PB), -1, -1]
+    assert injector.stats.last['metadata_tokens'] == len(PA) + len(PB)
+
+
+def test_a_suffix_goes_only_where_the_document_ends_not_after_a_piece_cut_at_the_row_end(bos_tokenizer):
+    url = 'https://a.example/3'
+    head = reserved_sample(urls=(url,), pieces=([BOS_ID, *byte_ids('ab')],), rooms=(len(PA),))
+    tail = reserved_sample(urls=(url,), pieces=([*byte_ids('cd'), EOS],), rooms=(len(PA),), continued=1)
+    length = len(PA) + 3
+    (first, _, _), (second, _, _) = (
+        inject(bos_tokenizer, [s], length, position='suffix', loss=True) for s in (head, tail)
+    )
+
+    assert first['input_ids'] == [BOS_ID, *byte_ids('ab'), *[7] * len(PA)]
+    assert second['input_ids'] == [*byte_ids('cd'), EOS, *PA]
+    assert second['labels'] == [*byte_ids('cd'), EOS, *PA]  # a continued piece: its first token is trained
+
+
+def test_a_prefix_with_loss_trains_the_prefix_after_bos(bos_tokenizer):
+    batch, _, _ = inject(bos_tokenizer, [reserved_sample(urls=(KEPT_URL, 'https://b.example/4'))], LENGTH, loss=True)
+
+    assert batch['input_ids'] == [BOS_ID, *PA, *A[1:], BOS_ID, *PB, *B[1:], 7, 7]
+    assert batch['labels'] == [X, *PA, *A[1:], X, *PB, *B[1:], X, X]
+
+
+# Quality bins (bins:<column>).
+
+
+def test_a_value_gets_its_one_based_bin_of_n_and_a_value_on_an_edge_goes_up():
+    edges = (0.2, 0.5, 0.8)
+
+    assert [bin_label(v, edges) for v in (-1.0, 0.2, 0.49, 0.5, 0.9)] == ['1/4', '2/4', '2/4', '3/4', '4/4']
+    assert quantile_edges([float(v) for v in range(1, 101)], 4) == (25.75, 50.5, 75.25)
+
+
+def test_a_quality_prefix_is_the_documents_bin_in_the_template(bos_tokenizer):
+    quality = [*byte_ids('Quality: 3/3'), NEWLINES_ID]
+    sample = reserved_sample(urls=(KEPT_URL,), pieces=(A,), rooms=(len(quality),), metadata=[{'score': '0.75'}])
+    batch, _, _ = inject(
+        bos_tokenizer, [sample], len(A) + len(quality), kind='bins:score', bins=[0.2, 0.5], template='Quality: {}\n\n'
+    )
+
+    assert batch['input_ids'] == [BOS_ID, *quality, *A[1:]]
+
+
+@pytest.mark.parametrize('value', [None, '', 'high', 'nan', 'inf'])
+def test_a_missing_or_non_numeric_quality_value_is_an_error_naming_the_document(value):
+    config = MetadataConfig(kind='bins:score', bins=[0.5])
+    columns = {} if value is None else {'score': value}
+
+    with pytest.raises(ValueError, match=r"document 'https://a.example/3' has no finite number in metadata column"):
+        config.metadata_for(KEPT_URL, columns)
+
+
+def scored_documents(n):
+    return [
+        {'text': f'page {i} about rivers and music.', 'url': f'https://s{i % 3}.example/{i}', 'score': str(i / n)}
+        for i in range(n)
+    ]
+
+
+def test_packing_records_quantile_edges_and_rooms_that_fit_each_bin_label(tmp_path, tokenizer):
+    from meco_callbacks.corpus.packing import pack_documents
+    from meco_callbacks.data.dataset import MeCoPackedDataset
+    from meco_callbacks.data.prefix import PrefixTokens
+
+    documents = write_documents_mds(tmp_path / 'docs', scored_documents(40), tokenizer, extra_columns=('score',))
+    pack_documents(
+        documents, tmp_path / 'packed', 64, progress=False, reserve_prefix=['bins:score'], bins='quantiles:4'
+    )
+    record = json.loads((tmp_path / 'packed' / DATASET_INFO_FILE).read_text())['reserve_prefix']
+    config = MetadataConfig(kind='bins:score', bins=record['bins']['score']['edges'])
+    prefixes = PrefixTokens(tokenizer, config)
+    clean_stale_shared_memory()
+    dataset = MeCoPackedDataset(max_seq_len=64, local=str(tmp_path / 'packed'), shuffle=False, batch_size=1)
+    rooms = [
+        (int(room), len(prefixes.for_document(url, columns)))
+        for i in range(len(dataset))
+        for room, url, columns in zip(dataset[i]['prefix_room'], dataset[i]['urls'], dataset[i]['metadata'])
+    ]
+
+    assert record['bins'] == {'score': {'edges': pytest.approx([0.24375, 0.4875, 0.73125]), 'quantiles': 4}}
+    assert all(room == needed for room, needed in rooms) and len(rooms) >= 40
+    clean_stale_shared_memory()
+
+
+def test_the_loader_reads_the_recorded_edges_for_quantiles_and_refuses_another_n(tmp_path, tokenizer):
+    from meco_callbacks.corpus.packing import pack_documents
+    from meco_callbacks.data.dataloader import build_meco_loader
+
+    documents = write_documents_mds(tmp_path / 'docs', scored_documents(40), tokenizer, extra_columns=('score',))
+    pack_documents(
+        documents, tmp_path / 'packed', 64, progress=False, reserve_prefix=['bins:score'], bins='quantiles:4'
+    )
+    dataset = {
+        'local': str(tmp_path / 'packed'),
+        'shuffle': False,
+        'max_seq_len': 64,
+        'metadata': {'kind': 'bins:score', 'quantiles': 4, 'template': 'Quality: {}\n\n'},
+    }
+    clean_stale_shared_memory()
+    with pytest.raises(ValueError, match='packed with prefix room for kind\\(s\\) bins:score'):
+        build_meco_loader(tokenizer, 2, dataset, num_workers=0)  # the set was packed with the default template
+    pack_documents(
+        documents,
+        tmp_path / 'quality',
+        64,
+        progress=False,
+        reserve_prefix=['bins:score'],
+        bins='quantiles:4',
+        template='Quality: {}\n\n',
+    )
+    dataset['local'] = str(tmp_path / 'quality')
+    loader = build_meco_loader(tokenizer, 2, dataset, num_workers=0)
+    batch = loader.injector(next(iter(loader)))
+
+    assert loader.collate_fn.metadata.bins == pytest.approx(quantile_edges([i / 40 for i in range(40)], 4))
+    assert tokenizer.decode(batch['input_ids'][0]).startswith('Quality: 1/4\n\npage 0 about')
+    del loader
+    clean_stale_shared_memory()
+    with pytest.raises(ValueError, match='kind .bins:score.'):
+        build_meco_loader(tokenizer, 2, {**dataset, 'metadata': {**dataset['metadata'], 'quantiles': 5}})
+    clean_stale_shared_memory()
+
+
+def test_packing_a_document_without_a_numeric_quality_is_an_error_naming_it(tmp_path, tokenizer):
+    from meco_callbacks.corpus.packing import pack_documents
+
+    docs = scored_documents(10)
+    docs[4]['score'] = 'n/a'
+    documents = write_documents_mds(tmp_path / 'docs', docs, tokenizer, extra_columns=('score',))
+
+    with pytest.raises(ValueError, match="document 'https://s1.example/4' has no finite number .* \\(got 'n/a'\\)"):
+        pack_documents(
+            documents, tmp_path / 'packed', 64, progress=False, reserve_prefix=['bins:score'], bins='quantiles:4'
+        )
+    with pytest.raises(ValueError, match='--reserve-prefix bins:score needs the bin edges'):
+        pack_documents(documents, tmp_path / 'packed', 64, progress=False, reserve_prefix=['bins:score'])
+
+
+# Validation.
+
+
+@pytest.mark.parametrize(
+    ('block', 'message'),
+    [
+        ({'drop_probability': 1.0}, r'metadata.drop_probability must be a number in \[0, 1\)'),
+        ({'drop_probability': -0.1}, r'metadata.drop_probability must be a number in \[0, 1\)'),
+        ({'drop_probability': 'often'}, r'metadata.drop_probability must be a number in \[0, 1\)'),
+        ({'position': 'middle'}, 'metadata.position must be one of prefix, suffix'),
+        ({'loss': 'yes'}, 'metadata.loss must be true or false'),
+        ({'kind': 'bins:score'}, 'needs metadata.bins .* or metadata.quantiles'),
+        ({'kind': 'bins:'}, 'needs a name or text after the colon'),
+        ({'kind': 'domain', 'bins': [0.5]}, 'apply to a bins:<column> kind'),
+        ({'kind': 'bins:score', 'bins': [0.5, 0.2]}, 'metadata.bins must be a non-empty list of finite numbers'),
+        ({'kind': 'bins:score', 'quantiles': 1}, 'metadata.quantiles must be a whole number of at least 2'),
+        ({'kind': 'bins:score', 'quantiles': 3, 'bins': [0.5]}, 'metadata.bins has 1 edges, not the 2 of 3'),
+    ],
+)
+def test_bad_variant_settings_are_clear_errors(block, message):
+    with pytest.raises(ValueError, match=message):
+        MetadataConfig.from_dict(block)
+
+
+def test_the_default_block_is_todays_meco():
+    config = MetadataConfig.from_dict({})
+
+    assert (config.drop_probability, config.position, config.loss, config.bins) == (0.0, 'prefix', False, None)
