@@ -1,8 +1,8 @@
 """The paper's recipes (yamls/meco-*, baseline-*, ablations/, mcli/) hold the paper's numbers, train, and export.
 
 Models are built on the ``meta`` device (no memory); the two training runs shrink a real recipe by overrides
-and go through ``composer recipes/train.py`` on the CPU. The logits equality of a Trainer-made export is also
-covered, for the model alone, by test_attention.py::test_training_then_hf_checkpointer_exports_plain_mpt_with_the_same_outputs.
+and go through ``composer recipes/train.py`` on the CPU. Every recipe writes a transformers Llama copy
+(``hf_llama_checkpointer``) beside every checkpoint; test_export.py covers that export in depth.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ SHRINK = [  # a real recipe at toy size: tiny model, 64-token rows, 10 batches o
     'train_loader.num_workers=0',
     'model.vocab_size=512',
     'model.ffn_config.ffn_hidden_size=128',
-    'callbacks.hf_checkpointer.precision=float32',
+    'callbacks.hf_llama_checkpointer.precision=float32',
     'console_log_interval=1ba',
     *TINY_MODEL,
 ]
@@ -125,16 +125,17 @@ def test_recipe_follows_the_papers_schedule_and_batch(name: str) -> None:
 
 
 @pytest.mark.parametrize('name', RECIPES + list(ABLATIONS))
-def test_recipe_checkpoints_every_tenth_autoresumes_and_exports_to_hugging_face(name: str) -> None:
+def test_recipe_checkpoints_every_tenth_autoresumes_and_exports_a_llama_with_every_checkpoint(name: str) -> None:
     cfg = resolved(name)
     steps = STEPS[name.split('-')[1]]
 
     assert cfg['save_interval'] == f'{steps // 10}ba' and cfg['autoresume'] is True
-    assert cfg['callbacks']['hf_checkpointer'] == {
+    assert cfg['callbacks']['hf_llama_checkpointer'] == {
         'save_folder': cfg['save_folder'],
-        'save_interval': '1dur',
+        'save_interval': cfg['save_interval'],
         'precision': 'bfloat16',
     }
+    assert 'hf_checkpointer' not in cfg['callbacks']  # the MPT copy needs trust_remote_code; the Llama does not
     assert cfg['fsdp_config']['sharding_strategy'] == 'FULL_SHARD'
     assert cfg['fsdp_config']['mixed_precision'] in ('PURE', 'DEFAULT')
     assert cfg['fsdp_config']['activation_checkpointing'] is (name.split('-')[1] in ('3b', '8b'))
@@ -211,7 +212,9 @@ def test_every_recipe_takes_its_data_tokenizer_and_save_folder_from_the_same_var
     assert raw['train_loader']['dataset']['local'] == '${variables.data_local}'
     assert raw['train_loader']['dataset']['remote'] == '${variables.data_remote}'
     assert raw['tokenizer']['name'] == '${variables.tokenizer}' and raw['save_folder'] == '${variables.save_folder}'
-    assert cfg['callbacks']['hf_checkpointer']['save_folder'] == cfg['save_folder'] == f'./runs/{cfg["run_name"]}'
+    export = cfg['callbacks']['hf_llama_checkpointer']
+    assert export['save_folder'] == cfg['save_folder'] == f'./runs/{cfg["run_name"]}'
+    assert export['save_interval'] == cfg['save_interval']  # a Llama copy beside every checkpoint
 
 
 @pytest.mark.parametrize('name', ['tiny-cpu', 'baseline-tiny-cpu'])
@@ -307,16 +310,17 @@ def test_recipe_export_loads_in_transformers_with_the_composer_logits_and_genera
     state = torch.load(run_dir / 'ep0-ba10-rank0.pt', map_location='cpu', weights_only=False)['state']['model']
     composer_model.load_state_dict(state)
     export = run_dir / 'huggingface' / 'ba10'
-    exported = AutoModelForCausalLM.from_pretrained(export, trust_remote_code=True).eval()
+    exported = AutoModelForCausalLM.from_pretrained(export).eval()  # a native Llama: no trust_remote_code
     tokenizer = AutoTokenizer.from_pretrained(export)
     prompt = tokenizer('URL: en.wikipedia.org\n\nthe model reads', return_tensors='pt')['input_ids']
     with torch.no_grad():
         expected = composer_model.model.eval()(input_ids=prompt).logits
         got = exported(input_ids=prompt).logits
         generated = exported.generate(
-            prompt, max_new_tokens=6, do_sample=False, use_cache=False, pad_token_id=tokenizer.eos_token_id
+            prompt, max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=tokenizer.eos_token_id
         )
 
+    assert type(exported).__name__ == 'LlamaForCausalLM'
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert generated.shape == (1, prompt.shape[1] + 6) and torch.equal(generated[0, : prompt.shape[1]], prompt[0])
     assert generated[0, prompt.shape[1]] == expected[0, -1].argmax()  # greedy: the Composer model's next token
