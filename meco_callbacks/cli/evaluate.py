@@ -3,6 +3,7 @@
   python recipes/evaluate.py loss --config yamls/tiny-cpu.yaml --checkpoint run/checkpoints/latest-rank0.pt \\
       --packed data/held-out --wrong-url wrong.example --per-source
   python recipes/evaluate.py icl yamls/eval/icl-urls.yaml variables.checkpoint=run/latest-rank0.pt
+  python recipes/evaluate.py harness --model run/huggingface/ba40 --urls yamls/eval/olmes-tasks.yaml
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from meco_callbacks.data.metadata import MetadataConfig
 from meco_callbacks.evaluation.conditional_loss import NO_URL, TRUE_URL, compare_conditions, mismatched_url
+from meco_callbacks.evaluation.guidance import GUIDANCE_HELP, guidance_scale
 from meco_callbacks.evaluation.trained_models import load_trained_model, training_metadata
 
 
@@ -47,6 +49,7 @@ def run_loss(args: argparse.Namespace) -> None:
         args.max_batches,
         args.per_source,
         args.reserve_tokens,
+        guidance=args.guidance,
     )
     print(json.dumps(results, indent=2))
 
@@ -103,6 +106,87 @@ def eval_config(path: str, overrides: list[str]) -> dict:
     return resolved
 
 
+HARNESS_HELP = """\
+Run lm-evaluation-harness tasks on a Hugging Face model directory in two conditions:
+  no_url  each prompt as the harness writes it;
+  url     the same prompts with the task's URL as the run's metadata prefix ("URL: <domain>\\n\\n" by default, from
+          --config's metadata block) once in front of the whole few-shot context: after BOS, before the task's
+          description and first example. The harness places it as its system instruction (no chat template), as
+          `lm_eval ... --system_instruction $'URL: <domain>\\n\\n'` does; the prefix is tokenized on its own, as in
+          training.
+Writes OUTPUT/harness_urls.md and .csv (task x {no URL, URL, difference}, with the metric used: acc_norm where the
+harness reports it, else acc) and the raw OUTPUT/harness_results.json.
+
+  python recipes/evaluate.py harness --model runs/meco-1b/huggingface/ba40000 --urls yamls/eval/olmes-tasks.yaml
+"""
+
+
+def run_harness(args: argparse.Namespace) -> None:
+    """Run the harness tasks with and without their URL and write the Markdown + CSV table and the raw JSON."""
+    from meco_callbacks.evaluation.harness import evaluate_harness_with_urls, load_task_urls
+
+    urls = load_task_urls(args.urls) if args.urls else {}
+    tasks = [t.strip() for t in args.tasks.split(',') if t.strip()] if args.tasks else list(urls)
+    if not tasks:
+        raise ValueError('name the tasks: --tasks arc_easy,piqa or --urls FILE (every task in it).')
+    batch_size = args.batch_size if args.batch_size.startswith('auto') else int(args.batch_size)
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    evaluate_harness_with_urls(
+        args.model,
+        tasks,
+        urls,
+        args.output,
+        conditions=[c.strip() for c in args.conditions.split(',')],
+        num_fewshot=args.num_fewshot,
+        limit=limit,
+        metadata=training_metadata(args.config, args.override),
+        include_path=args.include_path,
+        device=args.device,
+        batch_size=batch_size,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        source=args.urls or 'the URLs file (--urls)',
+    )
+    print((Path(args.output) / 'harness_urls.md').read_text(), end='')
+
+
+def add_harness_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``harness`` subcommand's flags."""
+    harness = sub.add_parser(
+        'harness',
+        help='lm-evaluation-harness tasks with and without a URL before the few-shot prompt',
+        description=HARNESS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    harness.add_argument('--model', required=True, help='a Hugging Face model directory (recipes/export.py)')
+    harness.add_argument('--tasks', help='comma-separated harness task or group names (default: every task in --urls)')
+    harness.add_argument(
+        '--urls',
+        help="a YAML of `tasks: {<task>: {url: <domain>}}`, e.g. yamls/eval/olmes-tasks.yaml (the paper's ten)",
+    )
+    harness.add_argument(
+        '--conditions', default='no_url,url', help='which conditions to run: no_url, url or both (default no_url,url)'
+    )
+    harness.add_argument(
+        '--num-fewshot', type=int, default=5, help='examples before each question (default 5; tasks fixed at 0 keep 0)'
+    )
+    harness.add_argument('--limit', type=float, help='at most this many examples per task (a fraction if < 1): checks')
+    harness.add_argument('--output', default='eval-harness', help='output directory (default eval-harness)')
+    harness.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N (default cpu)')
+    harness.add_argument('--batch-size', default='1', help='requests per forward pass, or auto (default 1)')
+    harness.add_argument('--dtype', default='auto', help="the model's dtype: auto (its config), bfloat16, float32")
+    harness.add_argument('--include-path', help='a directory of extra task YAMLs for the harness to index')
+    harness.add_argument(
+        '--config', help="the train YAML, for its metadata block (template, kind); default MeCo's URL: {domain}"
+    )
+    harness.add_argument(
+        '--override', action='append', default=[], metavar='KEY=VALUE', help='a YAML override the run used'
+    )
+    harness.add_argument(
+        '--trust-remote-code', action='store_true', help="load a model with its own code (llm-foundry's MPT export)"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run the chosen evaluation."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,10 +210,12 @@ def main(argv: list[str] | None = None) -> None:
         help="score only each row's first max_seq_len - N tokens (default 0: every token that "
         'survives prefix injection in all conditions)',
     )
+    loss.add_argument('--guidance', type=guidance_scale, metavar='GAMMA', help=f'{GUIDANCE_HELP}; no_url is unchanged')
     icl = sub.add_parser('icl', help='ICL tasks with and without a URL, from an eval YAML (yamls/eval/*.yaml)')
     icl.add_argument('yaml', help='the eval YAML, e.g. yamls/eval/icl-urls.yaml')
     icl.add_argument('overrides', nargs='*', help='key=value overrides of the eval YAML')
     icl.add_argument('--device', default='cpu', help='cpu or cuda (default cpu)')
+    add_harness_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
-    {'loss': run_loss, 'icl': run_icl}[args.command](args)
+    {'loss': run_loss, 'icl': run_icl, 'harness': run_harness}[args.command](args)
