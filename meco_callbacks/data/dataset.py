@@ -245,6 +245,11 @@ def _check_prefix_room(
             f'but training uses kind {metadata.kind!r} (template {metadata.template!r}, max_chars '
             f'{metadata.max_chars}, strip_www {metadata.strip_www}), whose prefixes may not fit'
         )
+        if metadata.kind.startswith('bins:') and metadata.kind in reservation.kinds:
+            message += (
+                f' (the set records bins {[(c, list(e), q) for c, e, q in reservation.bins]} as (column, edges, '
+                f'quantiles); training asks for edges {metadata.bins} and quantiles {metadata.quantiles})'
+            )
         if overflow != 'drop':
             raise ValueError(
                 f'{message}. Repack with convert/pack.py --reserve-prefix {metadata.kind} (several kinds can be '
