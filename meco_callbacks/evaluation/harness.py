@@ -1,12 +1,14 @@
 """lm-evaluation-harness tasks with and without a URL in front of the whole few-shot prompt (the paper's OLMES setup).
 
-Each task runs twice through the harness's own Python API: as written, and with its URL's prefix (``URL: <domain>\\n\\n``
-from ``MetadataConfig``, the run's template and kind) before everything else in the prompt, where the MeCo authors'
-evaluation puts it. The harness places the text: its ``system_instruction`` (no chat template) becomes the first piece of
-every context, before the task's description and the first few-shot example, for loglikelihood (multiple choice) and
-generate_until requests alike. ``MeCoHFLM`` tokenizes that leading prefix as training does, on its own after BOS
-(``prompts.prompt_ids``), so a tokenizer whose "\\n\\n" would merge differently with the first example's word (GPT-2-style
-byte-level BPEs; Llama-3 keeps it apart either way) still gives the model the prefix tokens it was conditioned on.
+Each task runs in two conditions through the harness's own Python API (one run without a URL, one per distinct URL): as
+written, and with its URL's prefix (``URL: <domain>\\n\\n`` from ``MetadataConfig``, the run's template and kind) before
+everything else in the prompt, where the MeCo authors' evaluation puts it. The harness places the text: its
+``system_instruction`` (no chat template) becomes the first piece of every context, before the task's description and
+the first few-shot example, for loglikelihood (multiple choice) and generate_until requests alike (a template that does
+not end in whitespace gets the task's few-shot delimiter between it and a description). ``MeCoHFLM`` tokenizes that
+leading prefix as training does, on its own after BOS (``prompts.prompt_ids``), so a tokenizer whose "\\n\\n" would merge
+differently with the first example's word (GPT-2-style byte-level BPEs; Llama-3 keeps it apart either way) still gives
+the model the prefix tokens it was conditioned on.
 """
 
 from __future__ import annotations
