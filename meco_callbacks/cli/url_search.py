@@ -7,6 +7,8 @@ Each candidate becomes the prefix training put before its documents (the run's m
 the run's template, from --config; MeCo's default for --hf), after BOS when the tokenizer adds one. An example
 longer than the model's context has its context cut from the left, keeping the prefix and the continuation;
 the "cut" column counts them per candidate. An example whose prefix and continuation alone do not fit is an error.
+--guidance γ scores with context guidance (Fan et al. 2025): each candidate's logits weighed against the same example
+without a prefix, logits = no_url + γ · (url − no_url); 1 gives the plain ranking, above 1 sharpens the URL's effect.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import logging
 
 from meco_callbacks.cli.evaluate import add_model_args
+from meco_callbacks.evaluation.guidance import GUIDANCE_HELP, guidance_scale
 from meco_callbacks.evaluation.trained_models import load_trained_model, training_metadata
 from meco_callbacks.evaluation.url_search import rank_urls, read_candidate_urls, read_dev_examples
 
@@ -30,13 +33,16 @@ def main(argv: list[str] | None = None) -> None:
         default='loss',
         help='rank by mean continuation loss (default) or exact-match accuracy (ties by loss)',
     )
+    parser.add_argument('--guidance', type=guidance_scale, metavar='GAMMA', help=GUIDANCE_HELP)
     add_model_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     model, tokenizer = load_trained_model(args.config, args.checkpoint, args.hf, args.override, args.device)
     examples = read_dev_examples(args.dev)
     metadata = training_metadata(args.config, args.override)
-    ranked = rank_urls(model, tokenizer, examples, read_candidate_urls(args.candidates), args.by, metadata)
+    ranked = rank_urls(
+        model, tokenizer, examples, read_candidate_urls(args.candidates), args.by, metadata, args.guidance
+    )
     print(f'{"rank":>4}  {"loss":>8}  {"accuracy":>8}  {"cut":>5}  url')
     for i, score in enumerate(ranked, 1):
         print(f'{i:>4}  {score.loss:8.4f}  {score.accuracy:8.3f}  {score.truncated:>5}  {score.url}')

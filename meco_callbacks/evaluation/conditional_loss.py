@@ -13,6 +13,11 @@ evaluated together. ``compare_conditions`` evaluates several conditions on the s
 intersection. Conditions evaluated in separate calls are comparable when they share ``reserve_tokens``:
 only each row's first ``max_seq_len - reserve_tokens`` packed tokens are scored, and a row whose prefixes
 would push one of those off is a clear error (raise ``reserve_tokens``), never a silent change of the set.
+
+Context guidance (``guidance`` γ, ``guidance.guide``): each condition with a prefix is scored by the log-softmax of
+``no_url + γ · (url − no_url)``, where ``no_url`` are the logits that predict the same packed token in the row laid
+out without prefixes (the no-URL condition's layout); conditions without a prefix are unchanged by it. Same document
+tokens as without guidance; γ = 1 gives the unguided numbers exactly, γ = 0 the no-URL condition's.
 """
 
 from __future__ import annotations
@@ -35,11 +40,14 @@ from meco_callbacks.data.collator import IGNORE_INDEX, PackedCollator, PrefixInj
 from meco_callbacks.data.dataloader import build_meco_loader
 from meco_callbacks.data.dataset import documents_start_with_bos
 from meco_callbacks.data.metadata import MetadataConfig, url_host
+from meco_callbacks.evaluation.guidance import guide
 from meco_callbacks.formats import read_dataset_info
 
 log = logging.getLogger(__name__)
 
 MetadataSpec = Mapping[str, Any] | MetadataConfig | None
+Guide = tuple[Mapping[str, torch.Tensor], torch.Tensor, float]
+"""Guidance of a batch's logits: the no-URL batch, for each slot the no-URL slot predicting the same token, γ."""
 """A metadata setting: a loader ``metadata`` block, a ``MetadataConfig``, or None for no prefix at all."""
 
 TRUE_URL: dict[str, Any] = {'kind': 'domain'}
@@ -84,27 +92,58 @@ def _forward_token_losses(
     device: torch.device,
     rows_per_forward: int = 1,
     positions_per_chunk: int = 1024,
+    guided_by: Guide | None = None,
 ) -> torch.Tensor:
     """Per-slot loss ``[batch, seq]`` of predicting each label from the slot before; NaN where there is no label.
 
     The model sees ``rows_per_forward`` rows at a time and their logits are upcast to fp32 ``positions_per_chunk``
     slots at a time, so memory never holds ``[batch, seq, vocab]`` fp32 logits (33.6 GB at 8 x 8192 x 128,256).
+    With ``guided_by`` each slot's logits are guided by the no-URL slot's that predict the same token (-1: none).
     """
     labels = batch['labels']
     losses = torch.full(labels.shape, float('nan'))
-    inputs = {k: v for k, v in batch.items() if k in ('input_ids', 'attention_mask', 'sequence_id', 'position_ids')}
     for first in range(0, labels.shape[0], rows_per_forward):
         rows = slice(first, first + rows_per_forward)
-        logits = lm(**{k: v[rows].to(device) for k, v in inputs.items()}).logits
+        logits = _row_logits(lm, batch, rows, device)
+        if guided_by is not None:
+            no_url_batch, no_url_slot, guidance = guided_by
+            no_url_logits = _row_logits(lm, no_url_batch, rows, device)
         targets = labels[rows, 1:].to(device)
         for start in range(0, targets.shape[1], positions_per_chunk):
             target = targets[:, start : start + positions_per_chunk]
             chunk = logits[:, start : start + target.shape[1]].float()
+            if guided_by is not None:
+                slot = no_url_slot[rows, start : start + target.shape[1]].to(device)
+                index = slot.clamp(min=0)[..., None].expand(-1, -1, chunk.shape[-1])
+                no_url = no_url_logits.gather(1, index).float()
+                chunk = torch.where((slot >= 0)[..., None], guide(no_url, chunk, guidance), chunk)
             token_loss = F.cross_entropy(chunk.transpose(1, 2), target.clamp(min=0), reduction='none')
             token_loss = token_loss.masked_fill(target == IGNORE_INDEX, float('nan'))
             losses[rows, 1 + start : 1 + start + target.shape[1]] = token_loss.cpu()
         del logits
     return losses
+
+
+def _row_logits(lm: torch.nn.Module, batch: Mapping[str, torch.Tensor], rows: slice, device: torch.device) -> Any:
+    """The model's logits for ``rows`` of a model batch (its inputs only; labels stay out)."""
+    inputs = ('input_ids', 'attention_mask', 'sequence_id', 'position_ids')
+    return lm(**{k: v[rows].to(device) for k, v in batch.items() if k in inputs}).logits
+
+
+def _no_url_slots(sources: np.ndarray, no_url_sources: np.ndarray, no_url_labels: np.ndarray) -> torch.Tensor:
+    """For each slot ``t`` of a batch, the slot of the no-URL layout whose logits predict the token at ``t + 1``.
+
+    ``[batch, seq - 1]``; -1 where slot ``t + 1`` holds no document token, or that token carries no loss without a
+    prefix (a document's first token: the slot before it belongs to another document).
+    """
+    n, length = sources.shape
+    slot_of = np.full((n, length), -1)
+    rows, slots = np.nonzero(no_url_sources >= 0)
+    slot_of[rows, no_url_sources[rows, slots]] = slots
+    target = sources[:, 1:]
+    no_url_slot = np.where(target >= 0, slot_of[np.arange(n)[:, None], target.clip(min=0)], -1)
+    trained = np.take_along_axis(no_url_labels, no_url_slot.clip(min=0), 1) != IGNORE_INDEX
+    return torch.from_numpy(np.where((no_url_slot >= 1) & trained, no_url_slot - 1, -1))
 
 
 @contextmanager
@@ -183,10 +222,11 @@ def compare_conditions(
     per_source: bool = False,
     reserve_tokens: int = 0,
     document_masking: bool = True,
+    guidance: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Mean per-token loss of each named metadata condition over the same document tokens (see the module docstring).
 
-    Returns ``{name: {'loss', 'tokens', 'rows'[, 'per_source': {domain: {'loss', 'tokens'}}]}}``; domains are the
+    ``guidance`` γ scores the conditions with a prefix under context guidance (module docstring). Returns ``{name: {'loss', 'tokens', 'rows'[, 'per_source': {domain: {'loss', 'tokens'}}]}}``; domains are the
     hosts of the documents' URLs.
     """
     if not conditions:
@@ -221,7 +261,7 @@ def compare_conditions(
     ):
         for samples in tqdm(batches, desc='conditional loss', leave=False):
             losses, scored = _score_batch(
-                lm, samples, collators, injectors, plain, max_seq_len, reserve_tokens, device, rows
+                lm, samples, collators, injectors, plain, max_seq_len, reserve_tokens, device, rows, guidance
             )
             domains = np.full((len(samples), max_seq_len), '', dtype=object)
             for r, sample in enumerate(samples):
@@ -251,11 +291,14 @@ def _score_batch(
     reserve_tokens: int,
     device: torch.device,
     first_row: int,
+    guidance: float | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Each condition's loss per packed token ``[batch, max_seq_len]`` and the mask of tokens scored in all of them."""
     window = np.arange(max_seq_len) < max_seq_len - reserve_tokens
     packed_plain = next(iter(collators.values()))(samples)
-    scored = (plain(packed_plain)['labels'].numpy() != IGNORE_INDEX) & window
+    plain_batch, plain_sources = plain.inject(packed_plain)
+    plain_labels = plain_batch['labels'].numpy()
+    scored = (plain_labels != IGNORE_INDEX) & window
     scored[:, 0] = False  # a row's first token (a continued document's) has nothing in the row to be predicted from
     by_packed: dict[str, np.ndarray] = {}
     for name, collator in collators.items():
@@ -263,7 +306,10 @@ def _score_batch(
         batch, positions = injectors[name].inject(packed)
         rows_idx = np.arange(len(packed))[:, None].repeat(max_seq_len, 1)
         is_doc = positions >= 0
-        slot_loss = _forward_token_losses(lm, batch, device).numpy()
+        guided_by = None
+        if guidance is not None and injectors[name].enabled:
+            guided_by = (plain_batch, _no_url_slots(positions, plain_sources, plain_labels), guidance)
+        slot_loss = _forward_token_losses(lm, batch, device, guided_by=guided_by).numpy()
         loss = np.full((len(packed), max_seq_len), np.nan)  # indexed by stored-row position
         loss[rows_idx[is_doc], positions[is_doc]] = slot_loss[is_doc]
         lost = scored & np.isnan(loss)
@@ -291,11 +337,12 @@ def conditional_loss(
     per_source: bool = False,
     reserve_tokens: int | None = None,
     document_masking: bool = True,
+    guidance: float | None = None,
 ) -> dict[str, Any]:
     """Mean per-token loss under one metadata setting, over each row's first ``max_seq_len - reserve_tokens`` tokens.
 
     ``reserve_tokens`` defaults to a quarter of the row; pass the same value to every call you compare (or use
-    ``compare_conditions``). Returns ``{'loss', 'tokens', 'rows'[, 'per_source']}``.
+    ``compare_conditions``); ``guidance`` γ as there. Returns ``{'loss', 'tokens', 'rows'[, 'per_source']}``.
     """
     if reserve_tokens is None:
         reserve_tokens = packed_max_seq_len(packed_dir) // 4
@@ -309,4 +356,5 @@ def conditional_loss(
         per_source,
         reserve_tokens,
         document_masking,
+        guidance,
     )['condition']

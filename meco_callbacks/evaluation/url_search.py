@@ -10,6 +10,10 @@ prefix of the candidate's training-time metadata, the context, the continuation.
 model's context is cut from the left of its context, keeping BOS, the prefix and the whole continuation, as
 llm-foundry's ICL evaluation trims; a longer prefix leaves less of the context. Each candidate's score counts
 the examples it cut (logged). An example whose prefix and continuation alone do not fit is an error naming it.
+
+With ``guidance`` γ (``guidance.guide``), each continuation token is scored by the log-softmax of the guided logits:
+the example behind the candidate's prefix, and the same (cut) text with BOS but no prefix, combined. γ = 1 gives
+the plain scores exactly.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from tqdm import tqdm
 
 from meco_callbacks.data.metadata import MetadataConfig
 from meco_callbacks.evaluation.conditional_loss import language_model
+from meco_callbacks.evaluation.guidance import guide
 from meco_callbacks.evaluation.prompts import DEFAULT_METADATA, prompt_head
 
 log = logging.getLogger(__name__)
@@ -94,29 +99,43 @@ def fit_example(head: list[int], context: list[int], continuation: list[int], wi
     return head + context[excess:] + continuation
 
 
+def continuation_logits(lm: torch.nn.Module, ids: list[int], continuation: int) -> torch.Tensor:
+    """The fp32 logits that predict the last ``continuation`` tokens of ``ids``, from one forward pass."""
+    device = next(lm.parameters()).device
+    start = len(ids) - continuation
+    return lm(input_ids=torch.tensor([ids], device=device)).logits[0, start - 1 : -1].float()
+
+
 def score_url(
     model: torch.nn.Module,
     tokenizer: Any,
     examples: Sequence[dict[str, str]],
     url: str,
     metadata: MetadataConfig = DEFAULT_METADATA,
+    guidance: float | None = None,
 ) -> UrlScore:
-    """The examples' mean continuation loss per token and exact-match accuracy behind ``url``'s prefix."""
+    """The examples' mean continuation loss per token and exact-match accuracy behind ``url``'s prefix (guided by γ)."""
     lm = language_model(model)
-    device = next(lm.parameters()).device
     window = context_length(lm)
     head = prompt_head(tokenizer, url, metadata)
+    no_url_head = prompt_head(tokenizer, None, metadata)
     loss_sum, tokens, correct, truncated = 0.0, 0, 0, 0
     for n, example in enumerate(examples, 1):
         context = tokenizer(example['context'], add_special_tokens=False)['input_ids']
         continuation = tokenizer(example['continuation'], add_special_tokens=False)['input_ids']
         fitted = fit_example(head, context, continuation, window, n)
         truncated += len(fitted) < len(head) + len(context) + len(continuation)
-        ids = torch.tensor([fitted], device=device)
-        start = len(fitted) - len(continuation)
         with torch.no_grad():
-            logits = lm(input_ids=ids).logits[0, start - 1 : -1].float()
-        target = ids[0, start:]
+            logits = continuation_logits(lm, fitted, len(continuation))
+            if guidance is not None:
+                no_url = no_url_head + fitted[len(head) :]
+                if len(no_url) == len(continuation):
+                    raise ValueError(
+                        f'dev example {n}: without the URL prefix nothing precedes its continuation, so guidance '
+                        'has no unconditioned prediction of its first token; give it a context.'
+                    )
+                logits = guide(continuation_logits(lm, no_url, len(continuation)), logits, guidance)
+        target = torch.tensor(continuation, device=logits.device)
         loss_sum += float(F.cross_entropy(logits, target, reduction='sum'))
         tokens += len(continuation)
         correct += int(torch.equal(logits.argmax(-1), target))
@@ -138,15 +157,20 @@ def rank_urls(
     candidates: Sequence[str],
     by: str = 'loss',
     metadata: MetadataConfig = DEFAULT_METADATA,
+    guidance: float | None = None,
 ) -> list[UrlScore]:
-    """Candidates best first: by lower loss (``by='loss'``) or higher accuracy then lower loss (``by='accuracy'``)."""
+    """Candidates best first: by lower loss (``by='loss'``) or higher accuracy then lower loss (``by='accuracy'``).
+
+    ``guidance`` γ scores every candidate with context guidance (module docstring).
+    """
     if by not in ('loss', 'accuracy'):
         raise ValueError(f"rank_urls ranks by 'loss' or 'accuracy', not {by!r}.")
     lm = language_model(model)
     was_training = lm.training
     lm.eval()
     scores = [
-        score_url(model, tokenizer, examples, url, metadata) for url in tqdm(candidates, desc='URL search', leave=False)
+        score_url(model, tokenizer, examples, url, metadata, guidance)
+        for url in tqdm(candidates, desc='URL search', leave=False)
     ]
     lm.train(was_training)
     key = (lambda s: s.loss) if by == 'loss' else (lambda s: (-s.accuracy, s.loss))
