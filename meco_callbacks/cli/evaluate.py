@@ -21,10 +21,18 @@ from meco_callbacks.evaluation.trained_models import load_trained_model, trainin
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """The flags that name a trained model: --hf DIR, or --config YAML --checkpoint FILE [--override k=v ...]."""
-    parser.add_argument('--hf', help='a directory written by hf_checkpointer or save_pretrained')
+    """The flags that name a trained model: --hf DIR, or --config YAML --checkpoint FILE|DIR [--override k=v ...]."""
+    parser.add_argument(
+        '--hf',
+        help="a Hugging Face directory: a Llama export (hf_llama_checkpointer's save_folder/huggingface/ba<N>, "
+        'recipes/export.py; loaded without trust_remote_code) or an MPT export (hf_checkpointer, --format mpt)',
+    )
     parser.add_argument('--config', help='the train YAML the Composer checkpoint was trained with')
-    parser.add_argument('--checkpoint', help='a Composer checkpoint (.pt) of that run')
+    parser.add_argument(
+        '--checkpoint',
+        help='a Composer checkpoint of that run: a sharded checkpoint directory (e.g. runs/meco-1b/ep0-ba36000, '
+        'holding __<rank>_0.distcp and .metadata) or a single file (ep0-ba40-rank0.pt, latest-rank0.pt)',
+    )
     parser.add_argument(
         '--override',
         action='append',

@@ -1,12 +1,17 @@
 """Load a trained MeCo model for evaluation or generation: a Composer checkpoint with its train YAML, or an HF directory.
 
 A Composer checkpoint holds weights, not the architecture, so the run's YAML (with the same overrides the run
-used) rebuilds the model and tokenizer through llm-foundry's registries before the weights are loaded. An HF
-directory written by llm-foundry's ``hf_checkpointer`` is plain MPT with its modeling code and tokenizer.
+used) rebuilds the model and tokenizer through llm-foundry's registries before the weights are loaded. The
+checkpoint is a single file (``ep0-ba40-rank0.pt``) or a sharded directory (``ep0-ba36000/`` with ``*.distcp`` and
+``.metadata``, as FSDP runs with ``state_dict_type: sharded`` write it); ``meco_callbacks.model.checkpoints`` reads
+both. An HF directory is a Llama export (``hf_llama_checkpointer``, ``recipes/export.py``), loaded without
+``trust_remote_code``, or an MPT export (llm-foundry's ``hf_checkpointer``, ``--format mpt``), whose modeling code
+is then trusted.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from meco_callbacks.data.metadata import MetadataConfig
+from meco_callbacks.model.checkpoints import describe_checkpoint, load_model_weights
 from meco_callbacks.tokenizer.loading import check_tokenizer_location, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -48,47 +54,70 @@ def training_metadata(config_path: str | Path | None, overrides: Sequence[str] =
     return MetadataConfig.from_dict((loader.get('dataset') or {}).get('metadata'))
 
 
+def build_run_tokenizer(cfg: dict[str, Any]) -> Any:
+    """The run's tokenizer from its resolved train config (a missing local directory is named, not taken for a repo id)."""
+    from llmfoundry.utils.builders import build_tokenizer
+
+    tokenizer_cfg = dict(cfg['tokenizer'])
+    check_tokenizer_location(tokenizer_cfg['name'])
+    return build_tokenizer(tokenizer_cfg['name'], dict(tokenizer_cfg.get('kwargs') or {}))
+
+
+def build_run_model(cfg: dict[str, Any], tokenizer: Any, init_device: str = 'cpu') -> torch.nn.Module:
+    """The run's Composer model, untrained, built from its resolved train config on ``init_device`` (``meta``: shapes only)."""
+    from llmfoundry.utils.builders import build_composer_model
+
+    model_cfg = dict(cfg['model'])
+    model_cfg['init_device'] = init_device
+    return build_composer_model(name=model_cfg.pop('name'), cfg=model_cfg, tokenizer=tokenizer)
+
+
 def load_composer_checkpoint(
     config_path: str | Path, checkpoint: str | Path, overrides: Sequence[str] = (), device: str = 'cpu'
 ) -> tuple[torch.nn.Module, Any]:
-    """(Composer model in eval mode, tokenizer) rebuilt from the train YAML with the checkpoint's weights loaded."""
-    from llmfoundry.utils.builders import build_composer_model, build_tokenizer
+    """(Composer model in eval mode, tokenizer) rebuilt from the train YAML with the checkpoint's weights loaded.
 
+    ``checkpoint`` is a checkpoint file or a sharded checkpoint directory (:func:`load_model_weights`).
+    """
     cfg = train_config(config_path, overrides)
-    tokenizer_cfg = dict(cfg['tokenizer'])
-    check_tokenizer_location(tokenizer_cfg['name'])  # a missing directory is named, not taken for a hub repo id
-    tokenizer = build_tokenizer(tokenizer_cfg['name'], dict(tokenizer_cfg.get('kwargs') or {}))
-    model_cfg = dict(cfg['model'])
-    model_cfg['init_device'] = 'cpu'
-    model = build_composer_model(name=model_cfg.pop('name'), cfg=model_cfg, tokenizer=tokenizer)
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(
-            f'no Composer checkpoint at {checkpoint}: pass a file such as '
-            "checkpoints/ep0-ba40-rank0.pt or latest-rank0.pt from the run's save_folder."
-        )
-    state = torch.load(str(checkpoint), map_location='cpu', weights_only=False)
-    weights = state.get('state', {}).get('model') if isinstance(state, dict) else None
-    if weights is None:
-        raise ValueError(
-            f'{checkpoint} is not a Composer checkpoint (no state.model); for an HF directory use load_hf_model.'
-        )
-    model.load_state_dict(weights)
-    log.info('loaded %s (%s) from %s', type(model).__name__, cfg['model'].get('name'), checkpoint)
+    tokenizer = build_run_tokenizer(cfg)
+    model = build_run_model(cfg, tokenizer)
+    model.load_state_dict(load_model_weights(checkpoint))
+    log.info(
+        'loaded %s (%s) from the %s %s',
+        type(model).__name__,
+        cfg['model'].get('name'),
+        describe_checkpoint(checkpoint),
+        checkpoint,
+    )
     return model.to(device).eval(), tokenizer
 
 
 def load_hf_model(directory: str | Path, device: str = 'cpu') -> tuple[torch.nn.Module, Any]:
-    """(HF causal LM in eval mode, tokenizer) from a directory written by ``hf_checkpointer`` or ``save_pretrained``."""
+    """(HF causal LM in eval mode, tokenizer) from an HF directory: a Llama export, an MPT export, any causal LM.
+
+    Only an MPT export (``model_type: mpt``, llm-foundry's modeling code beside it) is loaded with
+    ``trust_remote_code``; a Llama export (``hf_llama_checkpointer``, ``recipes/export.py``) needs none.
+    """
     from transformers import AutoModelForCausalLM
 
-    if not (Path(directory) / 'config.json').is_file():
+    config_file = Path(directory) / 'config.json'
+    if not config_file.is_file():
         raise FileNotFoundError(
-            f'{directory} has no config.json: pass the directory hf_checkpointer wrote '
-            '(save_folder/huggingface/ba<N>) or a save_pretrained directory.'
+            f'{directory} has no config.json: pass a directory written by hf_llama_checkpointer or hf_checkpointer '
+            '(save_folder/huggingface/ba<N>), by recipes/export.py, or by save_pretrained.'
         )
-    model = AutoModelForCausalLM.from_pretrained(str(directory), trust_remote_code=True)
+    model_type = json.loads(config_file.read_text()).get('model_type')
+    trust_remote_code = model_type == 'mpt'
+    model = AutoModelForCausalLM.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(directory)
-    log.info('loaded %s from %s', type(model).__name__, directory)
+    log.info(
+        'loaded %s (model_type %s%s) from %s',
+        type(model).__name__,
+        model_type,
+        ', its own modeling code: trust_remote_code' if trust_remote_code else '',
+        directory,
+    )
     return model.to(device).eval(), tokenizer
 
 
@@ -106,5 +135,5 @@ def load_trained_model(
         return load_composer_checkpoint(config, checkpoint, overrides, device)
     raise ValueError(
         'give either an HF directory (--hf DIR) or a train YAML and its Composer checkpoint '
-        '(--config YAML --checkpoint FILE.pt), not both and not neither.'
+        '(--config YAML --checkpoint FILE.pt or sharded checkpoint DIR), not both and not neither.'
     )

@@ -76,6 +76,7 @@ class HFLlamaCheckpointer(Callback):
         self.save_interval = Time.from_input(save_interval, TimeUnit.EPOCH)
         self.check_interval = create_interval_scheduler(self.save_interval, include_end_of_training=True)
         self.remote_ud: Any = None
+        self.config: Any = None  # the model's MPTConfig, from Event.INIT
         self.last_saved_batch: Time | None = None
         self.saved: list[str] = []  # the directories (or remote paths) written, in order
 
@@ -91,8 +92,9 @@ class HFLlamaCheckpointer(Callback):
 
     def _init(self, state: State, logger: Logger) -> None:
         """Refuse a model that is not an exportable MPT now, not hours later; set up the remote upload."""
-        config = mpt_config_of(_composer_model(state))
+        config = mpt_config_of(_composer_model(state))  # before FSDP wraps the model
         check_llama_exportable(config, 'the model (hf_llama_checkpointer)')
+        self.config = config
         from composer.utils import maybe_create_remote_uploader_downloader_from_uri
 
         self.remote_ud = maybe_create_remote_uploader_downloader_from_uri(self.save_folder, loggers=[])
@@ -109,7 +111,7 @@ class HFLlamaCheckpointer(Callback):
     def _save(self, state: State) -> None:
         self.last_saved_batch = state.timestamp.batch
         composer_model = _composer_model(state)
-        config = mpt_config_of(composer_model)
+        config = self.config if self.config is not None else mpt_config_of(composer_model)
         save_dir = format_name_with_dist_and_time(self.save_dir_format, state.run_name, state.timestamp)
         weights = gather_full_state_dict(state)  # every rank takes part; only rank 0 gets the weights
         if dist.get_global_rank() == 0:

@@ -1,0 +1,121 @@
+"""Export a trained MeCo checkpoint as a Hugging Face model directory: a native Llama (default) or llm-foundry's MPT.
+
+  python recipes/export.py --config yamls/meco-1b.yaml --checkpoint runs/meco-1b/ep0-ba36000 \\
+      --output runs/meco-1b/llama-ba36000
+  python recipes/export.py --config yamls/tiny-cpu.yaml --checkpoint runs/meco-tiny-cpu/ep0-ba40-rank0.pt \\
+      --override variables.tokenizer=data/tokenizer --output runs/meco-tiny-cpu/mpt-ba40 --format mpt
+
+--checkpoint is a sharded checkpoint directory (<save_folder>/ep<E>-ba<B>, holding __<rank>_0.distcp files and
+.metadata, as FSDP runs with state_dict_type: sharded write) or a single checkpoint file (ep<E>-ba<B>-rank0.pt,
+latest-rank0.pt); it is read on the CPU in this one process, no GPU or process group needed. --config is the train
+YAML the run used, with the same --override values: it rebuilds the architecture and the tokenizer.
+
+--format llama (default) writes config.json, model.safetensors, generation_config.json and the tokenizer files of a
+transformers LlamaForCausalLM, which loads anywhere without trust_remote_code or this package:
+    AutoModelForCausalLM.from_pretrained('runs/meco-1b/llama-ba36000')
+A model whose settings a Llama cannot express (ALiBi, biases, LayerNorm, QK-norm, ...) is refused with the setting
+named; export it with --format mpt instead. --format mpt writes the model's own save_pretrained: llm-foundry's MPT
+with its modeling code, loaded with trust_remote_code=True (what llm-foundry's hf_checkpointer writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from meco_callbacks.evaluation.trained_models import build_run_model, build_run_tokenizer, train_config
+from meco_callbacks.model.checkpoints import describe_checkpoint, load_model_weights
+
+log = logging.getLogger('meco_callbacks.export')
+
+PRECISIONS = ('float32', 'bfloat16', 'float16')
+
+
+def export_checkpoint(
+    config: str | Path,
+    checkpoint: str | Path,
+    output: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    format: str = 'llama',
+    precision: str = 'float32',
+) -> Path:
+    """Write ``checkpoint`` (file or sharded directory) of the run ``config`` to ``output`` as ``format``."""
+    import torch
+
+    from meco_callbacks.model.llama_export import llama_config, llama_state_dict, mpt_config_of, save_llama
+
+    if format not in ('llama', 'mpt'):
+        raise ValueError(f'--format {format!r}: use llama or mpt.')
+    dtype = getattr(torch, precision)
+    cfg = train_config(config, overrides)
+    tokenizer = build_run_tokenizer(cfg)
+    out = Path(output)
+    if format == 'llama':
+        model = build_run_model(cfg, tokenizer, init_device='meta')  # the architecture only: no memory, no init
+        mpt_config = mpt_config_of(model)
+        llama = llama_config(mpt_config, tokenizer, dtype)  # refuses a model Llama cannot express, before reading
+        log.info('reading the %s %s', describe_checkpoint(checkpoint), checkpoint)
+        weights = llama_state_dict(load_model_weights(checkpoint), mpt_config)
+        save_llama(weights, llama, out, tokenizer=tokenizer, dtype=dtype)
+        log.info(
+            'wrote a transformers LlamaForCausalLM (%d layers, d_model %d, %d KV heads, %s) to %s; load it with '
+            'AutoModelForCausalLM.from_pretrained(%r), no trust_remote_code',
+            llama.num_hidden_layers,
+            llama.hidden_size,
+            llama.num_key_value_heads,
+            precision,
+            out,
+            str(out),
+        )
+        return out
+    model = build_run_model(cfg, tokenizer, init_device='cpu')
+    log.info('reading the %s %s', describe_checkpoint(checkpoint), checkpoint)
+    model.load_state_dict(load_model_weights(checkpoint))
+    model.model.to(dtype).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    log.info(
+        "wrote llm-foundry's MPT (%s) to %s; load it with AutoModelForCausalLM.from_pretrained(%r, "
+        'trust_remote_code=True)',
+        precision,
+        out,
+        str(out),
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and export."""
+    parser = argparse.ArgumentParser(
+        prog='recipes/export.py', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument('--config', required=True, help='the train YAML the checkpoint was trained with')
+    parser.add_argument(
+        '--checkpoint',
+        required=True,
+        help='a sharded checkpoint directory (e.g. runs/meco-1b/ep0-ba36000) or a checkpoint file (.pt) of that run',
+    )
+    parser.add_argument(
+        '--override',
+        action='append',
+        default=[],
+        metavar='KEY=VALUE',
+        help='a YAML override the training run used (repeatable), e.g. variables.tokenizer=/models/llama3',
+    )
+    parser.add_argument('--output', required=True, help='the directory to write (created; files in it are replaced)')
+    parser.add_argument(
+        '--format',
+        choices=('llama', 'mpt'),
+        default='llama',
+        help='llama (default): a transformers LlamaForCausalLM, no trust_remote_code; '
+        "mpt: llm-foundry's MPT with its modeling code (trust_remote_code=True)",
+    )
+    parser.add_argument(
+        '--precision',
+        choices=PRECISIONS,
+        default='float32',
+        help='the dtype of the written weights (default float32: the checkpoint exactly; bfloat16 halves the size)',
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    export_checkpoint(args.config, args.checkpoint, args.output, args.override, args.format, args.precision)
