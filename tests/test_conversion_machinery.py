@@ -151,14 +151,14 @@ def test_replacing_retires_the_old_output_and_a_leftover_of_a_killed_replacement
     assert (tmp_path / 'out' / 'file').read_text() == 'new'
 
 
-def write_parts(directory: Path, parts: int, compression: str | None = None) -> list[Path]:
+def write_parts(directory: Path, parts: int) -> list[Path]:
     """``parts`` MDS parts under ``directory/parts``, 5 samples each (two shards a part), sample i holding i."""
     from streaming import MDSWriter
 
     dirs = []
     for part in range(parts):
         out = directory / 'parts' / f'part.{part:05d}'
-        with MDSWriter(out=str(out), columns={'i': 'int'}, size_limit=40, compression=compression) as writer:
+        with MDSWriter(out=str(out), columns={'i': 'int'}, size_limit=40) as writer:
             for i in range(5 * part, 5 * part + 5):
                 writer.write({'i': i})
         dirs.append(out)
@@ -192,20 +192,3 @@ def test_streamings_merge_index_lists_the_same_shards_in_other_bytes(tmp_path):
     assert json.loads(merged) == json.loads(ours)
     assert merged != ours
     assert ours == json.dumps(json.loads(ours), sort_keys=True)  # as MDSWriter writes an index
-
-
-def test_a_flattened_joint_index_moves_the_shards_under_one_numbering(tmp_path):
-    parts = write_parts(tmp_path / 'flat', 2)
-    count = write_joint_index(tmp_path / 'flat', parts, flatten=True)
-    assert sorted(path.name for path in (tmp_path / 'flat').glob('shard.*')) == [
-        f'shard.{i:05d}.mds' for i in range(count)
-    ]
-    assert [sorted(path.name for path in part.iterdir()) for part in parts] == [['index.json'], ['index.json']]
-    assert read_all(tmp_path / 'flat') == list(range(10))
-
-
-def test_flattening_keeps_each_compressed_shards_suffix(tmp_path):
-    count = write_joint_index(tmp_path / 'zipped', write_parts(tmp_path / 'zipped', 2, 'zstd'), flatten=True)
-    assert sorted(path.name for path in (tmp_path / 'zipped').glob('shard.*')) == [
-        f'shard.{i:05d}.mds.zstd' for i in range(count)
-    ]

@@ -331,7 +331,12 @@ def row_fields(row: dict[str, Any]) -> tuple:
 
 
 def files_of(directory: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+    """Every file under ``directory`` (the parts' files included) by its path there."""
+    return {
+        path.relative_to(directory).as_posix(): path.read_bytes()
+        for path in sorted(directory.rglob('*'))
+        if path.is_file()
+    }
 
 
 def test_parallel_packing_writes_byte_identical_output_to_serial(tmp_path: Path, tokenizer) -> None:
@@ -400,7 +405,8 @@ def read_with_streaming_dataset(packed_dir: Path) -> list[dict[str, Any]]:
 def test_compressed_output_reads_back_through_streaming_dataset(tmp_path: Path, tokenizer) -> None:
     docs = write_token_documents(tmp_path / 'docs', abc_documents(), tokenizer)
     pack_documents(docs, tmp_path / 'packed', max_seq_len=8, progress=False, compression='zstd')
-    assert [path.name for path in (tmp_path / 'packed').glob('shard.*')] == ['shard.00000.mds.zstd']
+    shards = [path.relative_to(tmp_path / 'packed').as_posix() for path in (tmp_path / 'packed').rglob('shard.*')]
+    assert shards == ['part.00000/shard.00000.mds.zstd']
     assert read_dataset_info(tmp_path / 'packed')['compression'] == 'zstd'
     E = tokenizer.eos_token_id
     assert [row['input_ids'].tolist() for row in read_with_streaming_dataset(tmp_path / 'packed')] == [
@@ -441,6 +447,11 @@ def test_an_output_dir_holding_other_files_is_refused_unless_overwrite(tmp_path:
     assert sorted(path.name for path in (tmp_path / 'packed').iterdir()) == [
         'index.json',
         DATASET_INFO_FILE,
+        'part.00000',
+    ]
+    assert sorted(path.name for path in (tmp_path / 'packed' / 'part.00000').iterdir()) == [
+        'index.json',
+        'part.json',
         'shard.00000.mds',
     ]
 

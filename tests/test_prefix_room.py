@@ -202,8 +202,10 @@ def test_packing_with_room_is_byte_identical_for_one_and_two_workers(short_docs,
             documents_per_task=100,
         )
         outs.append(out)
-    names = sorted(p.name for p in outs[0].iterdir() if p.name != 'meco_dataset.json')
-    assert names == sorted(p.name for p in outs[1].iterdir() if p.name != 'meco_dataset.json')
+    names = sorted(p.relative_to(outs[0]) for p in outs[0].rglob('*') if p.is_file() and p.name != 'meco_dataset.json')
+    assert names == sorted(
+        p.relative_to(outs[1]) for p in outs[1].rglob('*') if p.is_file() and p.name != 'meco_dataset.json'
+    )
     for name in names:
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
 

@@ -37,6 +37,10 @@ Work is cut into units of at most --unit-mb of input (1/64 of a small input, at 
 or JSON-array file is one unit). Each unit is written under OUTPUT.partial and renamed when done, so an
 interrupted run resumes when run again with the same arguments, and any --num-workers or job split gives
 byte-identical output. OUTPUT.partial is renamed to OUTPUT at the end.
+
+Object storage: with --remote s3://bucket/path (or gs://, oci://, azure://, ... as Streaming writes them), each
+unit is uploaded as soon as it is finished, and index.json then meco_dataset.json last, so a reader never sees a
+partial set. --output stays the local side: it keeps the finished units a rerun resumes from.
 """
 
 EPILOG = """\
@@ -53,6 +57,9 @@ examples:
   # many machines: each runs its part, then one merges
   python convert/documents.py 'c4/*.json.gz' --output data/c4-docs --tokenizer gpt2 --job-index $I --num-jobs 8
   python convert/merge.py --output data/c4-docs
+  # upload to object storage as units finish (data/dclm-docs keeps what a rerun resumes from)
+  python convert/documents.py 'dclm-baseline/**/*.jsonl.zst' --output data/dclm-docs --remote s3://bucket/dclm-docs \
+      --tokenizer meta-llama/Meta-Llama-3-8B --num-workers 16
 """
 
 
@@ -62,7 +69,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument('inputs', nargs='+', help='files, globs (quote them) or dataset directories')
-    parser.add_argument('--output', required=True, help='document MDS directory to create')
+    parser.add_argument('--output', required=True, help='document MDS directory to create (a local directory)')
+    parser.add_argument(
+        '--remote',
+        default=None,
+        help='object storage to upload the dataset to as it is written, e.g. s3://bucket/dclm-docs',
+    )
     parser.add_argument('--tokenizer', required=True, help='Hugging Face tokenizer: a local directory or a hub name')
     parser.add_argument(
         '--text-field', default='text', help='field holding the text, dotted for nesting (default text)'
@@ -131,8 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     from meco_callbacks.corpus.document_checks import DocumentPolicy
     from meco_callbacks.corpus.documents import convert_documents
     from meco_callbacks.corpus.errors import ConversionError
+    from meco_callbacks.corpus.remote import is_remote
     from meco_callbacks.corpus.sources import FieldMapping
 
+    if is_remote(args.output):
+        print(
+            f'error: --output {args.output} is object storage; write locally and upload with --remote, e.g. '
+            f'--output data/docs --remote {args.output} (the local directory keeps what a rerun resumes from)',
+            file=sys.stderr,
+        )
+        return 2
     try:
         fields = FieldMapping(
             args.text_field, args.url_field, tuple(name for name in args.metadata_fields.split(',') if name)
@@ -154,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
             started=started,
+            remote=args.remote,
         )
     except (ValueError, OSError, ConversionError) as error:
         print(f'error: {error}', file=sys.stderr)

@@ -14,6 +14,7 @@ DESCRIPTION = """\
 Join the units that the jobs of one conversion wrote under OUTPUT.partial into one document MDS at OUTPUT:
 one index.json over every unit's shards, in input order, and meco_dataset.json with the summed counts.
 Refuses while any unit is missing (it names them), so it is safe to run before every job has finished.
+With --remote, the jobs' --remote: units not uploaded yet are uploaded, then index.json and meco_dataset.json.
 """
 
 
@@ -22,6 +23,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--output', required=True, help='the --output given to convert/documents.py')
     parser.add_argument('--overwrite', action='store_true', help='replace a different dataset already at --output')
+    parser.add_argument('--remote', default=None, help='the --remote given to convert/documents.py, if any')
     return parser.parse_args(argv)
 
 
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from meco_callbacks.corpus.errors import ConversionError
 
     try:
-        info = merge_document_parts(args.output, overwrite=args.overwrite)
+        info = merge_document_parts(args.output, overwrite=args.overwrite, remote=args.remote)
     except (OSError, ConversionError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2

@@ -9,8 +9,11 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
+from pathlib import Path
 
 from meco_callbacks.corpus.packing import pack_documents
+from meco_callbacks.corpus.remote import is_remote
 from meco_callbacks.corpus.row_planning import STRATEGIES
 from meco_callbacks.data.metadata import DEFAULT_TEMPLATE
 
@@ -43,6 +46,17 @@ byte-identical for any --num-workers. Empty documents, and documents whose lengt
 their input_ids, are counted skips; a token id outside the tokenizer's vocabulary is an error. The stats
 (rows, tokens, documents, segments, continued and split documents, room, padding, skips by reason) go to
 meco_dataset.json beside index.json, with the reservation the loader checks at start.
+
+Object storage: DOCUMENTS and OUT may be URLs (s3://, gs://, oci://, azure://, ... as Streaming reads and writes
+them). Document shards are downloaded one at a time as packing reaches them (into --cache-dir); each finished
+part is uploaded at once, and index.json then meco_dataset.json last, so a reader never sees a partial set.
+
+Parts and resuming: each window is packed into its own part (OUT/part.00000/ ...), renamed into place when
+complete (on object storage: uploaded, its part.json last), so a rerun of an interrupted command packs only
+the missing parts and never touches finished ones. --part I/N packs only the I-th of N blocks of windows, so N
+machines can share the work; the run that finds every part finished joins them (writes index.json), or run the
+command without --part afterwards to pack what is missing and join. The output is byte-identical for any
+split, any --num-workers and any number of interruptions.
 """
 
 EPILOG = """\
@@ -52,6 +66,9 @@ examples:
   python convert/pack.py data/dclm-docs data/dclm-packed-8k --max-seq-len 8192 --num-workers 8
   python convert/pack.py meco-release/ data/meco-packed --max-seq-len 8192 \\
       --tokenizer meta-llama/Meta-Llama-3-8B     # release data carries no tokenizer record
+  # on 8 machines (I = 0..7), from and to object storage; the last part to finish joins
+  python convert/pack.py s3://bucket/dclm-docs s3://bucket/dclm-packed-8k --max-seq-len 8192 \
+      --reserve-prefix domain --strategy bfd --num-workers 16 --part $I/8 --cache-dir /local/nvme/dclm-docs
 """
 
 
@@ -65,8 +82,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument('documents', help='document MDS directory (with index.json)')
-    parser.add_argument('out', help='packed MDS directory to create (written beside it, then renamed)')
+    parser.add_argument('documents', help='document MDS directory (with index.json), or its URL (s3://..., gs://...)')
+    parser.add_argument(
+        'out',
+        help='packed MDS directory to create (parts kept in OUT.packing until joined, then renamed), or a URL',
+    )
     parser.add_argument('--max-seq-len', type=int, required=True, help='tokens per row, e.g. 8192')
     parser.add_argument(
         '--tokenizer',
@@ -128,6 +148,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help='hold out about this fraction of documents (e.g. 0.01), chosen by a SHA-256 hash of their URL, in '
         'OUT/heldout and pack the rest in OUT/train; the same URL always lands on the same side',
     )
+    parser.add_argument(
+        '--part',
+        default=None,
+        metavar='I/N',
+        help='pack only the I-th (from 0) of N contiguous blocks of windows, e.g. 3/8 on the fourth of 8 machines; '
+        'finished parts are reused and the run that completes the set joins it (default: every part, then join)',
+    )
+    parser.add_argument(
+        '--cache-dir',
+        default=None,
+        help='with DOCUMENTS on object storage: local directory its shards are downloaded under, kept for reruns '
+        '(default: a temporary directory, removed at the end)',
+    )
+    parser.add_argument(
+        '--local-dir',
+        default=None,
+        help='with OUT on object storage: local directory parts are written under before their upload, kept only '
+        'until uploaded (default: a temporary directory)',
+    )
     parser.add_argument('--compression', default=None, help='shard compression, e.g. zstd (default: none)')
     parser.add_argument('--overwrite', action='store_true', help='replace an output directory holding another dataset')
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
@@ -139,10 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     columns = None if args.metadata_columns is None else [c for c in args.metadata_columns.split(',') if c]
+    scratch = tempfile.TemporaryDirectory(prefix='meco-pack-')
+    documents, documents_remote = _local_side(args.documents, args.cache_dir, Path(scratch.name) / 'documents')
+    out, remote = _local_side(args.out, args.local_dir, Path(scratch.name) / 'out')
     try:
         stats = pack_documents(
-            args.documents,
-            args.out,
+            documents,
+            out,
             args.max_seq_len,
             tokenizer=args.tokenizer,
             num_workers=args.num_workers,
@@ -155,10 +197,22 @@ def main(argv: list[str] | None = None) -> int:
             template=args.template,
             strategy=args.strategy,
             holdout=args.holdout,
+            documents_remote=documents_remote,
+            remote=remote,
+            part=args.part,
             bins=args.bins,
         )
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
+    finally:
+        scratch.cleanup()
     print(json.dumps(stats, indent=2))
     return 0
+
+
+def _local_side(path: str, local: str | None, default: Path) -> tuple[str, str | None]:
+    """A directory argument as Streaming's ``(local, remote)``: a URL gets ``local`` (or ``default``) as its local side."""
+    if not is_remote(path):
+        return path, None
+    return str(Path(local or default) / Path(path.rstrip('/')).name), path

@@ -19,7 +19,8 @@ from meco_callbacks.corpus.document_checks import ConversionStats
 from meco_callbacks.corpus.errors import ConversionError
 from meco_callbacks.corpus.joint_index import write_joint_index
 from meco_callbacks.corpus.output import existing_output, replace_output
-from meco_callbacks.formats import DOCUMENT_FORMAT, read_dataset_info, write_dataset_info
+from meco_callbacks.corpus.remote import Remote, upload_directory
+from meco_callbacks.formats import DATASET_INFO_FILE, DOCUMENT_FORMAT, read_dataset_info, write_dataset_info
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,11 @@ def claim_document_output(output: Path, plan_id: str, overwrite: bool) -> dict[s
     return existing_output(output, wanted, DOCUMENT_IDENTITY, 'document dataset', overwrite)
 
 
-def merge_document_parts(output: str | Path, overwrite: bool = False) -> dict[str, Any]:
+def merge_document_parts(output: str | Path, overwrite: bool = False, remote: str | None = None) -> dict[str, Any]:
     """Join the converted units in ``<output>.partial`` into one dataset at ``output``; returns its info.
 
     Refuses while any unit is missing (naming them), and refuses to replace a different dataset at ``output``
-    unless ``overwrite``.
+    unless ``overwrite``. With ``remote`` (a URL), the joined dataset is then uploaded there (``publish_documents``).
     """
     output = Path(output)
     partial = partial_dir(output)
@@ -45,6 +46,8 @@ def merge_document_parts(output: str | Path, overwrite: bool = False) -> dict[st
     if not plan_path.is_file():
         finished = read_dataset_info(output) if output.is_dir() else None
         if finished is not None and finished.get('format') == DOCUMENT_FORMAT:
+            if remote is not None:
+                publish_documents(output, remote)
             return finished
         raise ConversionError(f'nothing to merge: {partial} holds no conversion in progress')
     plan = json.loads(plan_path.read_text())
@@ -80,4 +83,18 @@ def merge_document_parts(output: str | Path, overwrite: bool = False) -> dict[st
     claim_document_output(output, plan['id'], overwrite)
     replace_output(output, partial)
     log.info('Merged %d units into %s.', count, output)
+    if remote is not None:
+        publish_documents(output, remote)
     return info
+
+
+def publish_documents(directory: Path, remote: str) -> None:
+    """Upload a merged set: units not on ``remote`` yet (``unit.json`` last), index.json, meco_dataset.json last."""
+    target = Remote(remote, directory)
+    units = sorted(path.name for path in directory.iterdir() if path.is_dir() and path.name.startswith('unit-'))
+    missing = [name for name in units if not target.fetch(f'{name}/{UNIT_STATS_FILE}')]
+    for name in missing:
+        upload_directory(target, name, UNIT_STATS_FILE)
+    target.upload('index.json')
+    target.upload(DATASET_INFO_FILE)
+    log.info('Uploaded %s to %s (%d of %d units were not there yet).', directory, remote, len(missing), len(units))

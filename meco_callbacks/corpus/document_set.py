@@ -28,6 +28,7 @@ from meco_callbacks.corpus.mds import (
     raw_shard_path,
     sample_bytes,
 )
+from meco_callbacks.corpus.remote import Remote
 
 SKIP_EMPTY = 'empty_document'
 
@@ -58,6 +59,7 @@ class DocumentRange:
     special: SpecialTokens
     vocab_size: int | None
     split: Split | None = None
+    remote: Remote | None = None  # where the shard is when ``directory`` is the local cache of a remote set
 
 
 @dataclass(frozen=True)
@@ -109,15 +111,24 @@ class DocumentDataset:
     token_dtype: str
     metadata_columns: tuple[str, ...]
     num_documents: int
+    remote: Remote | None = None
 
 
-def open_document_dataset(documents_dir: str | Path, metadata_columns: Sequence[str] | None = None) -> DocumentDataset:
+def open_document_dataset(
+    documents_dir: str | Path, metadata_columns: Sequence[str] | None = None, remote: Remote | None = None
+) -> DocumentDataset:
     """Read and check a document MDS's index: ``input_ids`` and ``url`` columns, consistent across shards.
 
-    ``metadata_columns`` selects the extra columns carried into each segment's metadata; None carries all.
+    ``metadata_columns`` selects the extra columns carried into each segment's metadata; None carries all. With
+    ``remote``, ``documents_dir`` is its local cache: the index is downloaded now, each shard when first read.
     """
     directory = Path(documents_dir)
     index_path = directory / 'index.json'
+    if remote is not None and not remote.fetch('index.json'):
+        raise FileNotFoundError(
+            f'{remote.url} holds no index.json: it is not an MDS dataset, or it cannot be reached. Point the packer '
+            'at the output of convert/documents.py.'
+        )
     if not index_path.is_file():
         raise FileNotFoundError(
             f'{directory} holds no index.json: it is not an MDS dataset. Point the packer at '
@@ -170,7 +181,33 @@ def open_document_dataset(documents_dir: str | Path, metadata_columns: Sequence[
         token_dtype=columns['input_ids'],
         metadata_columns=chosen,
         num_documents=sum(shard['samples'] for shard in shards),
+        remote=remote,
     )
+
+
+def stored_raw(directory: str, shard: dict[str, Any], remote: Remote | None) -> bool:
+    """Whether a shard can be read in ranges: its raw file is kept (a remote keeps it only when not compressed)."""
+    if raw_shard_path(directory, shard).is_file():
+        return True
+    return remote is not None and not shard.get('zip_data')
+
+
+def fetch_shard(task: DocumentRange) -> None:
+    """Download the range's shard into the local cache unless a copy of its size is there (raw, or compressed)."""
+    if task.remote is None:
+        return
+    for key in ('raw_data', 'zip_data'):
+        stored = task.shard.get(key)
+        if stored and _has_size(Path(task.directory) / stored['basename'], stored['bytes']):
+            return
+    stored = task.shard.get('zip_data') or task.shard['raw_data']
+    if not task.remote.fetch(stored['basename']):
+        raise FileNotFoundError(f'{task.remote.remote_path(stored["basename"])}, listed in its index.json, is missing.')
+
+
+def _has_size(path: Path, size: int) -> bool:
+    """Whether ``path`` is a file of ``size`` bytes (a cached shard, not one of another dataset by the same name)."""
+    return path.is_file() and path.stat().st_size == size
 
 
 def plan_ranges(
@@ -186,7 +223,7 @@ def plan_ranges(
     first = 0
     for shard in dataset.shards:
         samples = shard['samples']
-        if not raw_shard_path(str(dataset.directory), shard).is_file():
+        if not stored_raw(str(dataset.directory), shard, dataset.remote):
             step = max(samples, 1)
         elif documents_per_task:
             step = documents_per_task
@@ -205,6 +242,7 @@ def plan_ranges(
                     metadata_columns=dataset.metadata_columns,
                     special=special,
                     vocab_size=vocab_size,
+                    remote=dataset.remote,
                 )
             )
         first += samples
@@ -284,6 +322,7 @@ class _RangeLayout:
 
 def _decode_layout(task: DocumentRange) -> _RangeLayout:
     """Locate every document's columns in the range's bytes and decide which documents are kept."""
+    fetch_shard(task)
     blob, offsets = sample_bytes(task.directory, task.shard, task.begin, task.end)
     count = len(offsets) - 1
     spans = column_spans(blob, offsets, task.shard)

@@ -32,8 +32,9 @@ from meco_callbacks.corpus.conversion_plan import (
     recorded_plan,
 )
 from meco_callbacks.corpus.document_checks import ConversionStats, DocumentChecker, DocumentPolicy
-from meco_callbacks.corpus.document_merge import claim_document_output, merge_document_parts
+from meco_callbacks.corpus.document_merge import claim_document_output, merge_document_parts, publish_documents
 from meco_callbacks.corpus.errors import ConversionError
+from meco_callbacks.corpus.remote import Remote, check_remote
 from meco_callbacks.corpus.sources import DEFAULT_UNIT_BYTES, FieldMapping, Unit, find_sources, plan_units
 from meco_callbacks.corpus.text_sample import sample_texts
 from meco_callbacks.corpus.tokenization import build_tokenizer_backend
@@ -89,6 +90,7 @@ def convert_documents(
     overwrite: bool = False,
     progress: bool = True,
     started: float | None = None,
+    remote: str | None = None,
 ) -> ConversionReport:
     """Convert ``inputs`` (files, globs, dataset directories) into a document MDS at ``output``.
 
@@ -97,13 +99,17 @@ def convert_documents(
     done; otherwise it merges and returns the dataset info. Rerunning an interrupted conversion with the
     same arguments resumes it; rerunning a finished one changes nothing. ``started`` is the
     ``time.perf_counter()`` reading when the run began (a command passes its own start, so that loading the
-    libraries counts); by default, the call.
+    libraries counts); by default, the call. With ``remote`` (an object-storage URL, or a directory standing for
+    one), each unit is uploaded there as soon as it is finished and the merge uploads index.json and
+    meco_dataset.json last; ``output`` stays the local side, which keeps what a rerun resumes from.
     """
     start = time.perf_counter() if started is None else started
     if num_workers < 1 or num_jobs < 1 or not 0 <= job_index < num_jobs:
         raise ValueError(
             f'need num_workers >= 1 and 0 <= job_index < num_jobs, got {num_workers}, {job_index}, {num_jobs}'
         )
+    if remote is not None:
+        check_remote(remote)
     os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')  # parallelism comes from worker processes
     tok = load_tokenizer(tokenizer, require_fast=True) if isinstance(tokenizer, (str, Path)) else tokenizer
     output = Path(output)
@@ -116,6 +122,8 @@ def convert_documents(
     if finished is not None:
         reused = ConversionStats.from_dict(finished['stats'])
         log.info('%s already holds this conversion (%d documents); nothing to do.', output, reused.documents_written)
+        if remote is not None:
+            publish_documents(output, remote)
         return ConversionReport(
             output,
             finished,
@@ -141,7 +149,7 @@ def convert_documents(
     backend = build_tokenizer_backend(tok, requested, sample, num_threads=num_workers)
     if recorded is None:
         record_plan(partial, dict(plan, tokenizer_backend=backend.name, tokenizer_backend_reason=backend.reason))
-    context = UnitContext(fields, checker, backend, partial, len(units))
+    context = UnitContext(fields, checker, backend, partial, len(units), Remote(remote, partial) if remote else None)
     mine = [unit for unit in units if unit.index % num_jobs == job_index]
     done: list[Unit] = []
     pending: list[Unit] = []
@@ -175,13 +183,14 @@ def convert_documents(
     )
     if num_jobs > 1:
         log.info(
-            'Part %d of %d is done. When every part is, merge them: python convert/merge.py --output %s',
+            'Part %d of %d is done. When every part is, merge them: python convert/merge.py --output %s%s',
             job_index,
             num_jobs,
             output,
+            f' --remote {remote}' if remote else '',
         )
     else:
-        report.info = merge_document_parts(output, overwrite=overwrite)
+        report.info = merge_document_parts(output, overwrite=overwrite, remote=remote)
     report.wall_seconds = time.perf_counter() - start
     _log_summary(report)
     return report

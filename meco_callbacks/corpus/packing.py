@@ -8,14 +8,17 @@ and rebuild ``sequence_id`` at load time (``formats.py`` describes the columns).
   the reserved kinds needs, so the loader drops no document token (``reserved_rows``, ``row_planning``);
 - without room (the first layout): rows of exactly ``max_seq_len`` document tokens (``stream_rows``).
 
-Both run the same plan of document ranges, in worker processes or in this one; the output is byte-identical
-for any number of workers. Parts are joined in plan order into one index.
+Both run the same plan of document ranges, in worker processes or in this one, one part per range
+(``pack_parts``: resumable, shareable among machines with ``part``); the output is byte-identical for any number
+of workers, any split into parts and any interruption. Parts are joined in plan order into one index. Either
+side may be on object storage (``remote``).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -30,15 +33,21 @@ from meco_callbacks.corpus.document_set import (
     open_document_dataset,
     plan_ranges,
 )
-from meco_callbacks.corpus.joint_index import write_joint_index
-from meco_callbacks.corpus.output import existing_output, replace_output
-from meco_callbacks.corpus.reserved_rows import WindowTask, pack_windows, remember_tokenizer
+from meco_callbacks.corpus.output import OutputTaken, existing_output, replace_output
+from meco_callbacks.corpus.pack_parts import MEASURES, PartSelection, PartStore, pack_parts, packing_id, prepare_staging
+from meco_callbacks.corpus.remote import Remote
+from meco_callbacks.corpus.reserved_rows import remember_tokenizer
 from meco_callbacks.corpus.row_planning import STRATEGIES
-from meco_callbacks.corpus.stream_rows import pack_stream
 from meco_callbacks.data.metadata import DEFAULT_TEMPLATE
 from meco_callbacks.data.prefix import PrefixReservation
 from meco_callbacks.data.quality_bins import packing_bins
-from meco_callbacks.formats import DOCUMENT_FORMAT, PACKED_FORMAT, read_dataset_info, write_dataset_info
+from meco_callbacks.formats import (
+    DATASET_INFO_FILE,
+    DOCUMENT_FORMAT,
+    PACKED_FORMAT,
+    read_dataset_info,
+    write_dataset_info,
+)
 from meco_callbacks.tokenizer.fingerprint import tokenizer_info
 from meco_callbacks.tokenizer.loading import load_tokenizer
 
@@ -72,6 +81,9 @@ def pack_documents(
     template: str = DEFAULT_TEMPLATE,
     strategy: str = 'stream',
     holdout: float = 0.0,
+    documents_remote: str | None = None,
+    remote: str | None = None,
+    part: PartSelection | str | None = None,
     bins: str | None = None,
 ) -> dict[str, Any]:
     """Pack a document MDS into rows of ``max_seq_len`` slots in ``out_dir``; returns the stats.
@@ -85,7 +97,12 @@ def pack_documents(
     ``out_dir`` is written in a temporary sibling and renamed when complete; one that holds a different
     dataset is refused unless ``overwrite``. The output does not depend on ``num_workers``. With ``holdout``
     (a fraction), documents are split by a hash of their URL into ``out_dir/train`` and ``out_dir/heldout``
-    (about that fraction), and the stats of each are returned under ``train`` and ``heldout``. ``bins``
+    (about that fraction), and the stats of each are returned under ``train`` and ``heldout``.
+    ``documents_remote`` and ``remote`` (object-storage URLs, or directories standing for them) put either side on
+    object storage in Streaming's ``(local, remote)`` convention: ``documents_dir`` is then the local cache the
+    shards are downloaded into, and ``out_dir`` the local scratch parts are written in before their upload.
+    ``part`` (``'I/N'``) packs only the I-th of N blocks of windows and reuses finished parts; until every part is
+    finished the result is ``{'part': 'I/N', 'joined': False}``, and the run that finishes the last one joins. ``bins``
     (``quantiles:N`` or ``E1,E2,...``) gives the edges of reserved ``bins:<column>`` kinds (``quality_bins``).
     """
     if max_seq_len < 1:
@@ -99,13 +116,17 @@ def pack_documents(
     reservation = PrefixReservation(tuple(dict.fromkeys(reserve_prefix)), template) if reserve_prefix else None
     documents = Path(documents_dir).resolve()
     out = Path(out_dir).resolve()
+    source = Remote(documents_remote, documents) if documents_remote else None
+    if source is not None:
+        source.fetch(DATASET_INFO_FILE)
+    selection = PartSelection.parse(part) if isinstance(part, str) else part
     doc_info = read_dataset_info(documents)
     if doc_info is not None and doc_info.get('format') != DOCUMENT_FORMAT:
         raise ValueError(
             f'{documents} holds a {doc_info.get("format")!r} dataset, not documents '
             f'({DOCUMENT_FORMAT!r}); the packer reads the output of convert/documents.py.'
         )
-    dataset = open_document_dataset(documents, metadata_columns)
+    dataset = open_document_dataset(documents, metadata_columns, source)
     tokenizer_entry, loaded = resolve_tokenizer(documents, doc_info, tokenizer, need_tokenizer=reservation is not None)
     special = SpecialTokens(
         eos=int(tokenizer_entry['eos_token_id']),
@@ -116,7 +137,7 @@ def pack_documents(
         'max_seq_len': max_seq_len,
         'tokenizer': tokenizer_entry,
         'source': {
-            'path': str(documents),
+            'path': documents_remote or str(documents),
             'format': doc_info.get('format') if doc_info else None,
             'documents': dataset.num_documents,
             'metadata_columns': list(dataset.metadata_columns),
@@ -133,7 +154,7 @@ def pack_documents(
         reservation = replace(reservation, bins=bin_edges)
         info['reserve_prefix'] = reservation.to_info(tokenizer_entry['fingerprint'])
     if not holdout:
-        return _pack_split(ranges, documents, out, info, num_workers, progress, overwrite)
+        return _pack_split(ranges, documents, out, info, num_workers, progress, overwrite, remote, selection)
     if not 0 < holdout < 1:
         raise ValueError(f'holdout must be a fraction in (0, 1), e.g. 0.01; got {holdout}.')
     stats = {}
@@ -147,6 +168,8 @@ def pack_documents(
             num_workers,
             progress,
             overwrite,
+            remote and f'{remote.rstrip("/")}/{name}',
+            selection,
         )
     return stats
 
@@ -159,50 +182,45 @@ def _pack_split(
     num_workers: int,
     progress: bool,
     overwrite: bool,
+    remote: str | None,
+    selection: PartSelection | None,
 ) -> dict[str, Any]:
-    """Pack the documents of ``ranges`` into ``out`` (staged beside it, renamed when complete); returns the stats."""
-    _check_output_dir(out, documents, info, overwrite)
-    max_seq_len, compression, strategy = info['max_seq_len'], info['compression'], info['strategy']
-    reservation = PrefixReservation.from_info(info['reserve_prefix']) if info['reserve_prefix'] else None
+    """Pack the parts of ``selection`` (all when None) into ``out`` (or ``remote``) and join them once all are done.
+
+    Parts are kept in a staging directory beside ``out`` until joined (``pack_parts``); the joined dataset is
+    renamed to ``out``, or uploaded to ``remote`` (index.json, then meco_dataset.json, last) with the staging
+    directory removed. Returns the stats, or a summary of this run's part while others are missing.
+    """
     staging = out.with_name(out.name + '.packing')
-    if staging.exists():
-        logger.warning('Removing %s left by an interrupted packing run.', staging)
-        shutil.rmtree(staging)
+    target = Remote(remote, staging) if remote else None
+    _check_output(out, documents, info, overwrite, target)
+    max_seq_len, strategy = info['max_seq_len'], info['strategy']
+    reservation = PrefixReservation.from_info(info['reserve_prefix']) if info['reserve_prefix'] else None
     started = time.perf_counter()
-    try:
-        if reservation is None and strategy == 'stream':
-            stats, parts = pack_stream(ranges, staging / 'parts', max_seq_len, num_workers, progress, compression)
-        else:
-            tasks = [
-                WindowTask(
-                    out=str(staging / 'parts' / f'part.{k:05d}'),
-                    documents=task,
-                    max_seq_len=max_seq_len,
-                    strategy=strategy,
-                    reservation=reservation,
-                    tokenizer_name=str(info['tokenizer'].get('name')),
-                    tokenizer_fingerprint=info['tokenizer']['fingerprint'],
-                    compression=compression,
-                )
-                for k, task in enumerate(ranges)
-            ]
-            stats, parts = pack_windows(tasks, max_seq_len, num_workers, progress)
-        _join_parts(staging, parts)
-        other = stats['skipped'].pop(IN_OTHER_SPLIT, 0)
-        if 'split' in info:
-            stats['documents_in_other_split'] = other
-        if stats['rows'] == 0:
-            raise ValueError(
-                f'{documents} holds {stats["document_tokens"] + stats["special_tokens"]} tokens (BOS/EOS included) '
-                f'for {out.name}, fewer than one row of max_seq_len={max_seq_len}: nothing to train on. Use a '
-                'smaller --max-seq-len or more documents.'
-            )
-        write_dataset_info(staging, {**info, 'stats': stats})
-    except BaseException:
+    prepare_staging(staging, len(ranges))
+    store = PartStore(staging, packing_id(info, (documents / 'index.json').read_bytes(), ranges), target)
+    stats = pack_parts(ranges, store, info, num_workers, progress, selection)
+    if stats is None:
+        return {'part': str(selection), 'joined': False}
+    other = stats['skipped'].pop(IN_OTHER_SPLIT, 0)
+    if 'split' in info:
+        stats['documents_in_other_split'] = other
+    if stats['rows'] == 0:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
-    out.parent.mkdir(parents=True, exist_ok=True)
-    replace_output(out, staging)
+        raise ValueError(
+            f'{documents} holds {stats["document_tokens"] + stats["special_tokens"]} tokens (BOS/EOS included) '
+            f'for {out.name}, fewer than one row of max_seq_len={max_seq_len}: nothing to train on. Use a '
+            'smaller --max-seq-len or more documents.'
+        )
+    write_dataset_info(staging, {**info, 'stats': stats})
+    if target is not None:
+        target.upload('index.json')
+        target.upload(DATASET_INFO_FILE)
+        shutil.rmtree(staging)
+    else:
+        (staging / MEASURES).unlink(missing_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        replace_output(out, staging)
     seconds = time.perf_counter() - started
     logger.info(
         'Packed %d documents (%d skipped: %s) into %d rows of %d slots in %s with %d worker(s), strategy %s, '
@@ -212,7 +230,7 @@ def _pack_split(
         stats['skipped'],
         stats['rows'],
         max_seq_len,
-        out,
+        remote or out,
         num_workers,
         strategy,
         ', '.join(reservation.kinds) if reservation else 'no prefix',
@@ -266,14 +284,16 @@ def resolve_tokenizer(
     return ({**given, **recorded} if recorded is not None else given), tokenizer
 
 
-def _join_parts(staging: Path, part_dirs: list[Path]) -> None:
-    """Move the parts' shards into ``staging`` under one numbering, in order, with one index; drop the parts."""
-    write_joint_index(staging, part_dirs, flatten=True)
-    shutil.rmtree(staging / 'parts', ignore_errors=True)
-
-
-def _check_output_dir(out: Path, documents: Path, info: dict[str, Any], overwrite: bool) -> None:
+def _check_output(out: Path, documents: Path, info: dict[str, Any], overwrite: bool, remote: Remote | None) -> None:
     """Refuse an output that is (or contains, or is inside) the input, or that holds a different dataset."""
+    if remote is not None:
+        with tempfile.TemporaryDirectory() as scratch:
+            if Remote(remote.url, Path(scratch)).fetch(DATASET_INFO_FILE):
+                try:
+                    existing_output(Path(scratch), info, PACKED_IDENTITY, 'packed dataset', overwrite)
+                except OutputTaken as taken:
+                    raise OutputTaken(str(taken).replace(scratch, remote.url)) from None
+        return
     if out == documents or documents.is_relative_to(out) or out.is_relative_to(documents):
         raise ValueError(f'the output {out} overlaps the documents {documents}; choose a separate directory.')
     if existing_output(out, info, PACKED_IDENTITY, 'packed dataset', overwrite) is not None:

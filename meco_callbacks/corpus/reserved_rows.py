@@ -11,16 +11,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from streaming import MDSWriter
-from tqdm import tqdm
 
-from meco_callbacks.corpus.document_set import DocumentRange, describe_range, read_range
+from meco_callbacks.corpus.document_set import DocumentRange, read_range
 from meco_callbacks.corpus.row_planning import plan_rows
-from meco_callbacks.corpus.workers import ProcessMap
 from meco_callbacks.data.prefix import PrefixReservation, RoomMeasure
 from meco_callbacks.formats import RESERVED_PACKED_COLUMNS
 from meco_callbacks.tokenizer.loading import load_tokenizer
@@ -115,23 +112,8 @@ def write_window(task: WindowTask) -> WindowStats:
     )
 
 
-def pack_windows(
-    tasks: list[WindowTask], max_seq_len: int, num_workers: int, progress: bool
-) -> tuple[dict[str, Any], list[Path]]:
-    """Pack every window (in worker processes when ``num_workers`` > 1); the stats and the non-empty parts, in order."""
-    results: list[WindowStats] = []
-    with (
-        ProcessMap(write_window, tasks, num_workers, describe=lambda task: describe_range(task.documents)) as run,
-        tqdm(
-            total=sum(t.documents.end - t.documents.begin for t in tasks),
-            unit='doc',
-            desc='packing',
-            disable=not progress,
-        ) as bar,
-    ):
-        for stats in run:
-            results.append(stats)
-            bar.update(stats.documents_read)
+def window_stats(results: list[WindowStats], max_seq_len: int) -> dict[str, Any]:
+    """The dataset's stats from every window's counts."""
     rows = sum(r.rows for r in results)
     skipped: Counter[str] = Counter()
     for r in results:
@@ -139,7 +121,7 @@ def pack_windows(
     stream_tokens = sum(r.stream_tokens for r in results)
     reserved = sum(r.reserved_tokens for r in results)
     document_tokens = sum(r.document_tokens for r in results)
-    stats = {
+    return {
         'rows': rows,
         'tokens': rows * max_seq_len,
         'documents_read': sum(r.documents_read for r in results),
@@ -154,4 +136,3 @@ def pack_windows(
         'padding_tokens': rows * max_seq_len - stream_tokens - reserved,
         'tokens_dropped': 0,
     }
-    return stats, [Path(task.out) for task, result in zip(tasks, results) if result.rows]

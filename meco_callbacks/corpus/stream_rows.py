@@ -28,8 +28,9 @@ from meco_callbacks.corpus.document_set import (
     describe_range,
     measure_range,
     read_range,
+    stored_raw,
 )
-from meco_callbacks.corpus.mds import raw_shard_path
+from meco_callbacks.corpus.joint_index import part_name
 from meco_callbacks.corpus.workers import ProcessMap
 from meco_callbacks.formats import PACKED_COLUMNS
 
@@ -41,6 +42,7 @@ READ_AHEAD_DOCUMENTS = 256  # documents read at a time past a part's own range t
 class PartTask:
     """Pass 2's unit of work: write ``rows`` rows, the first beginning ``skip`` tokens into ``documents``."""
 
+    window: int  # the index of ``documents`` among the ranges: the part's name
     out: str
     documents: DocumentRange
     skip: int
@@ -140,7 +142,7 @@ def plan_parts(
     parts_dir: Path,
     compression: str | None,
 ) -> list[PartTask]:
-    """Give each range the rows that begin inside it; ranges where no row begins get no part."""
+    """Give each range the rows that begin inside it, as part ``k`` for range ``k``; ranges where no row begins get none."""
     ends = np.cumsum([measure.stream_tokens for measure in measures], dtype=np.int64)
     starts = ends - np.asarray([measure.stream_tokens for measure in measures], np.int64)
     total_rows = int(ends[-1]) // max_seq_len if len(ends) else 0
@@ -154,7 +156,8 @@ def plan_parts(
         last = k if end >= needed else int(np.searchsorted(ends, needed, side='left'))
         parts.append(
             PartTask(
-                out=str(parts_dir / f'part.{len(parts):05d}'),
+                window=k,
+                out=str(parts_dir / part_name(k)),
                 documents=ranges[k],
                 skip=first_row * max_seq_len - begin,
                 rows=stop_row - first_row,
@@ -175,7 +178,7 @@ def write_part(task: PartTask) -> PartStats:
         for row in packer.take_rows(task.rows):
             writer.write(row)
         for following in task.read_ahead:
-            raw = raw_shard_path(following.directory, following.shard).is_file()
+            raw = stored_raw(following.directory, following.shard, following.remote)
             step = READ_AHEAD_DOCUMENTS if raw else following.end - following.begin
             for begin in range(following.begin, following.end, step):
                 if packer.rows == task.rows:
@@ -194,15 +197,8 @@ def write_part(task: PartTask) -> PartStats:
     return PartStats(rows=packer.rows, segments=packer.segments, continued_segments=packer.continued_segments)
 
 
-def pack_stream(
-    ranges: list[DocumentRange],
-    parts_dir: Path,
-    max_seq_len: int,
-    num_workers: int,
-    progress: bool,
-    compression: str | None,
-) -> tuple[dict[str, Any], list[Path]]:
-    """Run both passes (in worker processes when ``num_workers`` > 1); the stats and the parts, in order."""
+def measure_ranges(ranges: list[DocumentRange], num_workers: int, progress: bool) -> list[RangeMeasure]:
+    """Pass 1 over every range (in worker processes when ``num_workers`` > 1): their stream lengths, in order."""
     measures = []
     with (
         ProcessMap(measure_range, ranges, num_workers, describe=describe_range) as measured,
@@ -213,16 +209,11 @@ def pack_stream(
         for measure in measured:
             measures.append(measure)
             bar.update(measure.documents_read)
-    parts = plan_parts(ranges, measures, max_seq_len, parts_dir, compression)
-    part_stats = []
-    with (
-        ProcessMap(write_part, parts, num_workers, describe=lambda part: f'writing {part.out}') as written,
-        tqdm(total=sum(part.rows for part in parts), unit='row', desc='packing', disable=not progress) as bar,
-    ):
-        for stats in written:
-            part_stats.append(stats)
-            bar.update(stats.rows)
-            bar.set_postfix(tokens_per_s=f'{bar.n * max_seq_len / max(bar.format_dict["elapsed"], 1e-9):.3g}')
+    return measures
+
+
+def stream_stats(measures: list[RangeMeasure], part_stats: list[PartStats], max_seq_len: int) -> dict[str, Any]:
+    """The dataset's stats from every range's measure and every part's counts."""
     rows = sum(stats.rows for stats in part_stats)
     segments = sum(stats.segments for stats in part_stats)
     continued = sum(stats.continued_segments for stats in part_stats)
@@ -233,7 +224,7 @@ def pack_stream(
         skipped.update(measure.skipped)
     # Documents whose every token falls in the dropped last partial row were never written.
     skipped[SKIP_DROPPED_TAIL] = sum(measure.documents_kept for measure in measures) - (segments - continued)
-    stats = {
+    return {
         'rows': rows,
         'tokens': rows * max_seq_len,
         'documents_read': sum(measure.documents_read for measure in measures),
@@ -245,4 +236,3 @@ def pack_stream(
         'special_tokens': stream_tokens - document_tokens,
         'tokens_dropped': stream_tokens - rows * max_seq_len,
     }
-    return stats, [Path(part.out) for part in parts]

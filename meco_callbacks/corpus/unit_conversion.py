@@ -1,7 +1,8 @@
 """Converting one unit of stage 1: read its records, check them, tokenize in batches, write its own MDS part.
 
 A unit is converted whole or not at all: it is written as ``unit-NNNNN.tmp`` with its counts in ``unit.json``
-and renamed into place when complete, so a killed run leaves only finished units behind. Within a unit the
+and renamed into place when complete, so a killed run leaves only finished units behind; with object storage it
+is then uploaded, ``unit.json`` last. Within a unit the
 stages (read, tokenize, write) run one after another on batches of about a megabyte of text: parallelism comes
 from converting several units at once in worker processes; threads inside a worker measured slower (the
 tokenizers hand the GIL back and forth with parsing and writing).
@@ -24,6 +25,7 @@ from streaming import MDSWriter
 from meco_callbacks.corpus.conversion_plan import UNIT_STATS_FILE, unit_name
 from meco_callbacks.corpus.document_checks import ConversionStats, Document, DocumentChecker
 from meco_callbacks.corpus.readers import Skip, UnitReader
+from meco_callbacks.corpus.remote import Remote, upload_directory
 from meco_callbacks.corpus.sources import FieldMapping, Unit, UnreadableFile
 from meco_callbacks.corpus.tokenization import TokenizerBackend
 from meco_callbacks.formats import DOCUMENT_COLUMNS
@@ -44,6 +46,7 @@ class UnitContext:
     backend: TokenizerBackend
     partial: Path
     unit_count: int
+    remote: Remote | None = None  # where each finished unit is uploaded (``Remote(url, partial)``)
 
     def unit_dir(self, unit: Unit) -> Path:
         """Where the finished unit lies."""
@@ -95,6 +98,8 @@ def convert_unit(context: UnitContext, unit: Unit, progress: Progress) -> UnitRe
             seconds['write'] += time.thread_time() - writing
     (staging / UNIT_STATS_FILE).write_text(json.dumps(stats.to_dict(), indent=1, sort_keys=True) + '\n')
     staging.rename(final)
+    if context.remote is not None:
+        upload_directory(context.remote, final.name, UNIT_STATS_FILE)
     return UnitResult(seconds, stats)
 
 
