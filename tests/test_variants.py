@@ -7,6 +7,7 @@ row, its labels and its document ids can be written out token by token.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -428,3 +429,36 @@ def suffix_loss(lm, document, suffix):
         logits = lm(input_ids=torch.tensor([ids])).logits[0].float()
     start = len(document)
     return float(F.cross_entropy(logits[start - 1 : -1], torch.tensor(ids[start:]), reduction='sum'))
+
+
+def test_meco_pack_takes_the_bins_and_reports_a_bad_spec_with_exit_code_2(tmp_path, tokenizer, capsys):
+    from meco_callbacks.cli.pack import main
+
+    documents = write_documents_mds(tmp_path / 'docs', scored_documents(40), tokenizer, extra_columns=('score',))
+    args = [str(documents), str(tmp_path / 'packed'), '--max-seq-len', '64', '--reserve-prefix', 'bins:score']
+
+    assert main([*args, '--bins', '0.25,0.5,0.75', '--no-progress']) == 0
+    assert json.loads((tmp_path / 'packed' / DATASET_INFO_FILE).read_text())['reserve_prefix']['bins'] == {
+        'score': {'edges': [0.25, 0.5, 0.75], 'quantiles': None}
+    }
+    assert main([*args, '--bins', 'quantiles:1', '--overwrite', '--no-progress']) == 2
+    assert "--bins 'quantiles:1': quantiles:N needs a whole number N of at least 2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_tiny_recipe_trains_on_quality_bins_read_from_the_packed_set(tmp_path, tokenizer, tokenizer_dir):
+    documents = write_documents_mds(tmp_path / 'docs', scored_documents(200), tokenizer, extra_columns=('score',))
+    pack_documents(
+        documents, tmp_path / 'packed', 64, progress=False, reserve_prefix=['bins:score'], bins='quantiles:4'
+    )
+    records = train_tiny(
+        tmp_path,
+        tmp_path / 'packed',
+        tokenizer_dir,
+        'max_duration=10ba',
+        'train_loader.dataset.metadata.kind=bins:score',
+        'train_loader.dataset.metadata.quantiles=4',
+    )
+
+    assert len(records) == 10
+    assert re.match(r'URL: [1-4]/4\n\npage \d+ about', tokenizer.decode(records[0]['first_row']))
