@@ -74,6 +74,21 @@ def test_packing_a_remote_document_set_into_a_remote_packed_set_writes_the_bytes
     assert not (tmp_path / 'scratch').exists() and not (tmp_path / 'scratch.packing').exists()
 
 
+def test_a_packed_set_on_the_remote_streams_like_the_local_one(tmp_path: Path, documents: Path, whole: Path) -> None:
+    from streaming import StreamingDataset
+    from streaming.base.util import clean_stale_shared_memory
+
+    remote = tmp_path / 'bucket' / 'packed'
+    settings = {'max_seq_len': 32, 'documents_per_task': WINDOW, 'strategy': strategy_of(whole), 'progress': False}
+    pack_documents(documents, tmp_path / 'scratch', remote=str(remote), **settings)
+    clean_stale_shared_memory()
+    streamed = StreamingDataset(remote=str(remote), local=str(tmp_path / 'train-cache'), batch_size=1, shuffle=False)
+    clean_stale_shared_memory()
+    local = StreamingDataset(local=str(whole), batch_size=1, shuffle=False)
+    assert len(streamed) == len(local) == read_dataset_info(whole)['stats']['rows']
+    assert all(streamed[i]['input_ids'].tolist() == local[i]['input_ids'].tolist() for i in range(len(local)))
+
+
 def test_a_remote_document_set_without_an_index_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / 'empty-bucket').mkdir()
     with pytest.raises(FileNotFoundError, match='empty-bucket holds no index.json'):

@@ -202,6 +202,8 @@ def pack_parts(
         for job, stats in zip(todo, run):
             finished[job.index] = asdict(stats)
             bar.update(1)
+    for k in [k for k, record in finished.items() if record is None]:  # other machines may have finished theirs
+        finished[k] = store.finished(k)
     missing = [k for k, record in finished.items() if record is None]
     if missing:
         logger.info(
