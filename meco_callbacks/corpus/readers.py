@@ -82,6 +82,20 @@ class UnitReader:
             raise UnreadableFile(f'{type(error).__name__}: {error}') from error
         self.bytes_done = self.unit.size
 
+    def line_record(self, line: bytes) -> Record | Skip:
+        """One JSON Lines line (byte-order mark removed) as a record, or the Skip that says why it is none.
+
+        Public for readers that cut lines themselves (``spark_conversion``), so that they judge lines as this one does.
+        """
+        if not line or line.isspace():
+            return Skip('blank_line')
+        obj = _parsed(line)
+        return obj if isinstance(obj, Skip) else self._record(obj)
+
+    def row_record(self, row: Any) -> Record | Skip:
+        """A parsed JSON value or table row as a record (a Skip when it is not an object), for rows read elsewhere."""
+        return self._record(row)
+
     def _record(self, obj: Any) -> Record | Skip:
         if not isinstance(obj, dict):
             return Skip('not_a_json_object')
@@ -104,11 +118,7 @@ class UnitReader:
                 if at_start and line.startswith(BYTE_ORDER_MARK):
                     line = line[len(BYTE_ORDER_MARK) :]
                 self.bytes_done = (position - start) if unit.source.compression is None else raw.tell()
-                if not line or line.isspace():
-                    yield Skip('blank_line')
-                    continue
-                obj = _parsed(line)
-                yield obj if isinstance(obj, Skip) else self._record(obj)
+                yield self.line_record(line)
 
     def _json_array(self) -> Iterator[Record | Skip]:
         with open(self.unit.source.path, 'rb') as raw:

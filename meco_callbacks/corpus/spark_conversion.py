@@ -1,0 +1,423 @@
+"""Stage 1 on Spark: the same document MDS as ``documents.convert_documents``, with Spark scheduling the work.
+
+Spark reads the inputs (local paths or any filesystem its Hadoop client reaches: ``s3a://``, ``gs://``,
+``abfss://``, ``dbfs:/``) and hands each task its partition as Arrow batches; the task judges every record with
+the project's own reader and checks (``readers.UnitReader``, ``document_checks``), tokenizes with the backend the
+driver chose and verified (``tokenization``), and writes its own MDS part with its counts, as Streaming's
+``dataframe_to_mds`` does (one ``MDSWriter`` per task), so every skip is counted under the local converter's
+reasons. How each input is read:
+
+  - plain JSON Lines (``.jsonl``, ``.ndjson``): Spark's text source, split across tasks, each line cast to raw
+    bytes (so invalid UTF-8 stays a counted ``invalid_utf8``, not replacement characters);
+  - compressed or ``.json`` files (``.gz``, ``.zst``, a JSON array): whole, with Spark's ``binaryFile`` source,
+    decompressed and read by ``UnitReader`` exactly as locally (Hadoop's zstd codec needs native libraries that
+    pip's pyspark lacks);
+  - Parquet: Spark's Parquet source (row groups split across tasks), only the needed columns.
+
+Why the building blocks (``MDSWriter`` per task, one joint index) rather than ``dataframe_to_mds`` itself: that
+function names each task's directory by its task attempt id, which restarts at 0 in every Spark application and
+changes on retry, and it returns no counts. Here each part is named by its partition and renamed into place only
+when complete, with its counts beside it, so a retried or speculative task never duplicates a document, and the
+dataset's counts are summed from the finished parts (not from accumulators, which retries inflate). Parts are
+joined by ``joint_index`` (the project's one joiner), in partition order.
+
+A run writes under ``<output>.spark-partial`` and renames it to ``<output>`` when complete; a killed run is
+redone from the start by the next one (a part is only valid within the run that planned the partitions). The
+output must be a path that the driver and every executor see (a local disk with ``local[N]``; on a cluster a
+shared or mounted filesystem such as ``/dbfs/...`` or ``/Volumes/...``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from meco_callbacks.corpus.document_checks import ConversionStats, DocumentChecker, DocumentPolicy, text_problem
+from meco_callbacks.corpus.document_merge import claim_document_output
+from meco_callbacks.corpus.documents import SAMPLE_BYTES, SAMPLE_TEXT_CHARS, _special_ids
+from meco_callbacks.corpus.errors import ConversionError
+from meco_callbacks.corpus.joint_index import write_joint_index
+from meco_callbacks.corpus.output import replace_output
+from meco_callbacks.corpus.readers import BYTE_ORDER_MARK, Record, Skip, UnitReader
+from meco_callbacks.corpus.sources import (
+    COMPRESSIONS,
+    JSON_SUFFIXES,
+    FieldMapping,
+    InputError,
+    UnreadableFile,
+    find_sources,
+    plan_units,
+)
+from meco_callbacks.corpus.tokenization import build_tokenizer_backend
+from meco_callbacks.corpus.unit_conversion import BATCH_CHARS, BATCH_DOCUMENTS, _Batch, _write_batch
+from meco_callbacks.formats import DOCUMENT_COLUMNS, DOCUMENT_FORMAT, write_dataset_info
+from meco_callbacks.tokenizer.fingerprint import tokenizer_info
+from meco_callbacks.tokenizer.loading import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+PART_STATS_FILE = 'part.json'
+SAMPLE_ROWS = 4096  # lines or rows taken from the front of each line or Parquet input for backend verification
+JAVA_INSTALL = (
+    'Spark needs a Java runtime (Java 8, 11 or 17) and none was found: `java` is not on PATH and JAVA_HOME is '
+    'not set. Install one, e.g. `apt-get install openjdk-17-jre-headless` (Debian/Ubuntu) or '
+    '`brew install openjdk@17` (macOS), or set JAVA_HOME; convert/documents.py converts without Java.'
+)
+
+
+@dataclass
+class SparkReport:
+    """What a Spark conversion did: the dataset info, whether it was already there, and its wall time."""
+
+    output: Path
+    info: dict[str, Any]
+    reused: bool
+    partitions: int
+    wall_seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Tokens written over the run's wall time (0 when the dataset was already there)."""
+        return 0.0 if self.reused else self.info['stats']['tokens_written'] / max(self.wall_seconds, 1e-9)
+
+
+@dataclass
+class _PartitionTask:
+    """What every task needs (pickled into the Spark job): fields, checks, the backend, where to write."""
+
+    fields: FieldMapping
+    checker: DocumentChecker
+    backend: Any  # a Spark broadcast of the TokenizerBackend
+    staging: str
+    columns: dict[str, str]
+
+
+def require_java() -> str:
+    """The ``java`` that Spark will start, or a ConversionError saying how to install one."""
+    home = os.environ.get('JAVA_HOME')
+    candidate = os.path.join(home, 'bin', 'java') if home else shutil.which('java')
+    if not candidate or not os.access(candidate, os.X_OK):
+        raise ConversionError(JAVA_INSTALL if not home else f'JAVA_HOME={home} holds no bin/java. {JAVA_INSTALL}')
+    return candidate
+
+
+def spark_session(master: str | None = None, app_name: str = 'meco-spark-convert') -> Any:
+    """The active Spark session, or a new one on ``master`` (default: what spark-submit set, else ``local[*]``).
+
+    A local master gets a session that needs no network: no UI, the driver on 127.0.0.1, few shuffle partitions,
+    and this Python for the workers (so they import this package).
+    """
+    require_java()
+    from pyspark import SparkConf
+    from pyspark.sql import SparkSession
+
+    master = master or SparkConf().get('spark.master', None) or 'local[*]'
+    builder = SparkSession.builder.appName(app_name).master(master)
+    if master.startswith('local'):
+        os.environ.setdefault('PYSPARK_PYTHON', sys.executable)
+        builder = (
+            builder.config('spark.ui.enabled', 'false')
+            .config('spark.driver.host', '127.0.0.1')
+            .config('spark.driver.bindAddress', '127.0.0.1')
+            .config('spark.sql.shuffle.partitions', '4')
+        )
+    return builder.getOrCreate()
+
+
+def input_kind(pattern: str) -> str:
+    """How Spark reads an input named ``pattern``: ``lines`` (plain JSON Lines), ``files`` (whole) or ``parquet``."""
+    name = pattern.rstrip('/').rsplit('/', 1)[-1].lower()
+    compressed = any(name.endswith(suffix) for suffix in COMPRESSIONS)
+    for suffix in COMPRESSIONS:
+        name = name.removesuffix(suffix)
+    if name.endswith('.parquet') and not compressed:
+        return 'parquet'
+    if name.endswith(JSON_SUFFIXES):
+        return 'files' if compressed or name.endswith('.json') else 'lines'
+    raise InputError(
+        f'cannot tell the format of {pattern!r} from its name; the Spark converter reads JSON Lines (.jsonl, '
+        '.ndjson, .json, optionally .gz or .zst) and Parquet (.parquet), so name files or globs with their '
+        'suffix (e.g. "s3a://bucket/dclm/*.jsonl.zst"); Hugging Face and MDS directories: use convert/documents.py'
+    )
+
+
+def convert_documents_on_spark(
+    inputs: Sequence[str],
+    output: str | Path,
+    tokenizer: Any,
+    *,
+    spark: Any,
+    fields: FieldMapping = FieldMapping(),
+    policy: DocumentPolicy = DocumentPolicy(),
+    tokenizer_backend: str = 'auto',
+    partitions: int | None = None,
+    overwrite: bool = False,
+    started: float | None = None,
+) -> SparkReport:
+    """Convert ``inputs`` (files and globs Spark can read) into a document MDS at ``output`` with ``spark``.
+
+    ``partitions`` asks Spark for at least that many tasks over splittable inputs (plain JSON Lines, Parquet row
+    groups). The dataset is the one ``convert_documents`` writes for the same inputs, settings and tokenizer, as
+    a set of rows: same rows, same counts; its order is Spark's partition order (see the module docstring).
+    """
+    start = time.perf_counter() if started is None else started
+    if '://' in str(output) and not str(output).startswith('file://'):
+        raise InputError(
+            f'--output {output} is a URL; write to a path that the driver and every executor see (a shared or '
+            'mounted filesystem such as /dbfs/... or /Volumes/...), then copy it to object storage'
+        )
+    output = Path(str(output).removeprefix('file://')).absolute()
+    tok = load_tokenizer(tokenizer, require_fast=True) if isinstance(tokenizer, (str, Path)) else tokenizer
+    columns = dict(DOCUMENT_COLUMNS, **dict.fromkeys(fields.metadata_columns(), 'str'))
+    if partitions is not None:
+        spark.conf.set('spark.sql.files.minPartitionNum', str(partitions))
+    frames, files = _input_frames(spark, inputs, fields, policy)
+    info = {
+        'format': DOCUMENT_FORMAT,
+        'tokenizer': tokenizer_info(tok),
+        'columns': columns,
+        'conversion': {
+            'engine': 'spark',
+            'fields': asdict(fields),
+            'policy': asdict(policy),
+            'tokenizer_backend_requested': tokenizer_backend,
+        },
+    }
+    identity = dict(info, inputs=files, tokenizer=info['tokenizer']['fingerprint'])
+    info['conversion']['id'] = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    finished = claim_document_output(output, info['conversion']['id'], overwrite)
+    if finished is not None:
+        log.info('%s already holds this conversion (%d documents); nothing to do.', output, _written(finished))
+        return SparkReport(output, finished, True, finished['conversion']['partitions'], time.perf_counter() - start)
+    staging = output.with_name(output.name + '.spark-partial')
+    if staging.exists():
+        log.info('Discarding %s, left by an interrupted run: Spark conversions restart from the beginning.', staging)
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    sample = _sample_texts(frames, fields, policy)
+    backend = build_tokenizer_backend(tok, tokenizer_backend, sample)
+    checker = DocumentChecker(policy, info['tokenizer']['vocab_size'], _special_ids(tok))
+    task = _PartitionTask(fields, checker, spark.sparkContext.broadcast(backend), str(staging), columns)
+    log.info(
+        'Converting %d input files with Spark (%s); tokenizer backend %s.',
+        len(files),
+        spark.sparkContext.master,
+        backend.name,
+    )
+    parts = _run(frames, task)
+    stats, records_per_file = _sum_parts(staging, parts)
+    write_joint_index(staging, [staging / name for name in parts])
+    info['tokenizer_backend'], info['tokenizer_backend_reason'] = backend.name, backend.reason
+    info['conversion']['partitions'] = len(parts)
+    empty = sorted(set(files) - set(records_per_file) - set(stats.files_unreadable))
+    info['stats'] = dict(stats.to_dict(), inputs_read=len(files), inputs_empty=empty)
+    write_dataset_info(staging, info)
+    claim_document_output(output, info['conversion']['id'], overwrite)
+    replace_output(output, staging)
+    report = SparkReport(output, info, False, len(parts), time.perf_counter() - start)
+    log.info(
+        'Wrote %d documents (%d tokens) of %d read in %d Spark partitions; skipped %s. %.1fs wall, %.0f tokens/s.',
+        stats.documents_written,
+        stats.tokens_written,
+        stats.documents_read,
+        len(parts),
+        dict(stats.skipped) or 'none',
+        report.wall_seconds,
+        report.tokens_per_second,
+    )
+    return report
+
+
+def _written(info: dict[str, Any]) -> int:
+    return info['stats']['documents_written']
+
+
+def _input_frames(
+    spark: Any, inputs: Sequence[str], fields: FieldMapping, policy: DocumentPolicy
+) -> tuple[dict[str, Any], list[str]]:
+    """One DataFrame per input kind (``lines``, ``files``, ``parquet``) over ``inputs``, and every input file."""
+    from pyspark.errors import AnalysisException
+    from pyspark.sql import functions as F
+
+    by_kind: dict[str, list[str]] = {}
+    for pattern in inputs:
+        by_kind.setdefault(input_kind(pattern), []).append(pattern)
+    frames: dict[str, Any] = {}
+    files: list[str] = []
+    try:
+        if 'lines' in by_kind:
+            text = spark.read.option('lineSep', '\n').text(by_kind['lines'])
+            files += text.inputFiles()
+            frames['lines'] = text.select(
+                F.col('value').cast('binary').alias('line'), F.input_file_name().alias('file')
+            )
+        if 'files' in by_kind:
+            whole = spark.read.format('binaryFile').load(by_kind['files'])
+            files += whole.inputFiles()
+            frames['files'] = whole.select('path', 'content')
+        if 'parquet' in by_kind:
+            table = spark.read.parquet(*by_kind['parquet'])
+            files += table.inputFiles()
+            frames['parquet'] = _parquet_columns(table, fields, policy)
+    except AnalysisException as error:
+        raise InputError(f'Spark cannot read the inputs: {error}') from None
+    return frames, sorted({_file_uri(file) for file in files})
+
+
+def _file_uri(path: str) -> str:
+    """One spelling per file: Spark writes local files as ``file:/x`` in some places and ``file:///x`` in others."""
+    return 'file:///' + path.removeprefix('file:').lstrip('/') if path.startswith('file:') else path
+
+
+def _parquet_columns(table: Any, fields: FieldMapping, policy: DocumentPolicy) -> Any:
+    """The Parquet columns that record lookups need (a dotted path's first part), refusing a missing one."""
+    from pyspark.sql import functions as F
+
+    roles = [('text', fields.text), ('url', fields.url)] + [('metadata', path) for path in fields.metadata]
+    needed: dict[str, None] = {}
+    for role, path in roles:
+        name = path if path in table.columns else path.split('.', 1)[0]
+        if name in table.columns:
+            needed[name] = None
+        elif role != 'url' or policy.missing_url == 'skip':
+            flag = {'text': '--text-field', 'url': '--url-field', 'metadata': '--metadata-fields'}[role]
+            raise InputError(
+                f'the Parquet inputs have no {role} column {path!r} (columns: {sorted(table.columns)}); '
+                f'name the right one with {flag}'
+            )
+    return table.select(*[F.col(f'`{name}`') for name in needed], F.input_file_name().alias('__file__'))
+
+
+def _records(kind: str, rows: Iterable[dict[str, Any]], fields: FieldMapping) -> Iterator[tuple[str, Any]]:
+    """``(file, Record | Skip | UnreadableFile)`` for each input record in ``rows`` of a frame of ``kind``.
+
+    Lines and rows are judged by ``UnitReader`` as the local converter judges them; a whole file is written to a
+    temporary file and read by ``UnitReader`` itself (a damaged file yields what it held, then the problem).
+    """
+    reader = UnitReader(None, fields)  # type: ignore[arg-type]  # judging lines and rows needs no unit
+    for row in rows:
+        if kind == 'lines':
+            line = row['line']
+            yield row['file'], reader.line_record(line[3:] if line.startswith(BYTE_ORDER_MARK) else line)
+        elif kind == 'parquet':
+            file = row.pop('__file__')
+            yield file, reader.row_record(row)
+        else:
+            yield from _file_records(row['path'], row['content'], fields)
+
+
+def _file_records(path: str, content: bytes, fields: FieldMapping) -> Iterator[tuple[str, Any]]:
+    """A whole input file's records, read by ``UnitReader`` from a temporary copy named like the input."""
+    with tempfile.TemporaryDirectory(prefix='meco-spark-') as scratch:
+        local = os.path.join(scratch, path.rsplit('/', 1)[-1])
+        Path(local).write_bytes(content)
+        discovery = find_sources([local], fields)
+        for problem in discovery.unreadable.values():
+            yield path, UnreadableFile(problem)
+        try:
+            for unit in plan_units(discovery.sources, max(1, len(content))):
+                for item in UnitReader(unit, fields):
+                    yield path, item
+        except UnreadableFile as problem:
+            yield path, problem
+
+
+def _sample_texts(frames: dict[str, Any], fields: FieldMapping, policy: DocumentPolicy) -> list[str]:
+    """About SAMPLE_BYTES of acceptable texts from the front of the inputs, to verify the tokenizer backend on."""
+    texts: list[str] = []
+    for kind, frame in frames.items():
+        rows = (row.asDict(recursive=True) for row in frame.limit(1 if kind == 'files' else SAMPLE_ROWS).collect())
+        budget = SAMPLE_BYTES // len(frames)
+        for _, item in _records(kind, rows, fields):
+            if isinstance(item, Record) and text_problem(item.text, policy.max_document_chars) is None:
+                texts.append(item.text[:SAMPLE_TEXT_CHARS])
+                budget -= len(texts[-1].encode('utf-8'))
+                if budget <= 0:
+                    break
+    return texts
+
+
+def _run(frames: dict[str, Any], task: _PartitionTask) -> list[str]:
+    """Convert every partition of ``frames`` in one Spark job; the names of the finished parts, in partition order."""
+    import functools
+
+    results = None
+    for kind, frame in frames.items():
+        converted = frame.mapInArrow(functools.partial(_convert_partition, task, kind), 'part string')
+        results = converted if results is None else results.union(converted)
+    return sorted(row['part'] for row in results.collect())
+
+
+def _convert_partition(task: _PartitionTask, kind: str, batches: Iterator[Any]) -> Iterator[Any]:
+    """Runs in a Spark task: judge, tokenize and write this partition's records into its own part, counts beside it."""
+    import pyarrow as pa
+    from pyspark import TaskContext
+    from streaming import MDSWriter
+
+    os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')  # parallelism comes from Spark's tasks
+    context = TaskContext.get()
+    name = f'part-{context.partitionId():05d}'
+    final = Path(task.staging) / name
+    attempt = final.with_name(f'{name}.attempt-{context.taskAttemptId()}.tmp')
+    shutil.rmtree(attempt, ignore_errors=True)
+    backend, checker = task.backend.value, task.checker
+    stats, records_per_file = ConversionStats(), Counter()
+    rows = (row for batch in batches for row in batch.to_pylist())
+    with MDSWriter(out=str(attempt), columns=task.columns) as writer:
+        documents, chars = [], 0
+        for file, item in _records(kind, rows, task.fields):
+            file = _file_uri(file)
+            if isinstance(item, UnreadableFile):
+                stats.files_unreadable[file] = f'{item} (after {records_per_file[file]} records)'
+                continue
+            records_per_file[file] += 1
+            stats.documents_read += 1
+            if isinstance(item, Skip):
+                stats.skipped[item.reason] += 1
+                continue
+            document = checker.document(item, stats)
+            if document is None:
+                continue
+            documents.append(document)
+            chars += len(document.text) if document.text is not None else 4 * document.token_ids.size
+            if chars >= BATCH_CHARS or len(documents) >= BATCH_DOCUMENTS:
+                _write_documents(documents, backend, writer, checker, stats)
+                documents, chars = [], 0
+        _write_documents(documents, backend, writer, checker, stats)
+    counts = dict(stats.to_dict(), records_per_file=dict(sorted(records_per_file.items())))
+    (attempt / PART_STATS_FILE).write_text(json.dumps(counts, indent=1, sort_keys=True) + '\n')
+    try:
+        attempt.rename(final)
+    except OSError:  # another attempt of this partition (a retry, a speculative copy) finished first: same rows
+        shutil.rmtree(attempt, ignore_errors=True)
+    yield pa.RecordBatch.from_pylist([{'part': name}], schema=pa.schema([('part', pa.string())]))
+
+
+def _write_documents(documents: list[Any], backend: Any, writer: Any, checker: DocumentChecker, stats: Any) -> None:
+    """Tokenize a batch of checked documents and write them, as a local unit does (``unit_conversion``)."""
+    texts = [document.text for document in documents if document.token_ids is None]
+    encoded = backend.encode_batch(texts) if texts else []
+    _write_batch(_Batch(documents, 0), encoded, writer, checker, stats, lambda *_: None)
+
+
+def _sum_parts(staging: Path, parts: Sequence[str]) -> tuple[ConversionStats, Counter]:
+    """The dataset's counts, summed from the finished parts' own files; refuses counts that do not add up."""
+    stats, records_per_file = ConversionStats(), Counter()
+    for name in parts:
+        counts = json.loads((staging / name / PART_STATS_FILE).read_text())
+        records_per_file.update(counts.pop('records_per_file'))
+        stats.add(ConversionStats.from_dict(counts))
+    if stats.documents_read != stats.documents_written + sum(stats.skipped.values()):
+        raise ConversionError(f'internal error: counts do not add up in {staging}: {stats.to_dict()}')
+    return stats, records_per_file
