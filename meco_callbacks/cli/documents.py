@@ -58,7 +58,7 @@ examples:
   python convert/documents.py 'c4/*.json.gz' --output data/c4-docs --tokenizer gpt2 --job-index $I --num-jobs 8
   python convert/merge.py --output data/c4-docs
   # upload to object storage as units finish (data/dclm-docs keeps what a rerun resumes from)
-  python convert/documents.py 'dclm-baseline/**/*.jsonl.zst' --output data/dclm-docs --remote s3://bucket/dclm-docs \
+  python convert/documents.py 'dclm-baseline/**/*.jsonl.zst' --output data/dclm-docs --remote s3://bucket/dclm-docs \\
       --tokenizer meta-llama/Meta-Llama-3-8B --num-workers 16
 """
 

@@ -67,7 +67,7 @@ examples:
   python convert/pack.py meco-release/ data/meco-packed --max-seq-len 8192 \\
       --tokenizer meta-llama/Meta-Llama-3-8B     # release data carries no tokenizer record
   # on 8 machines (I = 0..7), from and to object storage; the last part to finish joins
-  python convert/pack.py s3://bucket/dclm-docs s3://bucket/dclm-packed-8k --max-seq-len 8192 \
+  python convert/pack.py s3://bucket/dclm-docs s3://bucket/dclm-packed-8k --max-seq-len 8192 \\
       --reserve-prefix domain --strategy bfd --num-workers 16 --part $I/8 --cache-dir /local/nvme/dclm-docs
 """
 
