@@ -209,3 +209,30 @@ def test_the_convert_command_asks_for_a_local_output_beside_a_remote(capsys: pyt
 
     assert main(['in.jsonl', '--output', 's3://bucket/docs', '--tokenizer', 'gpt2']) == 2
     assert '--output data/docs --remote s3://bucket/docs' in capsys.readouterr().err
+
+
+def test_stage_one_jobs_on_machines_sharing_only_the_remote_merge_into_the_one_machine_dataset(
+    tmp_path: Path, tokenizer
+) -> None:
+    from meco_callbacks.corpus.document_merge import merge_document_parts
+
+    source = tmp_path / 'docs.jsonl'
+    source.write_text(''.join(json.dumps(doc) + '\n' for doc in synthetic_documents(60, seed=6)))
+    convert_documents([str(source)], tmp_path / 'one' / 'docs', tokenizer, progress=False, unit_bytes=1024)
+    remote = tmp_path / 'bucket' / 'docs'
+    for job in (0, 1):  # each machine its own local --output
+        convert_documents(
+            [str(source)],
+            tmp_path / f'machine{job}' / 'docs',
+            tokenizer,
+            progress=False,
+            unit_bytes=1024,
+            remote=str(remote),
+            job_index=job,
+            num_jobs=2,
+        )
+    merge_document_parts(tmp_path / 'machine1' / 'docs', remote=str(remote))
+    assert (remote / 'index.json').read_bytes() == (tmp_path / 'one' / 'docs' / 'index.json').read_bytes()
+    one = {path.relative_to(tmp_path / 'one' / 'docs') for path in (tmp_path / 'one' / 'docs').rglob('*.mds')}
+    assert {path.relative_to(remote) for path in remote.rglob('*.mds')} == one
+    assert read_dataset_info(remote)['stats'] == read_dataset_info(tmp_path / 'one' / 'docs')['stats']

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,9 @@ def merge_document_parts(output: str | Path, overwrite: bool = False, remote: st
     """Join the converted units in ``<output>.partial`` into one dataset at ``output``; returns its info.
 
     Refuses while any unit is missing (naming them), and refuses to replace a different dataset at ``output``
-    unless ``overwrite``. With ``remote`` (a URL), the joined dataset is then uploaded there (``publish_documents``).
+    unless ``overwrite``. With ``remote`` (a URL), units that other machines converted and uploaded count too
+    (their ``unit.json`` and ``index.json`` are downloaded; the shards stay on the remote), and the joined
+    dataset is then uploaded there (``publish_documents``).
     """
     output = Path(output)
     partial = partial_dir(output)
@@ -53,6 +56,8 @@ def merge_document_parts(output: str | Path, overwrite: bool = False, remote: st
     plan = json.loads(plan_path.read_text())
     count = len(plan['units'])
     names = [unit_name(i, count) for i in range(count)]
+    if remote is not None:
+        _fetch_unit_records(Remote(remote, partial), [name for name in names if not (partial / name).is_dir()])
     missing = [i for i, name in enumerate(names) if not (partial / name).is_dir()]
     if missing:
         raise ConversionError(
@@ -86,6 +91,15 @@ def merge_document_parts(output: str | Path, overwrite: bool = False, remote: st
     if remote is not None:
         publish_documents(output, remote)
     return info
+
+
+def _fetch_unit_records(remote: Remote, names: list[str]) -> None:
+    """Download the index and counts of the units among ``names`` finished on the remote, each renamed into place."""
+    for name in names:
+        unit = Remote(remote.remote_path(name), remote.local / f'{name}.download')
+        if unit.fetch(UNIT_STATS_FILE) and unit.fetch('index.json'):  # unit.json is uploaded last
+            unit.local.rename(remote.local / name)
+        shutil.rmtree(unit.local, ignore_errors=True)
 
 
 def publish_documents(directory: Path, remote: str) -> None:

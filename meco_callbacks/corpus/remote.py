@@ -90,8 +90,8 @@ class Remote:
         same file at once never see part of it.
         """
         local = self.local / name
-        local.parent.mkdir(parents=True, exist_ok=True)
-        partial = local.with_name(f'{local.name}.{os.getpid()}.download')
+        self.local.mkdir(parents=True, exist_ok=True)
+        partial = self.local / f'.{name.replace("/", "%")}.{os.getpid()}.download'  # no directory made for nothing
         partial.unlink(missing_ok=True)
         try:
             CloudDownloader.direct_download(self.remote_path(name), str(partial))
@@ -100,6 +100,7 @@ class Remote:
             if isinstance(error, FileNotFoundError) or any(m in str(error).lower() for m in _MISSING_MARKERS):
                 return False
             raise
+        local.parent.mkdir(parents=True, exist_ok=True)
         os.replace(partial, local)
         return True
 
