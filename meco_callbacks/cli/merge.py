@@ -14,7 +14,8 @@ DESCRIPTION = """\
 Join the units that the jobs of one conversion wrote under OUTPUT.partial into one document MDS at OUTPUT:
 one index.json over every unit's shards, in input order, and meco_dataset.json with the summed counts.
 Refuses while any unit is missing (it names them), so it is safe to run before every job has finished.
-With --remote, the jobs' --remote: units not uploaded yet are uploaded, then index.json and meco_dataset.json.
+With --remote (the jobs' --remote), the units other machines uploaded count as converted, so jobs need share
+only the object storage; units not uploaded yet are uploaded, then index.json, then meco_dataset.json.
 """
 
 
