@@ -113,6 +113,28 @@ def test_an_exported_hf_directory_scores_exactly_like_the_composer_checkpoint(tr
 
 
 @pytest.mark.slow
+def test_a_llama_export_scores_packed_rows_with_attention_kept_inside_each_document(trained_model, held_out, tmp_path):
+    # Llama has no sequence_id: the loss tool gives it the document mask as a 4D attention mask instead.
+    from meco_callbacks.model.llama_export import llama_config, llama_state_dict, mpt_config_of, save_llama
+
+    model, tokenizer = trained_model
+    config = mpt_config_of(model)
+    save_llama(
+        llama_state_dict(model.state_dict(), config), llama_config(config, tokenizer), tmp_path / 'llama', tokenizer
+    )
+    llama, llama_tokenizer = load_trained_model(hf=tmp_path / 'llama')
+    conditions = {'true_url': TRUE_URL, 'no_url': NO_URL}
+
+    exported = compare_conditions(llama, llama_tokenizer, held_out, conditions)
+    original = compare_conditions(model, tokenizer, held_out, conditions)
+
+    assert type(llama).__name__ == 'LlamaForCausalLM'
+    for name in conditions:
+        assert exported[name]['tokens'] == original[name]['tokens']
+        assert exported[name]['loss'] == pytest.approx(original[name]['loss'], abs=1e-4)
+
+
+@pytest.mark.slow
 def test_separate_calls_with_one_reserve_score_the_same_tokens_and_too_small_a_reserve_is_an_error(
     trained_model, held_out
 ):

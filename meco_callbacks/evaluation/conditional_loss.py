@@ -46,9 +46,9 @@ from meco_callbacks.formats import read_dataset_info
 log = logging.getLogger(__name__)
 
 MetadataSpec = Mapping[str, Any] | MetadataConfig | None
+"""A metadata setting: a loader ``metadata`` block, a ``MetadataConfig``, or None for no prefix at all."""
 Guide = tuple[Mapping[str, torch.Tensor], torch.Tensor, float]
 """Guidance of a batch's logits: the no-URL batch, for each slot the no-URL slot predicting the same token, γ."""
-"""A metadata setting: a loader ``metadata`` block, a ``MetadataConfig``, or None for no prefix at all."""
 
 TRUE_URL: dict[str, Any] = {'kind': 'domain'}
 NO_URL: dict[str, Any] = {'enabled': False}
@@ -125,9 +125,42 @@ def _forward_token_losses(
 
 
 def _row_logits(lm: torch.nn.Module, batch: Mapping[str, torch.Tensor], rows: slice, device: torch.device) -> Any:
-    """The model's logits for ``rows`` of a model batch (its inputs only; labels stay out)."""
-    inputs = ('input_ids', 'attention_mask', 'sequence_id', 'position_ids')
-    return lm(**{k: v[rows].to(device) for k, v in batch.items() if k in inputs}).logits
+    """The model's logits for ``rows`` of a model batch (its inputs only; labels stay out).
+
+    MPT reads ``sequence_id`` and masks attention to each document itself; any other causal LM (a Llama export)
+    would ignore it, so it gets the same document mask as a 4D attention mask instead.
+    """
+    inputs = {k: v[rows].to(device) for k, v in batch.items() if k in ('input_ids', 'attention_mask', 'position_ids')}
+    if 'sequence_id' in batch:
+        if _reads_sequence_id(lm):
+            inputs['sequence_id'] = batch['sequence_id'][rows].to(device)
+        else:
+            inputs['attention_mask'] = document_attention_mask(
+                batch['sequence_id'][rows].to(device), inputs.get('attention_mask'), lm.dtype
+            )
+    return lm(**inputs).logits
+
+
+def _reads_sequence_id(lm: torch.nn.Module) -> bool:
+    """Whether the model's forward names ``sequence_id`` (MPT) rather than swallowing it in ``**kwargs``."""
+    import inspect
+
+    parameter = inspect.signature(lm.forward).parameters.get('sequence_id')
+    return parameter is not None and parameter.kind is not inspect.Parameter.VAR_KEYWORD
+
+
+def document_attention_mask(
+    sequence_id: torch.Tensor, attention_mask: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor:
+    """Additive ``[batch, 1, seq, seq]`` mask: each slot sees earlier slots of its own document, never padding."""
+    seq = sequence_id.shape[-1]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=sequence_id.device).tril()
+    allowed = causal & (sequence_id[:, :, None] == sequence_id[:, None, :])
+    if attention_mask is not None:
+        allowed &= attention_mask[:, None, :].bool()
+    allowed |= torch.eye(seq, dtype=torch.bool, device=sequence_id.device)  # a padding slot sees itself: no NaN
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=sequence_id.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def _no_url_slots(sources: np.ndarray, no_url_sources: np.ndarray, no_url_labels: np.ndarray) -> torch.Tensor:
