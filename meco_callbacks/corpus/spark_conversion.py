@@ -21,6 +21,11 @@ when complete, with its counts beside it, so a retried or speculative task never
 dataset's counts are summed from the finished parts (not from accumulators, which retries inflate). Parts are
 joined by ``joint_index`` (the project's one joiner), in partition order.
 
+Order: the rows are the local converter's as a set, not in its order. A part keeps its partition's input order;
+partitions come as Spark plans them (plain JSON Lines first, then whole files, then Parquet; within each, Spark
+packs file splits into partitions largest first, by ``spark.sql.files.maxPartitionBytes`` and
+``minPartitionNum``), so the order is the same for the same inputs and settings but not the order given.
+
 A run writes under ``<output>.spark-partial`` and renames it to ``<output>`` when complete; a killed run is
 redone from the start by the next one (a part is only valid within the run that planned the partitions). The
 output must be a path that the driver and every executor see (a local disk with ``local[N]``; on a cluster a
@@ -68,11 +73,10 @@ from meco_callbacks.tokenizer.loading import load_tokenizer
 log = logging.getLogger(__name__)
 
 PART_STATS_FILE = 'part.json'
-SAMPLE_ROWS = 4096  # lines or rows taken from the front of each line or Parquet input for backend verification
+SAMPLE_ROWS = 256  # lines or rows from the front of the line and Parquet inputs, to verify the backend on
 JAVA_INSTALL = (
-    'Spark needs a Java runtime (Java 8, 11 or 17) and none was found: `java` is not on PATH and JAVA_HOME is '
-    'not set. Install one, e.g. `apt-get install openjdk-17-jre-headless` (Debian/Ubuntu) or '
-    '`brew install openjdk@17` (macOS), or set JAVA_HOME; convert/documents.py converts without Java.'
+    'Install one, e.g. `apt-get install openjdk-17-jre-headless` (Debian/Ubuntu) or `brew install openjdk@17` '
+    '(macOS), or point JAVA_HOME at one; convert/documents.py converts without Java.'
 )
 
 
@@ -106,24 +110,32 @@ class _PartitionTask:
 def require_java() -> str:
     """The ``java`` that Spark will start, or a ConversionError saying how to install one."""
     home = os.environ.get('JAVA_HOME')
-    candidate = os.path.join(home, 'bin', 'java') if home else shutil.which('java')
+    if home:
+        candidate, missing = os.path.join(home, 'bin', 'java'), f'JAVA_HOME={home} holds no bin/java'
+    else:
+        candidate, missing = shutil.which('java'), '`java` is not on PATH and JAVA_HOME is not set'
     if not candidate or not os.access(candidate, os.X_OK):
-        raise ConversionError(JAVA_INSTALL if not home else f'JAVA_HOME={home} holds no bin/java. {JAVA_INSTALL}')
+        raise ConversionError(
+            f'Spark needs a Java runtime (Java 8, 11 or 17) and none was found: {missing}. {JAVA_INSTALL}'
+        )
     return candidate
 
 
 def spark_session(master: str | None = None, app_name: str = 'meco-spark-convert') -> Any:
-    """The active Spark session, or a new one on ``master`` (default: what spark-submit set, else ``local[*]``).
+    """The active Spark session, or a new one on ``master`` (default: spark-submit's, else ``local[*]``).
 
     A local master gets a session that needs no network: no UI, the driver on 127.0.0.1, few shuffle partitions,
-    and this Python for the workers (so they import this package).
+    and this Python for the workers (so they import this package). Under spark-submit (which starts the JVM and
+    says so in ``PYSPARK_GATEWAY_PORT``) its master and settings are kept.
     """
     require_java()
-    from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
-    master = master or SparkConf().get('spark.master', None) or 'local[*]'
-    builder = SparkSession.builder.appName(app_name).master(master)
+    builder = SparkSession.builder.appName(app_name)
+    if master is None and 'PYSPARK_GATEWAY_PORT' in os.environ:
+        return builder.getOrCreate()
+    master = master or 'local[*]'
+    builder = builder.master(master)
     if master.startswith('local'):
         os.environ.setdefault('PYSPARK_PYTHON', sys.executable)
         builder = (
@@ -180,7 +192,9 @@ def convert_documents_on_spark(
     output = Path(str(output).removeprefix('file://')).absolute()
     tok = load_tokenizer(tokenizer, require_fast=True) if isinstance(tokenizer, (str, Path)) else tokenizer
     columns = dict(DOCUMENT_COLUMNS, **dict.fromkeys(fields.metadata_columns(), 'str'))
-    if partitions is not None:
+    if partitions is None:  # Spark's default: its default parallelism (not what an earlier call asked for)
+        spark.conf.unset('spark.sql.files.minPartitionNum')
+    else:
         spark.conf.set('spark.sql.files.minPartitionNum', str(partitions))
     frames, files = _input_frames(spark, inputs, fields, policy)
     info = {
