@@ -264,6 +264,14 @@ def test_a_prompt_is_laid_out_as_a_training_document_bos_then_the_prefix_of_the_
         prompt_ids(bos_tokenizer, 'river', 'https:///no-host')
 
 
+def test_a_model_trained_with_suffix_metadata_gets_no_url_before_its_prompt(bos_tokenizer):
+    suffix = MetadataConfig(position='suffix', loss=True)
+
+    assert prompt_ids(bos_tokenizer, 'river', None, suffix) == [BOS_ID, *byte_ids('river')]
+    with pytest.raises(ValueError, match=r'metadata after each document \(metadata.position: suffix\)'):
+        prompt_ids(bos_tokenizer, 'river', ALPHA, suffix)
+
+
 def test_the_metadata_a_run_was_trained_with_is_read_from_its_yaml_and_overrides():
     overrides = ['train_loader.dataset.metadata.kind=registered_domain']
 

@@ -272,6 +272,21 @@ def test_packing_records_quantile_edges_and_rooms_that_fit_each_bin_label(tmp_pa
     clean_stale_shared_memory()
 
 
+@pytest.mark.slow
+def test_the_loss_tool_scores_a_quality_condition_with_the_edges_the_set_recorded(tmp_path, trained_model):
+    model, tokenizer = trained_model
+    documents = write_documents_mds(tmp_path / 'docs', scored_documents(40), tokenizer, extra_columns=('score',))
+    pack_documents(
+        documents, tmp_path / 'packed', 64, progress=False, reserve_prefix=['bins:score'], bins='quantiles:4'
+    )
+    quality = {'kind': 'bins:score', 'quantiles': 4}
+
+    results = compare_conditions(model, tokenizer, tmp_path / 'packed', {'quality': quality, 'no_url': NO_URL})
+
+    assert results['quality']['tokens'] == results['no_url']['tokens'] > 0
+    assert results['quality']['loss'] != results['no_url']['loss']
+
+
 def test_the_loader_reads_the_recorded_edges_for_quantiles_and_refuses_another_n(tmp_path, tokenizer):
     documents = write_documents_mds(tmp_path / 'docs', scored_documents(40), tokenizer, extra_columns=('score',))
     pack_documents(

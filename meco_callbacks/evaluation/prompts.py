@@ -24,6 +24,11 @@ def prompt_head(tokenizer: Any, url: str | None, metadata: MetadataConfig = DEFA
     head = [tokenizer.bos_token_id] if adds_bos_token(tokenizer) else []
     if url is None:
         return head
+    if metadata.position != 'prefix':
+        raise ValueError(
+            f'this model was trained with its metadata after each document (metadata.position: {metadata.position}), '
+            'so a URL before a prompt is a layout it never saw; run it without --url (or score suffixes yourself).'
+        )
     return head + PrefixTokens(tokenizer, metadata)(metadata.metadata_for_prompt(url)).tolist()
 
 
