@@ -78,6 +78,7 @@ def sample_ids(tokenizer, batch: int = 2) -> torch.Tensor:
 # --- (a), (b): checkpoint file and sharded directory -> Llama with the Composer model's logits -------------------
 
 
+@pytest.mark.slow
 def test_the_sharded_checkpoint_holds_the_model_as_composer_shards_it(sharded_checkpoint: Path, trained_checkpoint):
     from meco_callbacks.model.checkpoints import load_model_weights
 
@@ -253,6 +254,21 @@ def test_a_setting_llama_cannot_express_is_refused_by_name(changes: dict[str, An
     assert named in str(refused.value)
     with pytest.raises(ValueError, match='cannot be exported as a Llama'):
         llama_state_dict({}, config)
+
+
+def test_settings_that_need_other_libraries_are_refused_from_the_config_dict() -> None:
+    config = tiny_mpt_config().to_dict()
+    config['attn_config'].update(rope_impl='dail', attn_temperature_tuning={'attn_scale': 0.1}, kv_dim=32)
+    config.update(fc_type={'name': 'te'}, block_overrides={'order': [], 'overrides': {}}, head_dim=32)
+
+    assert unsupported_settings(config) == [
+        'model.attn_config.rope_impl: dail (only hf: dail offsets positions by the cache)',
+        'model.attn_config.attn_temperature_tuning.attn_scale (temperature tuning)',
+        'model.attn_config.kv_dim (cross-attention inputs)',
+        'model.head_dim: 32 (not d_model / n_heads = 16)',
+        'model.fc_type: te (only torch linear layers)',
+        'model.block_overrides (per-layer overrides)',
+    ]
 
 
 def test_the_recipes_model_has_nothing_llama_cannot_express() -> None:

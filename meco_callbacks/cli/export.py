@@ -37,21 +37,21 @@ def export_checkpoint(
     checkpoint: str | Path,
     output: str | Path,
     overrides: list[str] | tuple[str, ...] = (),
-    format: str = 'llama',
+    export_format: str = 'llama',
     precision: str = 'float32',
 ) -> Path:
-    """Write ``checkpoint`` (file or sharded directory) of the run ``config`` to ``output`` as ``format``."""
+    """Write ``checkpoint`` (file or sharded directory) of the run ``config`` to ``output`` as ``export_format``."""
     import torch
 
     from meco_callbacks.model.llama_export import llama_config, llama_state_dict, mpt_config_of, save_llama
 
-    if format not in ('llama', 'mpt'):
-        raise ValueError(f'--format {format!r}: use llama or mpt.')
+    if export_format not in ('llama', 'mpt'):
+        raise ValueError(f'--format {export_format!r}: use llama or mpt.')
     dtype = getattr(torch, precision)
     cfg = train_config(config, overrides)
     tokenizer = build_run_tokenizer(cfg)
     out = Path(output)
-    if format == 'llama':
+    if export_format == 'llama':
         model = build_run_model(cfg, tokenizer, init_device='meta')  # the architecture only: no memory, no init
         mpt_config = mpt_config_of(model)
         llama = llama_config(mpt_config, tokenizer, dtype)  # refuses a model Llama cannot express, before reading

@@ -18,7 +18,6 @@ else. Settings that act only in training (dropouts, ``embedding_fraction``, whic
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -89,62 +88,64 @@ def unsupported_settings(config: Any) -> list[str]:
     fc_type = _get(config, 'fc_type') or 'torch'
     fc_name = fc_type.get('name', 'torch') if isinstance(fc_type, Mapping) else fc_type
     d_model, n_heads = int(_get(config, 'd_model')), int(_get(config, 'n_heads'))
-    head_dim = d_model // n_heads
+    head_dim, config_head_dim = d_model // n_heads, _get(config, 'head_dim')
+    norm_type = str(_get(config, 'norm_type', 'low_precision_layernorm')).lower()
+    ffn_type = ffn.get('ffn_type', 'mptmlp')
     act = dict(ffn.get('ffn_act_fn') or {'name': 'gelu'})  # MPT's default activation is GELU
-    softmax_scale = attn.get('softmax_scale')
+    attn_type = attn.get('attn_type', 'multihead_attention')
+    rope = bool(attn.get('rope'))
+    rope_impl = attn.get('rope_impl', 'dail')
     rope_scaling = (attn.get('rope_hf_config') or {}).get('type', 'no_scaling')
-    temperature = attn.get('attn_temperature_tuning') or {}
+    softmax_scale = attn.get('softmax_scale')
+    default_scale = softmax_scale is None or math.isclose(float(softmax_scale), head_dim**-0.5, rel_tol=1e-9)
     no_bias = bool(_get(config, 'no_bias', False))
-    attention_bias = _get(config, 'attention_bias')
+    qkv_bias = bool(_get(config, 'attention_bias') or False)
     logit_scale = _get(config, 'logit_scale')
-    checks = {
-        'model.attn_config.alibi: true (ALiBi; Llama uses RoPE)': bool(attn.get('alibi')),
-        'model.attn_config.rope: false (no RoPE; Llama needs rope: true)': not attn.get('rope'),
-        'model.learned_pos_emb: true (learned positions; Llama has none)': bool(_get(config, 'learned_pos_emb')),
-        'model.attn_config.nope: true (layers without positions)': bool(attn.get('nope')),
-        "model.attn_config.rope_impl other than 'hf' (dail takes positions from the cache offset)": bool(
-            attn.get('rope') and attn.get('rope_impl', 'dail') != 'hf'
+    plain_logits = logit_scale is None or (isinstance(logit_scale, int | float) and float(logit_scale) == 1.0)
+    temperature = (attn.get('attn_temperature_tuning') or {}).get('attn_scale', 0.0)
+    checks = [
+        ('model.attn_config.alibi: true (ALiBi; Llama uses RoPE)', bool(attn.get('alibi'))),
+        ('model.attn_config.rope: false (no RoPE; Llama needs rope: true)', not rope),
+        ('model.learned_pos_emb: true (learned positions; Llama has none)', bool(_get(config, 'learned_pos_emb'))),
+        ('model.attn_config.nope: true (layers without positions)', bool(attn.get('nope'))),
+        (
+            f'model.attn_config.rope_impl: {rope_impl} (only hf: dail offsets positions by the cache)',
+            rope and rope_impl != 'hf',
         ),
-        f'model.attn_config.rope_hf_config.type: {rope_scaling} (not a Llama rope_scaling)': bool(
-            attn.get('rope') and rope_scaling not in ROPE_SCALINGS
+        (
+            f'model.attn_config.rope_hf_config.type: {rope_scaling} (no Llama rope_scaling)',
+            rope and rope_scaling not in ROPE_SCALINGS,
         ),
-        'model.no_bias: false (biases; Llama here has none)': not no_bias,
-        'model.attention_bias: true (QKV biases)': no_bias and attention_bias is not None and bool(attention_bias),
-        f'model.norm_type: {_get(config, "norm_type")} (Llama normalises with RMSNorm: rmsnorm)': str(
-            _get(config, 'norm_type', 'low_precision_layernorm')
-        ).lower()
-        not in RMSNORMS,
-        'model.attn_config.qk_ln: true (QK LayerNorm)': bool(attn.get('qk_ln')),
-        'model.attn_config.qk_gn: true (QK GroupNorm)': bool(attn.get('qk_gn')),
-        'model.attn_config.clip_qkv (clipped QKV)': attn.get('clip_qkv') is not None,
-        f'model.attn_config.softmax_scale: {softmax_scale} (Llama scales by 1/sqrt(head_dim))': softmax_scale
-        is not None
-        and not math.isclose(float(softmax_scale), 1 / math.sqrt(head_dim), rel_tol=1e-9),
-        'model.attn_config.sliding_window_size (sliding-window attention)': attn.get('sliding_window_size', -1) != -1,
-        'model.attn_config.attn_logit_softcapping (attention softcapping)': attn.get('attn_logit_softcapping')
-        is not None,
-        'model.attn_config.attn_temperature_tuning.attn_scale (temperature tuning)': bool(
-            temperature.get('attn_scale', 0.0)
+        ('model.no_bias: false (biases; the Llama export has none)', not no_bias),
+        ('model.attention_bias: true (QKV biases)', no_bias and qkv_bias),
+        (f'model.norm_type: {norm_type} (Llama normalises with RMSNorm: rmsnorm)', norm_type not in RMSNORMS),
+        ('model.attn_config.qk_ln: true (QK LayerNorm)', bool(attn.get('qk_ln'))),
+        ('model.attn_config.qk_gn: true (QK GroupNorm)', bool(attn.get('qk_gn'))),
+        ('model.attn_config.clip_qkv (clipped QKV)', attn.get('clip_qkv') is not None),
+        (f'model.attn_config.softmax_scale: {softmax_scale} (Llama scales by 1/sqrt(head_dim))', not default_scale),
+        ('model.attn_config.sliding_window_size (sliding-window attention)', attn.get('sliding_window_size', -1) != -1),
+        (
+            'model.attn_config.attn_logit_softcapping (attention softcapping)',
+            attn.get('attn_logit_softcapping') is not None,
         ),
-        'model.attn_config.kv_dim (cross-attention inputs)': attn.get('kv_dim') is not None,
-        f'model.attn_config.attn_type: {attn.get("attn_type")}': attn.get('attn_type', 'multihead_attention')
-        not in KV_HEADS_BY_ATTN_TYPE,
-        f'model.head_dim: {_get(config, "head_dim")} (not d_model / n_heads = {head_dim})': _get(config, 'head_dim')
-        not in (None, head_dim)
-        or d_model % n_heads != 0,
-        f'model.ffn_config.ffn_type: {ffn.get("ffn_type", "mptmlp")} (Llama has a gated MLP: mptglu)': ffn.get(
-            'ffn_type', 'mptmlp'
-        )
-        != 'mptglu',
-        f'model.ffn_config.ffn_act_fn: {act} (SwiGLU needs {{name: silu}})': act.get('name') != 'silu'
-        or any(key not in ('name', 'inplace') for key in act),
-        f'model.fc_type: {fc_name} (only torch linear layers)': fc_name != 'torch',
-        f'model.logit_scale: {logit_scale} (scaled logits)': logit_scale is not None
-        and not (isinstance(logit_scale, int | float) and float(logit_scale) == 1.0),
-        'model.final_logit_softcapping (softcapped logits)': _get(config, 'final_logit_softcapping') is not None,
-        'model.block_overrides (per-layer overrides)': bool(_get(config, 'block_overrides')),
-    }
-    return [setting for setting, unsupported in checks.items() if unsupported]
+        ('model.attn_config.attn_temperature_tuning.attn_scale (temperature tuning)', bool(temperature)),
+        ('model.attn_config.kv_dim (cross-attention inputs)', attn.get('kv_dim') is not None),
+        (f'model.attn_config.attn_type: {attn_type}', attn_type not in KV_HEADS_BY_ATTN_TYPE),
+        (
+            f'model.head_dim: {config_head_dim} (not d_model / n_heads = {head_dim})',
+            config_head_dim not in (None, head_dim) or d_model % n_heads != 0,
+        ),
+        (f'model.ffn_config.ffn_type: {ffn_type} (Llama has a gated MLP: mptglu)', ffn_type != 'mptglu'),
+        (
+            f'model.ffn_config.ffn_act_fn: {act} (SwiGLU needs {{name: silu}})',
+            act.get('name') != 'silu' or any(key not in ('name', 'inplace') for key in act),
+        ),
+        (f'model.fc_type: {fc_name} (only torch linear layers)', fc_name != 'torch'),
+        (f'model.logit_scale: {logit_scale} (scaled logits)', not plain_logits),
+        ('model.final_logit_softcapping (softcapped logits)', _get(config, 'final_logit_softcapping') is not None),
+        ('model.block_overrides (per-layer overrides)', bool(_get(config, 'block_overrides'))),
+    ]
+    return [setting for setting, unsupported in checks if unsupported]
 
 
 def check_llama_exportable(config: Any, what: str = 'this model') -> None:
@@ -313,9 +314,3 @@ def save_llama(
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out
-
-
-def is_llama_export(directory: str | Path) -> bool:
-    """Whether ``directory`` holds a transformers Llama (config.json ``model_type: llama``)."""
-    config = Path(directory) / 'config.json'
-    return config.is_file() and json.loads(config.read_text()).get('model_type') == 'llama'

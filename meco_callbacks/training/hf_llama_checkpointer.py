@@ -49,7 +49,8 @@ class HFLlamaCheckpointer(Callback):
 
     YAML keys: ``save_folder`` (local path or object-store URI), ``save_interval`` (a Composer time such as
     ``4000ba`` or ``1dur``; an integer means epochs, as for ``hf_checkpointer``), ``precision`` (``float32``,
-    ``bfloat16``, ``float16``), ``huggingface_folder_name`` (default ``ba{batch}``), ``overwrite`` (default true).
+    ``bfloat16``, ``float16``), ``huggingface_folder_name`` (default ``ba{batch}``), ``overwrite`` (of remote
+    files; default true).
     """
 
     def __init__(
@@ -114,6 +115,8 @@ class HFLlamaCheckpointer(Callback):
         config = self.config if self.config is not None else mpt_config_of(composer_model)
         save_dir = format_name_with_dist_and_time(self.save_dir_format, state.run_name, state.timestamp)
         weights = gather_full_state_dict(state)  # every rank takes part; only rank 0 gets the weights
+        for name in list(weights):  # to the export's dtype one tensor at a time: fp32 and bf16 copies never both whole
+            weights[name] = weights[name].to(self.dtype)
         if dist.get_global_rank() == 0:
             tokenizer = getattr(composer_model, 'tokenizer', None)
             local_dir = tempfile.mkdtemp() if self.remote_ud is not None else save_dir
@@ -137,7 +140,8 @@ class HFLlamaCheckpointer(Callback):
             else:
                 where = save_dir
             self.saved.append(where)
-            log.info(
+            # DEBUG, as Composer's own checkpoint saver logs each save: the INIT line already says where they go.
+            log.debug(
                 'hf_llama_checkpointer: wrote a transformers Llama at batch %d to %s', int(state.timestamp.batch), where
             )
         del weights
@@ -152,10 +156,12 @@ def _composer_model(state: State) -> Any:
 def gather_full_state_dict(state: State) -> dict[str, torch.Tensor]:
     """The model's full, unsharded state dict on rank 0's CPU ({} on other ranks); a collective under FSDP."""
     model = _composer_model(state)
-    if state.fsdp_enabled or (dist.is_initialized() and dist.get_world_size() > 1 and not state.is_model_ddp):
+    if state.fsdp_enabled:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # As llm-foundry's hf_checkpointer: on the FSDP-wrapped HF model (keys transformer.*, lm_head.*).
+        wrapped = model.model if isinstance(getattr(model, 'model', None), torch.nn.Module) else model
+        full = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return full if dist.get_global_rank() == 0 else {}
     if dist.get_global_rank() != 0:
         return {}
