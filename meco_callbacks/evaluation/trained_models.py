@@ -55,7 +55,7 @@ def training_metadata(config_path: str | Path | None, overrides: Sequence[str] =
 
 
 def build_run_tokenizer(cfg: dict[str, Any]) -> Any:
-    """The run's tokenizer from its resolved train config (a missing local directory is named, not taken for a repo id)."""
+    """The run's tokenizer from its train config; a missing local directory is named, not taken for a repo id."""
     from llmfoundry.utils.builders import build_tokenizer
 
     tokenizer_cfg = dict(cfg['tokenizer'])
@@ -64,7 +64,7 @@ def build_run_tokenizer(cfg: dict[str, Any]) -> Any:
 
 
 def build_run_model(cfg: dict[str, Any], tokenizer: Any, init_device: str = 'cpu') -> torch.nn.Module:
-    """The run's Composer model, untrained, built from its resolved train config on ``init_device`` (``meta``: shapes only)."""
+    """The run's Composer model, untrained, from its train config on ``init_device`` (``meta``: shapes only)."""
     from llmfoundry.utils.builders import build_composer_model
 
     model_cfg = dict(cfg['model'])

@@ -74,7 +74,8 @@ def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
         )
     raise CheckpointNotFound(
         f'no Composer checkpoint at {path}: pass a sharded checkpoint directory (<save_folder>/ep<E>-ba<B>, holding '
-        "__<rank>_0.distcp and .metadata) or a single checkpoint file (<save_folder>/ep<E>-ba<B>-rank0.pt, latest-rank0.pt) from the run's save_folder."
+        '__<rank>_0.distcp and .metadata) or a single checkpoint file (<save_folder>/ep<E>-ba<B>-rank0.pt, '
+        "latest-rank0.pt) from the run's save_folder."
     )
 
 

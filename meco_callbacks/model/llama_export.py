@@ -46,7 +46,7 @@ ROPE_SCALINGS = ('no_scaling', 'linear', 'dynamic', 'llama3')  # MPT's hf RoPE i
 
 
 def mpt_config_of(model: Any) -> Any:
-    """The ``MPTConfig`` of a Composer MPT (``.model.config``), an ``MPTForCausalLM`` (``.config``) or the config itself."""
+    """The ``MPTConfig`` of a Composer MPT (``.model.config``), an ``MPTForCausalLM`` (``.config``) or the config."""
     for candidate in (model, getattr(model, 'config', None), getattr(getattr(model, 'model', None), 'config', None)):
         if candidate is not None and getattr(candidate, 'model_type', None) == 'mpt':
             return candidate
@@ -82,7 +82,7 @@ def _ffn_hidden_size(config: Any) -> int:
 
 
 def unsupported_settings(config: Any) -> list[str]:
-    """Each setting of an MPT config (``MPTConfig`` or its dict) that a transformers Llama cannot express, as YAML keys."""
+    """The settings of an MPT config (``MPTConfig`` or a dict) that a transformers Llama cannot express, by YAML key."""
     attn = dict(_get(config, 'attn_config') or {})
     ffn = dict(_get(config, 'ffn_config') or {})
     fc_type = _get(config, 'fc_type') or 'torch'
