@@ -10,8 +10,9 @@ On the same JSON Lines input, tokenizer and number of workers, side by side in o
   (d) ours with ``auto`` (the verified tiktoken backend here),
   (e) the raw limit: tiktoken batch encoding of the same texts in memory with N threads, no reading or writing,
   (f) ours on Spark, ``convert/spark_documents.py`` on a ``local[N]`` session (the auto backend, 4N partitions):
-      the same rows as (d), scheduled by Spark; the session is started once before the rounds, and its start-up
-      (the JVM) is reported apart from (f)'s time.
+      the same rows as (d), scheduled by Spark. The session lives in its own spawned process, started once
+      before the rounds (the JVM's start is reported apart from (f)'s time): forking (b), (c) and (d)'s
+      workers from a process that holds Spark's gateway threads can deadlock on a lock held at the fork.
 
 Every tokens/s figure is the corpus's document tokens over the method's wall time (the best of --repeats
 rounds, each round running every method once, so that load from other processes hits all of them), so
@@ -158,11 +159,40 @@ def run_ours(paths: list[Path], tokenizer_dir: str, out: Path, workers: int, bac
     )
 
 
-def run_spark(paths: list[Path], tokenizer_dir: str, out: Path, spark: Any, workers: int) -> Any:
-    """(f): MeCo's converter on a running Spark session, end to end (sampling, verification, conversion, index)."""
-    from meco_callbacks.corpus.spark_conversion import convert_documents_on_spark
+class SparkRunner:
+    """(f): MeCo's converter on a Spark ``local[N]`` session held by a spawned process, which converts on request."""
 
-    return convert_documents_on_spark([str(p) for p in paths], out, tokenizer_dir, spark=spark, partitions=4 * workers)
+    def __init__(self, workers: int) -> None:
+        context = get_context('spawn')
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_spark_server, args=(child, workers), daemon=True)
+        self.process.start()
+        self.start_seconds: float = self.connection.recv()
+
+    def convert(self, paths: list[Path], tokenizer_dir: str, out: Path) -> dict[str, Any]:
+        """Convert end to end (sampling, verification, conversion, index) on the running session; the dataset info."""
+        self.connection.send(([str(p) for p in paths], tokenizer_dir, str(out)))
+        return self.connection.recv()
+
+    def close(self) -> None:
+        """Stop the session and its process."""
+        self.connection.send(None)
+        self.process.join()
+
+
+def _spark_server(connection: Any, workers: int) -> None:
+    """The Spark process: start the session, report how long that took, then convert each request until None."""
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    from meco_callbacks.corpus.spark_conversion import convert_documents_on_spark, spark_session
+
+    began = time.perf_counter()
+    spark = spark_session(f'local[{workers}]', app_name='bench-convert')
+    connection.send(time.perf_counter() - began)
+    while (request := connection.recv()) is not None:
+        paths, tokenizer_dir, out = request
+        report = convert_documents_on_spark(paths, out, tokenizer_dir, spark=spark, partitions=4 * workers)
+        connection.send(report.info)
+    spark.stop()
 
 
 def run_raw_tiktoken(texts: list[str], encoding: Any, workers: int) -> int:
@@ -224,19 +254,15 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> None:
 
     encoding, _ = tiktoken_encoding_for(AutoTokenizer.from_pretrained(tokenizer_dir))
     workers = args.num_workers
-    from meco_callbacks.corpus.spark_conversion import spark_session
-
-    began = time.perf_counter()
-    spark = spark_session(f'local[{workers}]', app_name='bench-convert')
-    spark_start = time.perf_counter() - began
-    log.info('Spark local[%d] session started in %.1fs.', workers, spark_start)
+    spark = SparkRunner(workers)
+    log.info('Spark local[%d] session started in %.1fs (in its own process).', workers, spark.start_seconds)
     methods = {
         '(a) llm-foundry convert_dataset_json': lambda out: run_llm_foundry(paths, tokenizer_dir, out, workers),
         '(b) authors: tiktoken per document, pool': lambda out: run_authors_method(paths, tokenizer_dir, out, workers),
         '(c) ours, hf backend': lambda out: run_ours(paths, tokenizer_dir, out, workers, 'hf'),
         '(d) ours, auto backend': lambda out: run_ours(paths, tokenizer_dir, out, workers, 'auto'),
         '(e) raw tiktoken batch, in memory': lambda out: run_raw_tiktoken(texts, encoding, workers),
-        f'(f) ours on Spark local[{workers}]': lambda out: run_spark(paths, tokenizer_dir, out, spark, workers),
+        f'(f) ours on Spark local[{workers}]': lambda out: spark.convert(paths, tokenizer_dir, out),
     }
     seconds: dict[str, float] = {}
     reports: dict[str, Any] = {}
@@ -271,11 +297,11 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> None:
             f'{report.convert_seconds:.2f}s converting units ({tokens / report.convert_seconds:,.0f} tokens/s); '
             f'worker CPU time by stage: {shares}'
         )
-    spark_stats = reports['f'].info['stats']
+    spark_stats = reports['f']['stats']
     if (spark_stats['tokens_written'], spark_stats['documents_written']) != (tokens, docs):
         raise SystemExit(f'(f) wrote other documents than (d): {spark_stats} vs {stats}')
-    print(f'(f): the Spark session (JVM) started in {spark_start:.1f}s before the rounds, not counted in (f)')
-    spark.stop()
+    print(f'(f): the Spark session (JVM) started in {spark.start_seconds:.1f}s before the rounds, not counted in (f)')
+    spark.close()
     rate = {label[:3]: tokens / spent for label, spent in seconds.items()}
     print(f'(c)/(a) = {rate["(c)"] / rate["(a)"]:.2f}')
     print(f'(d)/(b) = {rate["(d)"] / rate["(b)"]:.2f}  (goal >= 1.0)')

@@ -23,8 +23,6 @@ from meco_callbacks.corpus.sources import FieldMapping
 from meco_callbacks.formats import read_dataset_info
 from meco_callbacks.tokenizer.fingerprint import tokenizer_fingerprint
 
-pytestmark = pytest.mark.slow  # each module run starts a JVM (about 10-15 s)
-
 FIELDS = FieldMapping('text', 'url', ('meta.source',))
 POLICY = DocumentPolicy(max_document_chars=3000)
 COUNTED = (
@@ -118,12 +116,14 @@ def rows(directory: Path) -> list[tuple]:
     ]
 
 
+@pytest.mark.slow  # starts a JVM (10-15 s, once per module)
 def test_spark_writes_the_local_converters_rows(local_dataset, spark_dataset):
     local = rows(local_dataset)
     assert len(local) == 2 * (30 + 3) + 12  # a.jsonl, then b and c between them: 30 good and 3 kept oddities each
     assert sorted(rows(spark_dataset)) == sorted(local)
 
 
+@pytest.mark.slow  # starts a JVM (10-15 s, once per module)
 def test_spark_counts_every_skip_under_the_local_reasons(local_dataset, spark_dataset):
     local, spark = read_dataset_info(local_dataset)['stats'], read_dataset_info(spark_dataset)['stats']
     assert {key: spark[key] for key in COUNTED} == {key: local[key] for key in COUNTED}
@@ -144,6 +144,7 @@ def test_spark_counts_every_skip_under_the_local_reasons(local_dataset, spark_da
     assert spark['inputs_read'] == 5
 
 
+@pytest.mark.slow  # starts a JVM (10-15 s, once per module)
 def test_spark_records_the_tokenizer_fingerprint_and_backend(spark_dataset, tokenizer):
     info = read_dataset_info(spark_dataset)
     assert info['tokenizer']['fingerprint'] == tokenizer_fingerprint(tokenizer)
@@ -152,6 +153,7 @@ def test_spark_records_the_tokenizer_fingerprint_and_backend(spark_dataset, toke
     assert info['conversion']['partitions'] >= 4
 
 
+@pytest.mark.slow  # starts a JVM (10-15 s, once per module)
 def test_a_second_run_finds_the_dataset_done(corpus, tokenizer, spark, spark_dataset):
     from meco_callbacks.corpus.spark_conversion import convert_documents_on_spark
 
@@ -159,6 +161,7 @@ def test_a_second_run_finds_the_dataset_done(corpus, tokenizer, spark, spark_dat
     assert report.reused
 
 
+@pytest.mark.slow  # starts a JVM (10-15 s, once per module)
 def test_a_run_killed_after_its_first_parts_is_redone_whole(tmp_path, tokenizer_dir, tokenizer, spark):
     from meco_callbacks.corpus.spark_conversion import convert_documents_on_spark
 
