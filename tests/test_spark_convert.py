@@ -162,6 +162,24 @@ def test_a_second_run_finds_the_dataset_done(corpus, tokenizer, spark, spark_dat
 
 
 @pytest.mark.slow  # starts a JVM (10-15 s, once per module)
+def test_a_finished_dataset_is_uploaded_to_object_storage_byte_for_byte(
+    corpus, tokenizer, spark, spark_dataset, tmp_path
+):
+    from meco_callbacks.corpus.spark_conversion import convert_documents_on_spark
+
+    bucket = tmp_path / 'bucket'  # a directory stands for the bucket, through Streaming's own uploader
+    convert_documents_on_spark(
+        corpus, spark_dataset, tokenizer, spark=spark, fields=FIELDS, policy=POLICY, remote=str(bucket)
+    )
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob('*')) if path.is_file()}
+
+    assert files(bucket) == files(spark_dataset)
+    assert any(name.startswith('part-') for name in files(bucket))
+
+
+@pytest.mark.slow  # starts a JVM (10-15 s, once per module)
 def test_a_run_killed_after_its_first_parts_is_redone_whole(tmp_path, tokenizer_dir, tokenizer, spark):
     from meco_callbacks.corpus.spark_conversion import convert_documents_on_spark
 

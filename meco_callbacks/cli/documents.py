@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 DESCRIPTION = """\
 Tokenize a corpus once into a document MDS: one row per document with input_ids (uint32, no BOS/EOS),
@@ -75,6 +76,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help='object storage to upload the dataset to as it is written, e.g. s3://bucket/dclm-docs',
     )
+    add_document_options(parser)
+    parser.add_argument('--num-workers', type=int, default=1, help='worker processes (default 1)')
+    parser.add_argument('--job-index', type=int, default=0, help="this machine's part, 0 .. --num-jobs - 1")
+    parser.add_argument(
+        '--num-jobs',
+        type=int,
+        default=1,
+        help='split the units over this many jobs; merge with convert/merge.py when all are done',
+    )
+    parser.add_argument(
+        '--unit-mb',
+        type=float,
+        default=64,
+        help='largest unit of work in input megabytes; also the resume granularity (default 64)',
+    )
+    parser.add_argument(
+        '--overwrite',
+        action='store_true',
+        help='replace a different dataset at --output (once the new one is complete) and discard '
+        'a different conversion in progress',
+    )
+    parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
+    return parser.parse_args(argv)
+
+
+def add_document_options(parser: argparse.ArgumentParser) -> None:
+    """The tokenizer, field and policy options, shared by convert/documents.py and convert/spark_documents.py."""
     parser.add_argument('--tokenizer', required=True, help='Hugging Face tokenizer: a local directory or a hub name')
     parser.add_argument(
         '--text-field', default='text', help='field holding the text, dotted for nesting (default text)'
@@ -111,28 +139,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default='auto',
         help='auto: verified tiktoken, else Hugging Face (default); tiktoken: fail unless verified',
     )
-    parser.add_argument('--num-workers', type=int, default=1, help='worker processes (default 1)')
-    parser.add_argument('--job-index', type=int, default=0, help="this machine's part, 0 .. --num-jobs - 1")
-    parser.add_argument(
-        '--num-jobs',
-        type=int,
-        default=1,
-        help='split the units over this many jobs; merge with convert/merge.py when all are done',
+
+
+def fields_and_policy(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The ``FieldMapping`` and ``DocumentPolicy`` the options of ``add_document_options`` ask for."""
+    from meco_callbacks.corpus.document_checks import DocumentPolicy
+    from meco_callbacks.corpus.sources import FieldMapping
+
+    fields = FieldMapping(
+        args.text_field, args.url_field, tuple(name for name in args.metadata_fields.split(',') if name)
     )
-    parser.add_argument(
-        '--unit-mb',
-        type=float,
-        default=64,
-        help='largest unit of work in input megabytes; also the resume granularity (default 64)',
+    policy = DocumentPolicy(
+        args.missing_url, args.placeholder_url, args.max_url_chars, args.max_document_chars, args.url_spaces
     )
-    parser.add_argument(
-        '--overwrite',
-        action='store_true',
-        help='replace a different dataset at --output (once the new one is complete) and discard '
-        'a different conversion in progress',
-    )
-    parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
-    return parser.parse_args(argv)
+    return fields, policy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,11 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()  # the run's figures count loading the libraries below
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
-    from meco_callbacks.corpus.document_checks import DocumentPolicy
     from meco_callbacks.corpus.documents import convert_documents
     from meco_callbacks.corpus.errors import ConversionError
     from meco_callbacks.corpus.remote import is_remote
-    from meco_callbacks.corpus.sources import FieldMapping
 
     if is_remote(args.output):
         print(
@@ -154,12 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        fields = FieldMapping(
-            args.text_field, args.url_field, tuple(name for name in args.metadata_fields.split(',') if name)
-        )
-        policy = DocumentPolicy(
-            args.missing_url, args.placeholder_url, args.max_url_chars, args.max_document_chars, args.url_spaces
-        )
+        fields, policy = fields_and_policy(args)
         report = convert_documents(
             args.inputs,
             args.output,

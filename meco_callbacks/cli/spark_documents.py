@@ -11,6 +11,8 @@ import logging
 import sys
 import time
 
+from meco_callbacks.cli.documents import add_document_options, fields_and_policy
+
 DESCRIPTION = """\
 Tokenize a corpus once into a document MDS with Spark: the dataset convert/documents.py writes (one row per
 document: input_ids uint32 without BOS/EOS, length, url, --metadata-fields), the same skip reasons and counts
@@ -26,7 +28,9 @@ Hugging Face save_to_disk and MDS directories: use convert/documents.py.
 Each Spark task checks and tokenizes its partition with the backend verified on the driver (--tokenizer-backend)
 and writes its own MDS part under OUTPUT.spark-partial; the parts are joined in partition order and renamed to
 OUTPUT when all are done. A killed run starts over when run again. OUTPUT must be a path the driver and every
-executor see (a local disk with local[N]; /dbfs/..., /Volumes/... or another shared mount on a cluster).
+executor see (a local disk with local[N]; /dbfs/..., /Volumes/... or another shared mount on a cluster);
+--remote s3://... then uploads the finished dataset through Streaming's uploader, each part's counts, the index
+and meco_dataset.json last (a rerun uploads only what is missing).
 Rows are the same as convert/documents.py's as a set; their order is Spark's partition order.
 
 Needs a Java runtime (8, 11 or 17): apt-get install openjdk-17-jre-headless.
@@ -49,42 +53,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument('inputs', nargs='+', help='files or globs (quote them) that Spark can read')
     parser.add_argument('--output', required=True, help='document MDS directory to create (seen by every executor)')
-    parser.add_argument('--tokenizer', required=True, help='Hugging Face tokenizer: a local directory or a hub name')
     parser.add_argument(
-        '--text-field', default='text', help='field holding the text, dotted for nesting (default text)'
+        '--remote',
+        default=None,
+        help='object storage to upload the finished dataset to (s3://, gs://, oci://, ...), index and info last',
     )
-    parser.add_argument('--url-field', default='url', help='field holding the URL, e.g. metadata.url (default url)')
-    parser.add_argument(
-        '--metadata-fields',
-        default='',
-        help='comma-separated extra fields to carry as string columns, named by their last part',
-    )
-    parser.add_argument(
-        '--missing-url',
-        choices=('skip', 'placeholder'),
-        default='skip',
-        help='a document whose URL is missing, null, empty or not a string is skipped (default) '
-        'or kept with --placeholder-url',
-    )
-    parser.add_argument(
-        '--placeholder-url', default='', help="URL stored for such documents (default '': they get no metadata prefix)"
-    )
-    parser.add_argument(
-        '--url-spaces',
-        choices=('encode', 'skip'),
-        default='encode',
-        help="a URL's spaces are written as %%20, counted as urls_spaces_encoded (default), or the document is skipped",
-    )
-    parser.add_argument('--max-url-chars', type=int, default=2000, help='longer URLs are skipped (default 2000)')
-    parser.add_argument(
-        '--max-document-chars', type=int, default=16_000_000, help='longer texts are skipped (default 16,000,000)'
-    )
-    parser.add_argument(
-        '--tokenizer-backend',
-        choices=('auto', 'hf', 'tiktoken'),
-        default='auto',
-        help='auto: verified tiktoken, else Hugging Face (default); tiktoken: fail unless verified',
-    )
+    add_document_options(parser)
     parser.add_argument(
         '--master', default=None, help="Spark master, e.g. 'local[8]' (default: spark-submit's, else local[*])"
     )
@@ -105,19 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
-    from meco_callbacks.corpus.document_checks import DocumentPolicy
     from meco_callbacks.corpus.errors import ConversionError
-    from meco_callbacks.corpus.sources import FieldMapping
     from meco_callbacks.corpus.spark_conversion import convert_documents_on_spark, require_java, spark_session
 
     try:
         require_java()  # before anything slow: a missing Java is the likeliest first failure
-        fields = FieldMapping(
-            args.text_field, args.url_field, tuple(name for name in args.metadata_fields.split(',') if name)
-        )
-        policy = DocumentPolicy(
-            args.missing_url, args.placeholder_url, args.max_url_chars, args.max_document_chars, args.url_spaces
-        )
+        fields, policy = fields_and_policy(args)
         if args.partitions is not None and args.partitions < 1:
             raise ValueError(f'--partitions must be at least 1, got {args.partitions}')
         report = convert_documents_on_spark(
@@ -130,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             tokenizer_backend=args.tokenizer_backend,
             partitions=args.partitions,
             overwrite=args.overwrite,
+            remote=args.remote,
             started=started,
         )
     except (ValueError, OSError, ConversionError) as error:

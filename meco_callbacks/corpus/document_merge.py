@@ -102,13 +102,14 @@ def _fetch_unit_records(remote: Remote, names: list[str]) -> None:
         shutil.rmtree(unit.local, ignore_errors=True)
 
 
-def publish_documents(directory: Path, remote: str) -> None:
-    """Upload a merged set: units not on ``remote`` yet (``unit.json`` last), index.json, meco_dataset.json last."""
+def publish_documents(directory: Path, remote: str, prefix: str = 'unit-', marker: str = UNIT_STATS_FILE) -> None:
+    """Upload a finished set: its ``prefix*`` parts not on ``remote`` yet (each with its ``marker`` last), then
+    index.json, then meco_dataset.json last, so a reader never finds an index naming shards that are not there."""
     target = Remote(remote, directory)
-    units = sorted(path.name for path in directory.iterdir() if path.is_dir() and path.name.startswith('unit-'))
-    missing = [name for name in units if not target.fetch(f'{name}/{UNIT_STATS_FILE}')]
+    units = sorted(path.name for path in directory.iterdir() if path.is_dir() and path.name.startswith(prefix))
+    missing = [name for name in units if not target.fetch(f'{name}/{marker}')]
     for name in missing:
-        upload_directory(target, name, UNIT_STATS_FILE)
+        upload_directory(target, name, marker)
     target.upload('index.json')
     target.upload(DATASET_INFO_FILE)
     log.info('Uploaded %s to %s (%d of %d units were not there yet).', directory, remote, len(missing), len(units))

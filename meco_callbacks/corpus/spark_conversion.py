@@ -49,12 +49,13 @@ from pathlib import Path
 from typing import Any
 
 from meco_callbacks.corpus.document_checks import ConversionStats, DocumentChecker, DocumentPolicy, text_problem
-from meco_callbacks.corpus.document_merge import claim_document_output
+from meco_callbacks.corpus.document_merge import claim_document_output, publish_documents
 from meco_callbacks.corpus.documents import SAMPLE_BYTES, SAMPLE_TEXT_CHARS, _special_ids
 from meco_callbacks.corpus.errors import ConversionError
 from meco_callbacks.corpus.joint_index import write_joint_index
 from meco_callbacks.corpus.output import replace_output
 from meco_callbacks.corpus.readers import BYTE_ORDER_MARK, Record, Skip, UnitReader
+from meco_callbacks.corpus.remote import check_remote
 from meco_callbacks.corpus.sources import (
     COMPRESSIONS,
     JSON_SUFFIXES,
@@ -175,6 +176,7 @@ def convert_documents_on_spark(
     tokenizer_backend: str = 'auto',
     partitions: int | None = None,
     overwrite: bool = False,
+    remote: str | None = None,
     started: float | None = None,
 ) -> SparkReport:
     """Convert ``inputs`` (files and globs Spark can read) into a document MDS at ``output`` with ``spark``.
@@ -182,6 +184,8 @@ def convert_documents_on_spark(
     ``partitions`` asks Spark for at least that many tasks over splittable inputs (plain JSON Lines, Parquet row
     groups). The dataset is the one ``convert_documents`` writes for the same inputs, settings and tokenizer, as
     a set of rows: same rows, same counts; its order is Spark's partition order (see the module docstring).
+    With ``remote`` (an object-storage URL), the finished dataset is uploaded there through Streaming's uploader,
+    each part with its counts last, then ``index.json``, then ``meco_dataset.json``; a rerun uploads what is missing.
     """
     start = time.perf_counter() if started is None else started
     if '://' in str(output) and not str(output).startswith('file://'):
@@ -189,6 +193,8 @@ def convert_documents_on_spark(
             f'--output {output} is a URL; write to a path that the driver and every executor see (a shared or '
             'mounted filesystem such as /dbfs/... or /Volumes/...), then copy it to object storage'
         )
+    if remote is not None:
+        check_remote(remote)
     output = Path(str(output).removeprefix('file://')).absolute()
     tok = load_tokenizer(tokenizer, require_fast=True) if isinstance(tokenizer, (str, Path)) else tokenizer
     columns = dict(DOCUMENT_COLUMNS, **dict.fromkeys(fields.metadata_columns(), 'str'))
@@ -213,6 +219,8 @@ def convert_documents_on_spark(
     finished = claim_document_output(output, info['conversion']['id'], overwrite)
     if finished is not None:
         log.info('%s already holds this conversion (%d documents); nothing to do.', output, _written(finished))
+        if remote is not None:
+            publish_documents(output, remote, 'part-', PART_STATS_FILE)
         return SparkReport(output, finished, True, finished['conversion']['partitions'], time.perf_counter() - start)
     staging = output.with_name(output.name + '.spark-partial')
     if staging.exists():
@@ -239,6 +247,8 @@ def convert_documents_on_spark(
     write_dataset_info(staging, info)
     claim_document_output(output, info['conversion']['id'], overwrite)
     replace_output(output, staging)
+    if remote is not None:
+        publish_documents(output, remote, 'part-', PART_STATS_FILE)
     report = SparkReport(output, info, False, len(parts), time.perf_counter() - start)
     log.info(
         'Wrote %d documents (%d tokens) of %d read in %d Spark partitions; skipped %s. %.1fs wall, %.0f tokens/s.',
