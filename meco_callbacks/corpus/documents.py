@@ -136,7 +136,7 @@ def convert_documents(
         )
     partial = partial_dir(output)
     recorded = recorded_plan(partial, plan['id'], overwrite)
-    checker = DocumentChecker(policy, plan['tokenizer']['vocab_size'], _special_ids(tok))
+    checker = DocumentChecker(policy, plan['tokenizer']['vocab_size'], special_token_ids(tok))
     requested = recorded['tokenizer_backend'] if recorded else tokenizer_backend
     sample = sample_texts(
         units,
@@ -246,7 +246,7 @@ def _run_units(
     return seconds, stats
 
 
-def _special_ids(tokenizer: Any) -> list[int]:
+def special_token_ids(tokenizer: Any) -> list[int]:
     """Ids that document text must never produce: every special token, except an unknown-token id of its own."""
     ids = set(tokenizer.all_special_ids)
     boundaries = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}

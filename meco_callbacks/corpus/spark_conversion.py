@@ -50,7 +50,7 @@ from typing import Any
 
 from meco_callbacks.corpus.document_checks import ConversionStats, DocumentChecker, DocumentPolicy, text_problem
 from meco_callbacks.corpus.document_merge import claim_document_output, publish_documents
-from meco_callbacks.corpus.documents import SAMPLE_BYTES, SAMPLE_TEXT_CHARS, _special_ids
+from meco_callbacks.corpus.documents import SAMPLE_BYTES, SAMPLE_TEXT_CHARS, special_token_ids
 from meco_callbacks.corpus.errors import ConversionError
 from meco_callbacks.corpus.joint_index import write_joint_index
 from meco_callbacks.corpus.output import replace_output
@@ -66,7 +66,7 @@ from meco_callbacks.corpus.sources import (
     plan_units,
 )
 from meco_callbacks.corpus.tokenization import build_tokenizer_backend
-from meco_callbacks.corpus.unit_conversion import BATCH_CHARS, BATCH_DOCUMENTS, _Batch, _write_batch
+from meco_callbacks.corpus.unit_conversion import BATCH_CHARS, BATCH_DOCUMENTS, DocumentBatch, write_batch
 from meco_callbacks.formats import DOCUMENT_COLUMNS, DOCUMENT_FORMAT, write_dataset_info
 from meco_callbacks.tokenizer.fingerprint import tokenizer_info
 from meco_callbacks.tokenizer.loading import load_tokenizer
@@ -229,7 +229,7 @@ def convert_documents_on_spark(
     staging.mkdir(parents=True)
     sample = _sample_texts(frames, fields, policy)
     backend = build_tokenizer_backend(tok, tokenizer_backend, sample)
-    checker = DocumentChecker(policy, info['tokenizer']['vocab_size'], _special_ids(tok))
+    checker = DocumentChecker(policy, info['tokenizer']['vocab_size'], special_token_ids(tok))
     task = _PartitionTask(fields, checker, spark.sparkContext.broadcast(backend), str(staging), columns)
     log.info(
         'Converting %d input files with Spark (%s); tokenizer backend %s.',
@@ -432,7 +432,7 @@ def _write_documents(documents: list[Any], backend: Any, writer: Any, checker: D
     """Tokenize a batch of checked documents and write them, as a local unit does (``unit_conversion``)."""
     texts = [document.text for document in documents if document.token_ids is None]
     encoded = backend.encode_batch(texts) if texts else []
-    _write_batch(_Batch(documents, 0), encoded, writer, checker, stats, lambda *_: None)
+    write_batch(DocumentBatch(documents, 0), encoded, writer, checker, stats, lambda *_: None)
 
 
 def _sum_parts(staging: Path, parts: Sequence[str]) -> tuple[ConversionStats, Counter]:

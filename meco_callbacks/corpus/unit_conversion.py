@@ -62,7 +62,9 @@ class UnitResult:
 
 
 @dataclass
-class _Batch:
+class DocumentBatch:
+    """Records read together and tokenized in one call; ``input_bytes`` is their share of the input, for progress."""
+
     documents: list[Document]
     input_bytes: int
 
@@ -94,7 +96,7 @@ def convert_unit(context: UnitContext, unit: Unit, progress: Progress) -> UnitRe
             encoded = context.backend.encode_batch(texts) if texts else []
             writing = time.thread_time()
             seconds['tokenize'] += writing - tokenizing
-            _write_batch(batch, encoded, writer, context.checker, stats, progress)
+            write_batch(batch, encoded, writer, context.checker, stats, progress)
             seconds['write'] += time.thread_time() - writing
     (staging / UNIT_STATS_FILE).write_text(json.dumps(stats.to_dict(), indent=1, sort_keys=True) + '\n')
     staging.rename(final)
@@ -103,7 +105,7 @@ def convert_unit(context: UnitContext, unit: Unit, progress: Progress) -> UnitRe
     return UnitResult(seconds, stats)
 
 
-def _read_batches(unit: Unit, context: UnitContext, stats: ConversionStats) -> Iterator[_Batch]:
+def _read_batches(unit: Unit, context: UnitContext, stats: ConversionStats) -> Iterator[DocumentBatch]:
     """Checked documents of a unit in batches of about BATCH_CHARS; damage to the file is counted, not raised."""
     reader = UnitReader(unit, context.fields)
     documents: list[Document] = []
@@ -120,17 +122,17 @@ def _read_batches(unit: Unit, context: UnitContext, stats: ConversionStats) -> I
             documents.append(document)
             chars += len(document.text) if document.text is not None else 4 * document.token_ids.size
             if chars >= BATCH_CHARS or len(documents) >= BATCH_DOCUMENTS:
-                yield _Batch(documents, reader.bytes_done - reported)
+                yield DocumentBatch(documents, reader.bytes_done - reported)
                 documents, chars, reported = [], 0, reader.bytes_done
     except UnreadableFile as problem:
         stats.files_unreadable[unit.source.path] = (
             f'{problem} (after {stats.documents_read} records of unit {unit.index})'
         )
-    yield _Batch(documents, unit.size - reported)
+    yield DocumentBatch(documents, unit.size - reported)
 
 
-def _write_batch(
-    batch: _Batch,
+def write_batch(
+    batch: DocumentBatch,
     encoded_texts: list[list[int]],
     writer: Any,
     checker: DocumentChecker,
