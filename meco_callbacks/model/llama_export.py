@@ -299,6 +299,7 @@ def save_llama(
     """
     from safetensors.torch import save_file
     from transformers import GenerationConfig
+    from transformers.utils import GENERATION_CONFIG_NAME
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -310,7 +311,9 @@ def save_llama(
         if not (config.tie_word_embeddings and name == 'lm_head.weight')
     }
     save_file(tensors, str(out / LLAMA_WEIGHTS_NAME), metadata={'format': 'pt'})
-    GenerationConfig.from_model_config(config).save_pretrained(out)
+    # Not GenerationConfig.save_pretrained: its warnings.catch_warnings() resets Python's once-per-place warning
+    # registry, so every periodic export would make the training log repeat its warnings.
+    GenerationConfig.from_model_config(config).to_json_file(out / GENERATION_CONFIG_NAME)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out
