@@ -261,6 +261,26 @@ BOS_ID = 0
 NEWLINES_ID = 258  # "\n\n": the one merge of bos_tokenizer
 
 
+def tiny_llama(tokenizer, max_positions: int, heads: int = 4, kv_heads: int = 2):
+    """A randomly initialised (seed 0) two-layer ``LlamaForCausalLM`` for ``tokenizer``: what an export holds."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
 def byte_ids(text: str) -> list[int]:
     """The ids ``bos_tokenizer`` gives text in which no "\\n\\n" merges: 2 + each UTF-8 byte."""
     return [2 + b for b in text.encode('utf-8')]

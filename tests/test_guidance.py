@@ -19,6 +19,7 @@ from conftest import (
     ENTITIES,
     NEWLINES_ID,
     byte_ids,
+    tiny_llama,
     write_two_source_packed,
 )
 
@@ -34,35 +35,16 @@ ALPHA_PREFIX = [*byte_ids(f'URL: {ALPHA}'), NEWLINES_ID]  # "URL: alpha.example\
 PACKED_SEQ_LEN = 64
 
 
-def tiny_llama(tokenizer, seq_len: int = PACKED_SEQ_LEN):
-    """A randomly initialised two-layer ``LlamaForCausalLM`` (grouped-query attention) for ``tokenizer``."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=seq_len,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
-
-
 @pytest.fixture(scope='module')
 def bos_llama(bos_tokenizer):
     """A tiny Llama for ``bos_tokenizer`` (BOS id 0, a byte per token)."""
-    return tiny_llama(bos_tokenizer)
+    return tiny_llama(bos_tokenizer, PACKED_SEQ_LEN)
 
 
 @pytest.fixture(scope='module')
 def llama(tokenizer):
     """A tiny Llama for the session tokenizer, which the packed two-source data is tokenized with."""
-    return tiny_llama(tokenizer)
+    return tiny_llama(tokenizer, PACKED_SEQ_LEN)
 
 
 @pytest.fixture(scope='module')

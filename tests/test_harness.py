@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import BOS_ID, NEWLINES_ID, REPO_ROOT, byte_ids
+from conftest import BOS_ID, NEWLINES_ID, REPO_ROOT, byte_ids, tiny_llama
 
 from meco_callbacks.evaluation.harness import (
     NO_URL,
@@ -100,23 +100,10 @@ def write_tasks(directory: Path) -> Path:
 
 def save_tiny_llama(out: Path, tokenizer_dir: Path) -> Path:
     """A random two-layer ``LlamaForCausalLM`` with the given tokenizer, saved as an export directory."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(out)
+    tiny_llama(tokenizer, max_positions=256, heads=2, kv_heads=1).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 
