@@ -67,7 +67,9 @@ class Variant:
         return self.metadata['kind']
 
 
-def variant(name: str, tags: dict[int, dict[str, str]] | None = None, constants: dict[int, str] | None = None) -> Variant:
+def variant(
+    name: str, tags: dict[int, dict[str, str]] | None = None, constants: dict[int, str] | None = None
+) -> Variant:
     """The named prefix form (see the module docstring)."""
     longest = f'column:tag{max(TAG_LENGTHS)}'  # every tag and const variant shares rows with room for the longest
     if name == 'domain':
@@ -80,7 +82,9 @@ def variant(name: str, tags: dict[int, dict[str, str]] | None = None, constants:
             return Variant(name, {'kind': f'column:tag{k}', 'template': '{}'}, '{}', (f'column:tag{k}', longest))
         text = (constants or {}).get(int(k), 'pending')
         return Variant(name, {'kind': f'constant:{text}', 'template': '{}'}, '{}', (f'constant:{text}', longest))
-    raise SystemExit(f'error: unknown --variant {name!r}; use compact, domain, tag:K or const:K with K in {TAG_LENGTHS}.')
+    raise SystemExit(
+        f'error: unknown --variant {name!r}; use compact, domain, tag:K or const:K with K in {TAG_LENGTHS}.'
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--override', action='append', default=[], help='KEY=VALUE for both runs (repeatable)')
     parser.add_argument('--meco-override', action='append', default=[], help='KEY=VALUE for MeCo runs only')
     parser.add_argument('--label', default='', help='names this experiment in --results (default: the variant)')
-    parser.add_argument('--results', default=None, help='append each run\'s scores to this JSON Lines file')
+    parser.add_argument('--results', default=None, help="append each run's scores to this JSON Lines file")
     parser.add_argument('--jobs', type=int, default=2, help='training runs at once, one core each (default 2)')
     parser.add_argument('--work', default=None, help='work directory, reused between calls (default: temporary)')
     parser.add_argument('--smoke', action='store_true', help='a tiny corpus and 12 steps: checks that it runs')
@@ -202,13 +206,24 @@ def prepare(args: argparse.Namespace, work: Path, names: list[str]) -> tuple[Dat
         print('[effect] convert', flush=True)
         fields = ','.join(f'tag{k}' for k in TAG_LENGTHS)
         cmd = [BIN / 'meco-convert', tagged, '--output', documents, '--tokenizer', tokenizer]
-        run([str(c) for c in [*cmd, '--metadata-fields', fields, '--overwrite', '--no-progress']], corpus / 'convert.log')
+        run(
+            [str(c) for c in [*cmd, '--metadata-fields', fields, '--overwrite', '--no-progress']],
+            corpus / 'convert.log',
+        )
     for template in sorted({v.template for v in variants}):
         kinds = sorted({kind for v in variants if v.template == template for kind in v.reserve})
         packed = tokenizer / f'packed-{key_of(template, kinds, args.strategy, args.max_seq_len)}'
         if not (packed / 'index.json').is_file():
             print(f'[effect] pack {args.strategy} for {kinds} ({template!r})', flush=True)
-            cmd = [BIN / 'meco-pack', documents, packed, '--max-seq-len', str(args.max_seq_len), '--tokenizer', tokenizer]
+            cmd = [
+                BIN / 'meco-pack',
+                documents,
+                packed,
+                '--max-seq-len',
+                str(args.max_seq_len),
+                '--tokenizer',
+                tokenizer,
+            ]
             cmd += ['--strategy', args.strategy, '--template', template, '--overwrite', '--no-progress']
             run([str(c) for c in [*cmd, '--reserve-prefix', *kinds]], corpus / 'pack.log')
         data.packed[template] = packed
@@ -227,7 +242,9 @@ class Run:
 
     @property
     def key(self) -> str:
-        return key_of(self.arm if self.metadata else 'baseline', self.seed, str(self.packed), self.metadata, self.overrides)
+        return key_of(
+            self.arm if self.metadata else 'baseline', self.seed, str(self.packed), self.metadata, self.overrides
+        )
 
 
 def train_and_score(r: Run, data: Data, args: argparse.Namespace, work: Path) -> dict:
@@ -346,7 +363,8 @@ def main(argv: list[str] | None = None) -> None:
                 template = next(v.template for v in variants if data.packed[v.template] == r.packed)
                 results[(r.arm, r.seed, template)] = scores
                 if args.results:
-                    record = {'label': args.label or r.arm, 'arm': r.arm, 'seed': r.seed, 'strategy': args.strategy}
+                    record = {'experiment': args.label or 'main', 'arm': r.arm, 'seed': r.seed, 'rows': r.packed.name}
+                    record['strategy'] = args.strategy
                     record.update(overrides=list(r.overrides), passes=args.passes, cooldown=args.cooldown, **scores)
                     with open(args.results, 'a') as f:
                         f.write(json.dumps(record) + '\n')
@@ -362,7 +380,9 @@ def main(argv: list[str] | None = None) -> None:
     main_variant = variants[0]
     meco = [results[(main_variant.name, s, main_variant.template)]['none/recall'] for s in done]
     base = [results[('baseline', s, main_variant.template)]['none/recall'] for s in done]
-    print(f'{main_variant.name} MeCo/baseline fact recall without URL: {statistics.mean(meco) / max(statistics.mean(base), 1e-9):.3f}')
+    print(
+        f'{main_variant.name} MeCo/baseline fact recall without URL: {statistics.mean(meco) / max(statistics.mean(base), 1e-9):.3f}'
+    )
 
 
 if __name__ == '__main__':

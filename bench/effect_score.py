@@ -128,8 +128,9 @@ def score_run(
     result = {f'none/{k}': v for k, v in fact_recall(model, tokenizer, probes, []).items()}
     docs = [json.loads(line) for line in (corpus_dir / 'corpus.jsonl').read_text().splitlines()]
     rng = random.Random(0)
-    useful = rng.sample([d for d in docs if d['site'] == info['useful_site']], docs_per_source)
-    junk = rng.sample([d for d in docs if d['site'] != info['useful_site']], docs_per_source)
+    useful = [d for d in docs if d['site'] == useful_site]
+    junk = [d for d in docs if d['site'] != useful_site]
+    useful, junk = (rng.sample(d, min(docs_per_source, len(d))) for d in (useful, junk))
     result['loss/useful/none'] = document_loss(model, tokenizer, useful, lambda site: [])
     result['loss/junk/none'] = document_loss(model, tokenizer, junk, lambda site: [])
     if metadata is not None:

@@ -69,6 +69,20 @@ def test_labels_are_ignored_exactly_on_prefixes_and_document_starts(tokenizer):
     assert [i for i, v in enumerate(plain['labels'][0].tolist()) if v == IGNORE_INDEX] == [0, len(a)]
 
 
+def test_without_document_start_targets_meco_trains_exactly_the_baselines_targets(tokenizer):
+    sample, a, b = two_document_row(tokenizer)
+    length = len(a) + len(b) + 30  # room for both prefixes: nothing cut
+    sample['prefix_room'] = np.array([15, 15])
+    collator = PackedCollator(tokenizer, MetadataConfig(), length, None)
+    injector = PrefixInjector(length, enabled=True, document_masking=True, document_start_target=False)
+    batch = injector(collator([sample]))
+    pa, pb = len(ids(tokenizer, 'URL: a.example\n\n')), len(ids(tokenizer, 'URL: b.example\n\n'))
+    trained = [v for v in batch['labels'][0].tolist() if v != IGNORE_INDEX]
+    assert trained == a[1:] + b[1:]
+    ignored = [i for i, v in enumerate(batch['labels'][0].tolist()) if v == IGNORE_INDEX]
+    assert ignored[: pa + 1 + pb + 1] == list(range(pa + 1)) + list(range(pa + len(a), pa + len(a) + pb + 1))
+
+
 def test_sequence_ids_and_positions_restart_exactly_at_segment_starts(tokenizer):
     sample, a, b = two_document_row(tokenizer)
     batch, _ = collate(tokenizer, [sample])

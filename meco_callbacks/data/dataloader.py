@@ -5,7 +5,7 @@ train_loader:
   dataset: {local: /data/packed, shuffle: true, max_seq_len: 8192,
             metadata: {kind: domain, template: "URL: {}\\n\\n", enabled: true, max_chars: 100,
                        drop_probability: 0.0, position: prefix, loss: false},
-            document_masking: true}
+            document_masking: true, document_start_target: true}
   drop_last: true
   num_workers: 8
 """
@@ -102,6 +102,9 @@ def build_meco_loader(
     metadata = MetadataConfig.from_dict(config.pop('metadata', None))
     document_masking = bool(config.pop('document_masking', True))
     prefix_overflow = config.pop('prefix_overflow', 'error')
+    document_start_target = config.pop('document_start_target', True)
+    if not isinstance(document_start_target, bool):
+        raise ValueError(f'document_start_target must be true or false; got {document_start_target!r}.')
     if 'max_seq_len' not in config:
         raise ValueError('the meco dataset block needs max_seq_len (the packed row length).')
     max_seq_len = int(config['max_seq_len'])
@@ -116,6 +119,7 @@ def build_meco_loader(
         pad_token_id=pad_token_id,
         position=metadata.position,
         metadata_loss=metadata.loss,
+        document_start_target=document_start_target,
     )
     bos_id = tokenizer.bos_token_id if documents_start_with_bos(infos, tokenizer) else None
     collator = PackedCollator(tokenizer, metadata, max_seq_len, bos_id, seed=packed.shuffle_seed)
@@ -159,7 +163,17 @@ def build_cooldown_loader(main: MeCoDataLoader, streams: Mapping[str, Any]) -> D
     config = {
         k: v
         for k, v in main.dataset_config.items()
-        if k not in ('streams', 'local', 'remote', 'split', 'metadata', 'document_masking', 'prefix_overflow')
+        if k
+        not in (
+            'streams',
+            'local',
+            'remote',
+            'split',
+            'metadata',
+            'document_masking',
+            'prefix_overflow',
+            'document_start_target',
+        )
     }
     config['streams'] = dict(streams)
     check_packed_datasets(config, main.collate_fn.tokenizer, int(config['max_seq_len']))
