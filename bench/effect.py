@@ -249,9 +249,8 @@ class Run:
 
 def train_and_score(r: Run, data: Data, args: argparse.Namespace, work: Path) -> dict:
     """Train one run with ``composer train.py`` (unless its scores are already there) and score its export."""
-    from omegaconf import OmegaConf
-
     from effect_score import score_run
+    from omegaconf import OmegaConf
 
     run_dir = work / 'runs' / f'{r.arm.replace(":", "")}-s{r.seed}-{r.key}'
     scores_file = run_dir / 'scores.json'
