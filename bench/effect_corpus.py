@@ -86,8 +86,8 @@ JUNK_WORDS = (
 class EffectCorpus:
     """The corpus's settings: how many useful people and how often each is written about, and how much junk."""
 
-    people: int = 150
-    useful_docs: int = 60
+    people: int = 100
+    useful_docs: int = 50
     junk_fraction: float = 0.75
     junk_sites: int = 24
     seed: int = 0

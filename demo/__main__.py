@@ -31,7 +31,10 @@ Show MeCo working end to end, offline and on the CPU:
                 MeCo (URL prefixes, cooldown on plain documents for the last 10%) and the baseline
                 (metadata kind none, no cooldown callback); each run's console log is kept
   5. evaluate   held-out loss of both models with the true URL, no URL and a wrong URL, on the same tokens
-  6. report     report.md and loss.png, numbers read back from the runs' logs
+  6. effect     what MeCo buys where metadata carries information: bench/effect.py (synthetic biographies on
+                one useful site among junk sites, MeCo against its baseline, fact recall and loss per source),
+                one seed (--effect smoke: a tiny check; off: skipped)
+  7. report     report.md and loss.png, numbers read back from the runs' logs and the effect benchmark
 
 Every step reuses what an earlier invocation finished (pass --fresh to start over), so an interrupted demo
 continues where it stopped. Everything is written under --output.
@@ -62,6 +65,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar='KEY=VALUE',
         help='extra llm-foundry override for both runs, e.g. model.n_layers=2 (repeatable)',
+    )
+    parser.add_argument(
+        '--effect',
+        choices=('full', 'smoke', 'off'),
+        default='full',
+        help='the effect benchmark in the report: one seed at its default size (about 8 minutes), smoke, or off',
     )
     parser.add_argument('--fresh', action='store_true', help='delete --output and build everything again')
     return parser.parse_args(argv)
@@ -94,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = logging.getLogger('demo')
 
-    step('1/6 corpus')
+    step('1/7 corpus')
     corpus = out / 'corpus'
     if not (corpus / 'corpus.json').is_file():
         build_demo_corpus(corpus, args.max_docs)
@@ -103,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus_stats = json.loads((corpus / 'corpus.json').read_text())
     log.info('corpus: %s', corpus_stats)
 
-    step('2/6 tokenizer')
+    step('2/7 tokenizer')
     tokenizer = out / 'tokenizer'
     if not (tokenizer / 'tokenizer.json').is_file():
         with open(corpus / 'train.jsonl', encoding='utf-8') as lines:
@@ -112,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info('reusing the tokenizer in %s (--fresh retrains it, e.g. for another --vocab-size)', tokenizer)
     log.info('tokenizer: %s', tokenizer)
 
-    step('3/6 convert')
+    step('3/7 convert')
     data = out / 'data'
     for split in ('train', 'heldout'):
         convert_documents([str(corpus / f'{split}.jsonl')], data / f'{split}-documents', str(tokenizer))
@@ -121,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         if info is None or not info.get('reserve_prefix'):  # a demo from before prefix room is repacked
             pack_documents(data / f'{split}-documents', packed, args.seq_len, reserve_prefix=['domain'], overwrite=True)
 
-    step('4/6 train')
+    step('4/7 train')
     overrides = [
         f'variables.data_local={data / f"train-packed-{args.seq_len}"}',
         f'variables.tokenizer={tokenizer}',
@@ -160,14 +169,17 @@ def main(argv: list[str] | None = None) -> int:
         if not run.complete:
             raise SystemExit(f'error: the {run.name} run did not finish; see {out / "runs" / run.name / "train.log"}')
 
-    step('5/6 evaluate')
+    step('5/7 evaluate')
     results_path = out / 'evaluation.json'
     if not results_path.is_file():
         results = evaluate(configs, out, overrides, data / f'heldout-packed-{args.seq_len}', args)
         results_path.write_text(json.dumps(results, indent=2) + '\n')
     evaluation = json.loads(results_path.read_text())
 
-    step('6/6 report')
+    step('6/7 effect')
+    effect = effect_comparison(out / 'effect', args.effect)
+
+    step('7/7 report')
     tokens_per_batch = args.batch_size * args.seq_len
     cooldown_batch = runs[0].cooldown_start_batch
     plot_runs(runs, out / 'loss.png', 'MeCo vs standard pre-training (tiny model, demo corpus)', tokens_per_batch)
@@ -184,9 +196,29 @@ def main(argv: list[str] | None = None) -> int:
         {name: {cond: r['loss'] for cond, r in res.items()} for name, res in evaluation.items()},
         corpus_stats,
         settings,
+        effect=effect,
     )
     print(f'\nDemo done.\n  report: {report}\n  plot:   {out / "loss.png"}\n  runs:   {out / "runs"}', flush=True)
     return 0
+
+
+def effect_comparison(work: Path, mode: str) -> list[str] | None:
+    """bench/effect.py's table and ratio line (one seed), run once into ``work`` and kept; None when ``off``."""
+    if mode == 'off':
+        return None
+    saved = work / f'effect-{mode}.md'
+    if not saved.is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, str(REPO_ROOT / 'bench' / 'effect.py'), '--seeds', '1', '--work', str(work)]
+        done = subprocess.run(
+            command + (['--smoke'] if mode == 'smoke' else []), cwd=REPO_ROOT, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise SystemExit(f'error: the effect benchmark failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}')
+        lines = done.stdout.strip().splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith('MeCo against its baseline'))
+        saved.write_text('\n'.join(lines[start:]) + '\n')
+    return saved.read_text().splitlines()
 
 
 def step(title: str) -> None:

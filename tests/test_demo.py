@@ -12,6 +12,8 @@ from conftest import REPO_ROOT
 
 STEPS = 10
 SHORT_DEMO = [
+    '--effect',
+    'off',
     '--max-docs',
     '120',
     '--steps',
@@ -142,3 +144,20 @@ def test_the_plotted_moving_average_is_the_mean_of_each_loss_and_those_just_befo
 
     assert moving_average([4.0, 2.0, 6.0, 0.0], 2) == [4.0, 3.0, 4.0, 3.0]
     assert moving_average([4.0, 2.0, 6.0], 1) == [4.0, 2.0, 6.0]
+
+
+@pytest.mark.slow
+def test_the_effect_benchmarks_table_and_ratio_reach_the_report(tmp_path):
+    from demo.__main__ import effect_comparison
+    from demo.report import write_report
+
+    effect = effect_comparison(tmp_path / 'effect', 'smoke')
+    assert effect[0].startswith('MeCo against its baseline')
+    assert any(line.startswith('| MeCo compact |') for line in effect)
+    assert any(line.startswith('| baseline (rows of compact) |') for line in effect)
+    assert float(effect[-1].rsplit(':', 1)[1]) >= 0
+    report = write_report(
+        tmp_path / 'report.md', [], 1, None, {}, {'documents': {}, 'held_out': 0, 'chars': 0}, {}, effect=effect
+    )
+    text = report.read_text()
+    assert '## What MeCo buys: the effect benchmark' in text and effect[-1] in text
