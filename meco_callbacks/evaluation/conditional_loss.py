@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from meco_callbacks.data.collator import IGNORE_INDEX, PackedCollator, PrefixInjector
 from meco_callbacks.data.dataloader import build_meco_loader
-from meco_callbacks.data.dataset import documents_start_with_bos, with_recorded_bins
+from meco_callbacks.data.dataset import documents_start_with_bos, with_recorded_bins, with_recorded_compact
 from meco_callbacks.data.metadata import MetadataConfig, url_host
 from meco_callbacks.evaluation.guidance import guide
 from meco_callbacks.formats import read_dataset_info
@@ -270,7 +270,10 @@ def compare_conditions(
             f'reserve_tokens must be in [0, {max_seq_len}) for rows of {max_seq_len} tokens; got {reserve_tokens}.'
         )
     info = read_dataset_info(packed_dir) or {}
-    configs = {name: with_recorded_bins(metadata_config(spec), [info]) for name, spec in conditions.items()}
+    configs = {
+        name: with_recorded_compact(with_recorded_bins(metadata_config(spec), [info]), [info])
+        for name, spec in conditions.items()
+    }
     bos_id = tokenizer.bos_token_id if documents_start_with_bos([info], tokenizer) else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collators = {name: PackedCollator(tokenizer, cfg, max_seq_len, bos_id) for name, cfg in configs.items()}
