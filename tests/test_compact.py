@@ -190,3 +190,25 @@ def test_ten_batches_of_the_tiny_recipe_with_kind_compact(tmp_path, meta_tokeniz
     first_rows = [r['first_row'] for r in records[:9]]  # the last batch is in the cooldown
     assert all(row[0] in META.values() for row in first_rows)
     assert records[-1]['first_row'][0] not in META.values()
+
+
+def test_a_hub_tokenizers_reserved_special_tokens_are_used_in_their_order(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    hub = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    reserved = [f'<|reserved_special_token_{k}|>' for k in (10, 2, 0, 1)]
+    hub.add_special_tokens({'additional_special_tokens': reserved})
+    vocabulary = build_vocabulary({'a.example': 2, 'b.example': 1}, hub, buckets=2)
+
+    assert vocabulary['sites'] == ['a.example', 'b.example']
+    assert vocabulary['tokens'] == [f'<|reserved_special_token_{k}|>' for k in (0, 1, 2, 10)]
+    assert vocabulary['token_ids'] == [hub.convert_tokens_to_ids(t) for t in vocabulary['tokens']]
+
+
+def test_a_vocabulary_made_for_another_tokenizer_is_refused(meta_tokenizer):
+    vocabulary = build_vocabulary(COUNTS, meta_tokenizer)
+    shifted = {**vocabulary, 'token_ids': [i + 1 for i in vocabulary['token_ids']]}
+    prefix = PrefixTokens(meta_tokenizer, MetadataConfig(kind='compact', compact=shifted))
+
+    with pytest.raises(ValueError, match=r'made for another tokenizer'):
+        prefix.for_document('https://a.example/')

@@ -265,6 +265,8 @@ def _check_prefix_room(
             f'but training uses kind {metadata.kind!r} (template {metadata.template!r}, max_chars '
             f'{metadata.max_chars}, strip_www {metadata.strip_www}), whose prefixes may not fit'
         )
+        if metadata.kind == COMPACT_KIND and metadata.kind in reservation.kinds:
+            message += " (metadata.compact differs from the vocabulary the set recorded: leave it out to use the set's)"
         if metadata.kind.startswith('bins:') and metadata.kind in reservation.kinds:
             message += (
                 f' (the set records bins {[(c, list(e), q) for c, e, q in reservation.bins]} as (column, edges, '

@@ -98,6 +98,14 @@ class PrefixTokens:
         put in as it is; the template around it is text and cannot produce a special id either.
         """
         head, tail = self.metadata.template.split('{}')
+        for token in tokens:
+            if self.tokenizer.convert_tokens_to_ids(token) != self.metadata.compact_token_id(token):
+                raise ValueError(
+                    f'metadata.compact gives {token} the id {self.metadata.compact_token_id(token)}, but tokenizer '
+                    f'{getattr(self.tokenizer, "name_or_path", "?")!r} has it as '
+                    f'{self.tokenizer.convert_tokens_to_ids(token)}: the vocabulary was made for another tokenizer; '
+                    'use the tokenizer the set was packed with.'
+                )
         encoded = self.tokenizer([head, tail], add_special_tokens=False, split_special_tokens=True)['input_ids']
         self._store(tokens, [[*encoded[0], self.metadata.compact_token_id(t), *encoded[1]] for t in tokens])
 
