@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict
 
 import pytest
-from conftest import REPO_ROOT, synthetic_documents, train_tiny, write_documents_mds
+from conftest import REPO_ROOT, TINY_MODEL, TINY_YAML, synthetic_documents, train_tiny, write_documents_mds
 from streaming.base.util import clean_stale_shared_memory
 
 from meco_callbacks.corpus.packing import pack_documents
@@ -18,6 +18,7 @@ from meco_callbacks.data.compact import HASH_RULE, bucket_of, build_vocabulary
 from meco_callbacks.data.dataloader import build_meco_loader
 from meco_callbacks.data.metadata import MetadataConfig
 from meco_callbacks.data.prefix import PrefixTokens
+from meco_callbacks.evaluation.conditional_loss import compact_conditions
 from meco_callbacks.evaluation.prompts import prompt_head
 from meco_callbacks.evaluation.trained_models import training_metadata
 from meco_callbacks.formats import DATASET_INFO_FILE
@@ -173,23 +174,42 @@ def test_packing_compact_with_meco_pack(tmp_path, meta_tokenizer, capsys):
     assert '--compact-buckets is given but no --reserve-prefix kind is compact' in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_ten_batches_of_the_tiny_recipe_with_kind_compact(tmp_path, meta_tokenizer, meta_tokenizer_dir):
+def test_ten_batches_of_the_tiny_recipe_with_kind_compact_then_its_loss_per_condition(
+    tmp_path, meta_tokenizer, meta_tokenizer_dir, capsys
+):
+    from meco_callbacks.cli.evaluate import main as evaluate
+
     documents = write_documents_mds(tmp_path / 'docs', synthetic_documents(600, seed=3), meta_tokenizer)
     pack_documents(documents, tmp_path / 'packed', 64, progress=False, reserve_prefix=['compact'], template='{}')
-    records = train_tiny(
-        tmp_path,
-        tmp_path / 'packed',
-        meta_tokenizer_dir,
-        'max_duration=10ba',
-        'train_loader.dataset.metadata.kind=compact',
-        "train_loader.dataset.metadata.template='{}'",
-    )
+    overrides = ['train_loader.dataset.metadata.kind=compact', "train_loader.dataset.metadata.template='{}'"]
+    records = train_tiny(tmp_path, tmp_path / 'packed', meta_tokenizer_dir, 'max_duration=10ba', *overrides)
 
     assert len(records) == 10
     first_rows = [r['first_row'] for r in records[:9]]  # the last batch is in the cooldown
     assert all(row[0] in META.values() for row in first_rows)
     assert records[-1]['first_row'][0] not in META.values()
+    capsys.readouterr()
+    run = [f'variables.data_local={tmp_path / "packed"}', f'variables.tokenizer={meta_tokenizer_dir}']
+    run += ['variables.max_seq_len=64', *TINY_MODEL, *overrides]
+    evaluate(
+        ['loss', '--config', str(TINY_YAML), '--checkpoint', str(tmp_path / 'checkpoints' / 'latest-rank0.pt')]
+        + [f'--override={o}' for o in run]
+        + ['--packed', str(tmp_path / 'packed'), '--wrong-url', 'zzz.example', '--max-batches', '2']
+    )
+    results = json.loads(capsys.readouterr().out)
+    assert sorted(results) == ['no_url', 'true_url', 'url=zzz.example']
+    assert len({r['tokens'] for r in results.values()}) == 1
+    assert len({r['loss'] for r in results.values()}) == 3
+
+
+def test_the_wrong_url_condition_of_a_compact_model_puts_that_sites_token_before_every_document(meta_tokenizer):
+    trained = MetadataConfig(kind='compact', template='{}', compact=build_vocabulary(COUNTS, meta_tokenizer))
+    conditions = compact_conditions(trained, ['b.example', 'unseen.example'])
+
+    assert conditions['true_url'] == trained
+    for name, token_id in (('url=b.example', 2), ('url=unseen.example', 7)):
+        prefix = PrefixTokens(meta_tokenizer, conditions[name])
+        assert [prefix.for_document(f'https://{site}/').tolist() for site in SITES[:3]] == [[token_id]] * 3
 
 
 def test_a_hub_tokenizers_reserved_special_tokens_are_used_in_their_order(tokenizer_dir):

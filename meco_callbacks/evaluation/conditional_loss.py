@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,28 @@ NO_URL: dict[str, Any] = {'enabled': False}
 def mismatched_url(domain: str) -> dict[str, Any]:
     """The metadata setting that puts one fixed ``domain`` before every document (a wrong or fabricated URL)."""
     return {'kind': f'constant:{domain}'}
+
+
+def compact_conditions(metadata: MetadataConfig, wrong_urls: Sequence[str]) -> dict[str, MetadataConfig]:
+    """The true-URL and wrong-URL conditions of a model trained with kind ``compact`` (its vocabulary resolved).
+
+    A wrong URL's condition is a vocabulary of no site and one bucket, that URL's token: every document gets it.
+    """
+    token = {url: metadata.metadata_for_prompt(url) for url in wrong_urls}
+    fixed = {
+        url: {
+            'site': metadata.compact['site'],
+            'hash': metadata.compact['hash'],
+            'buckets': 1,
+            'sites': [],
+            'tokens': [t],
+            'token_ids': [metadata.compact_token_id(t)],
+        }
+        for url, t in token.items()
+    }
+    conditions = {'true_url': replace(metadata, enabled=True)}
+    conditions.update({f'url={url}': replace(metadata, enabled=True, compact=fixed[url]) for url in wrong_urls})
+    return conditions
 
 
 def metadata_config(spec: MetadataSpec) -> MetadataConfig:
