@@ -163,3 +163,19 @@ def test_metadata_tokens_are_added_as_specials_and_kinds_without_text_are_refuse
     assert code == 2 and 'compact: reserved tokens, --metadata-tokens' in err
     code, _, err = run([*args, '--overwrite', '--metadata-tokens', '43'], capsys)
     assert code == 2 and 'the 43 metadata tokens' in err
+
+
+def test_prefix_kinds_are_repeatable_and_a_column_kind_reads_the_records_field(tmp_path, capsys):
+    records = [{**d, 'meta': {'tag': f'T{i % 3}'}} for i, d in enumerate(four_site_documents(200))]
+    records[0].pop('meta')  # no value: no prefix
+    source = write_jsonl(tmp_path / 'docs.jsonl', records)
+    code, summary, _ = run(
+        [str(source), '--vocab-size', '400', '--output', str(tmp_path / 'tok'), '--prefix-kind', 'domain']
+        + ['--prefix-kind', 'column:meta.tag', '--template', '{}\\n'],
+        capsys,
+    )
+
+    assert code == 0 and sorted(summary['prefixes']) == ['column:meta.tag', 'domain']
+    tag = summary['prefixes']['column:meta.tag']
+    assert (tag['template'], tag['documents']) == ('{}\n', 199)
+    assert tag['top_sites'][0]['prefix'] in {'T0\n', 'T1\n', 'T2\n'}

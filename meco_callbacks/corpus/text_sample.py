@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from meco_callbacks.corpus.document_checks import DocumentPolicy, text_problem
-from meco_callbacks.corpus.readers import Record, UnitReader
+from meco_callbacks.corpus.readers import MISSING, Record, UnitReader
 from meco_callbacks.corpus.sources import FieldMapping, Unit, UnreadableFile
 
 
@@ -61,7 +61,8 @@ def sample_records(
                 if not isinstance(item, Record) or text_problem(item.text, max_document_chars) is not None:
                     continue
                 url = item.url if isinstance(item.url, str) else ''
-                texts.append((item.text[:text_chars], url, item.metadata))
+                columns = {name: v for name, v in item.metadata.items() if v is not MISSING}  # absent: no value
+                texts.append((item.text[:text_chars], url, columns))
                 from_unit += len(texts[-1][0].encode('utf-8'))
                 if from_unit >= share:
                     break

@@ -107,6 +107,8 @@ def train_tokenizer_on_corpus(
     fields = FieldMapping(text=text_field, url=url_field, metadata=columns)
     discovery = find_sources(inputs, fields, require_url=False)
     records = sample_records(plan_units(discovery.sources, DEFAULT_UNIT_BYTES), fields, max_bytes)
+    paths = fields.metadata_columns()  # a column kind names the field as conversion carries it, or by its path
+    records = [(text, url, {**columns, **{paths[n]: v for n, v in columns.items()}}) for text, url, columns in records]
     if not records:
         raise InputError(f'the inputs hold no text in the field {text_field!r} to train on; name it with --text-field')
     text_bytes = sum(len(text.encode('utf-8')) for text, _, _ in records)
