@@ -232,3 +232,16 @@ def test_a_vocabulary_made_for_another_tokenizer_is_refused(meta_tokenizer):
 
     with pytest.raises(ValueError, match=r'made for another tokenizer'):
         prefix.for_document('https://a.example/')
+
+
+def test_icl_and_harness_prompts_carry_the_sites_token_as_training_does(meta_tokenizer):
+    from meco_callbacks.evaluation.icl import conditioned_icl_tasks
+
+    metadata = MetadataConfig(kind='compact', template='URL: {}\n\n', compact=build_vocabulary(COUNTS, meta_tokenizer))
+    task = {'label': 'qa', 'num_fewshot': [0], 'prompt_string': ''}
+    conditioned = conditioned_icl_tasks([task], {'qa': 'https://c.example/q'}, metadata)[1]
+    text_ids = meta_tokenizer(conditioned['prompt_string'], add_special_tokens=False)['input_ids']
+
+    assert conditioned['prompt_string'] == 'URL: <|meta_2|>\n\n'
+    assert text_ids == prompt_head(meta_tokenizer, 'c.example', metadata)  # llm-foundry tokenizes the text: same ids
+    assert META['<|meta_2|>'] in text_ids
