@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from pathlib import Path
 
 from conftest import synthetic_documents
@@ -15,9 +16,14 @@ from conftest import synthetic_documents
 from meco_callbacks.cli.train_tokenizer import main
 from meco_callbacks.corpus.sources import FieldMapping, find_sources, plan_units
 from meco_callbacks.corpus.text_sample import sample_texts
+from meco_callbacks.data.metadata import MetadataConfig
+from meco_callbacks.data.prefix import PrefixTokens
 from meco_callbacks.tokenizer.loading import load_tokenizer
 
 DOCS = synthetic_documents(300, seed=5)
+DOCS4 = [
+    {'url': f'https://{site}/'} for site in ('news.example.com', 'shop.sample.org', 'blog.demo.net', 'wiki.test.io')
+]
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -105,3 +111,71 @@ def test_inputs_without_the_text_field_and_an_existing_tokenizer_are_refused(tmp
     )
     code, _, err = run([str(source), '--vocab-size', '300', '--output', str(tokenizer_dir)], capsys)
     assert (code, err) == (2, f'error: {tokenizer_dir} already holds a tokenizer; pass --overwrite to replace it\n')
+
+
+def four_site_documents(n: int) -> list[dict]:
+    """``n`` short documents spread over four sites whose names the texts never contain."""
+    rng = random.Random(7)
+    words = [d['text'] for d in DOCS]
+    sites = ['news.example.com', 'shop.sample.org', 'blog.demo.net', 'wiki.test.io']
+    return [{'text': rng.choice(words), 'url': f'https://{sites[i % 4]}/p/{i}'} for i in range(n)]
+
+
+def test_learning_the_domain_prefixes_brings_them_to_8_tokens_and_reports_their_cost(tmp_path, capsys):
+    # The GPT-2 splitting regex cuts "URL: news.example.com\n\n" into 8 pieces (URL, :, " news", ., example, ., com,
+    # "\n\n"): learnt, each piece is one token; not learnt, the site names stay split into smaller pieces.
+    source = write_jsonl(tmp_path / 'docs.jsonl', four_site_documents(2000))
+    args = [str(source), '--vocab-size', '600']
+    code, learnt, _ = run([*args, '--output', str(tmp_path / 'learnt'), '--prefix-kind', 'domain'], capsys)
+    assert code == 0
+    code, plain, _ = run([*args, '--output', str(tmp_path / 'plain')], capsys)
+    assert code == 0 and 'prefixes' not in plain
+    config = MetadataConfig(kind='domain')
+    cost = {
+        name: [len(PrefixTokens(load_tokenizer(tmp_path / name), config).for_document(d['url'])) for d in DOCS4[:4]]
+        for name in ('learnt', 'plain')
+    }
+
+    assert cost['learnt'] == [8, 8, 8, 8]
+    assert all(c > 8 for c in cost['plain']), cost
+    report = learnt['prefixes']['domain']
+    assert (report['template'], report['documents'], report['mean_tokens']) == ('URL: {}\n\n', 2000, 8.0)
+    assert report['top_sites'][0] == {
+        'site': 'blog.demo.net',
+        'documents': 500,
+        'prefix': 'URL: blog.demo.net\n\n',
+        'tokens': 8,
+    }
+    assert [s['site'] for s in report['top_sites']] == sorted(s['site'] for s in report['top_sites'])
+    assert learnt['texts'] == plain['texts'] == 2000
+
+
+def test_metadata_tokens_are_added_as_specials_and_kinds_without_text_are_refused(tmp_path, capsys):
+    source = write_jsonl(tmp_path / 'docs.jsonl', four_site_documents(100))
+    args = [str(source), '--vocab-size', '300', '--output', str(tmp_path / 'tok')]
+    code, summary, _ = run([*args, '--metadata-tokens', '4'], capsys)
+    tokenizer = load_tokenizer(tmp_path / 'tok')
+
+    assert code == 0 and summary['metadata_tokens'] == 4 and len(tokenizer) == 300
+    assert [tokenizer.convert_tokens_to_ids(f'<|meta_{k}|>') for k in range(4)] == [1, 2, 3, 4]
+    assert tokenizer('<|meta_2|>', split_special_tokens=True)['input_ids'] != [3]
+    code, _, err = run([*args, '--overwrite', '--prefix-kind', 'compact'], capsys)
+    assert code == 2 and 'compact: reserved tokens, --metadata-tokens' in err
+    code, _, err = run([*args, '--overwrite', '--metadata-tokens', '43'], capsys)
+    assert code == 2 and 'the 43 metadata tokens' in err
+
+
+def test_prefix_kinds_are_repeatable_and_a_column_kind_reads_the_records_field(tmp_path, capsys):
+    records = [{**d, 'meta': {'tag': f'T{i % 3}'}} for i, d in enumerate(four_site_documents(200))]
+    records[0].pop('meta')  # no value: no prefix
+    source = write_jsonl(tmp_path / 'docs.jsonl', records)
+    code, summary, _ = run(
+        [str(source), '--vocab-size', '400', '--output', str(tmp_path / 'tok'), '--prefix-kind', 'domain']
+        + ['--prefix-kind', 'column:meta.tag', '--template', '{}\\n'],
+        capsys,
+    )
+
+    assert code == 0 and sorted(summary['prefixes']) == ['column:meta.tag', 'domain']
+    tag = summary['prefixes']['column:meta.tag']
+    assert (tag['template'], tag['documents']) == ('{}\n', 199)
+    assert tag['top_sites'][0]['prefix'] in {'T0\n', 'T1\n', 'T2\n'}

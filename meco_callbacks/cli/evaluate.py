@@ -14,10 +14,19 @@ import json
 import logging
 from pathlib import Path
 
+from meco_callbacks.data.compact import COMPACT_KIND
+from meco_callbacks.data.dataset import with_recorded_compact
 from meco_callbacks.data.metadata import MetadataConfig
-from meco_callbacks.evaluation.conditional_loss import NO_URL, TRUE_URL, compare_conditions, mismatched_url
+from meco_callbacks.evaluation.conditional_loss import (
+    NO_URL,
+    TRUE_URL,
+    compact_conditions,
+    compare_conditions,
+    mismatched_url,
+)
 from meco_callbacks.evaluation.guidance import GUIDANCE_HELP, guidance_scale
 from meco_callbacks.evaluation.trained_models import load_trained_model, training_metadata
+from meco_callbacks.formats import read_dataset_info
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +57,10 @@ def run_loss(args: argparse.Namespace) -> None:
     model, tokenizer = load_trained_model(args.config, args.checkpoint, args.hf, args.override, args.device)
     conditions = {'true_url': TRUE_URL, 'no_url': NO_URL}
     conditions.update({f'url={url}': mismatched_url(url) for url in args.wrong_url})
+    trained = training_metadata(args.config, args.override) if args.config else None
+    if trained is not None and trained.kind == COMPACT_KIND:  # its tokens: the true and wrong URLs as trained
+        trained = with_recorded_compact(trained, [read_dataset_info(args.packed) or {}])
+        conditions = {'no_url': NO_URL, **compact_conditions(trained, args.wrong_url)}
     results = compare_conditions(
         model,
         tokenizer,

@@ -114,7 +114,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar='KIND',
         default=None,
         help="metadata kinds to reserve prefix room for, as the loader's metadata.kind (domain, url, "
-        'registered_domain, hash, column:<name>, bins:<column>, constant:<text>); the room is the longest of their '
+        'registered_domain, hash, compact, column:<name>, bins:<column>, constant:<text>); the room is the longest of their '
         'prefixes (a suffix, metadata.position: suffix, uses the same room)',
     )
     parser.add_argument(
@@ -123,6 +123,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar='SPEC',
         help="bin edges of a bins:<column> kind: quantiles:N (the column's N-quantiles over all documents, "
         'recorded in meco_dataset.json for metadata.quantiles: N) or E1,E2,... (as metadata.bins)',
+    )
+    parser.add_argument(
+        '--compact-buckets',
+        type=int,
+        default=None,
+        metavar='B',
+        help='hash buckets of the compact kind (--reserve-prefix compact): the most frequent sites get one of the '
+        "tokenizer's reserved special tokens each, the other sites share the last B of them by a hash of the site; "
+        'recorded in meco_dataset.json (default: 64, or a quarter of the reserved tokens when fewer than 256)',
     )
     parser.add_argument(
         '--template',
@@ -201,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             remote=remote,
             part=args.part,
             bins=args.bins,
+            compact_buckets=args.compact_buckets,
         )
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f'error: {error}', file=sys.stderr)

@@ -38,6 +38,7 @@ from meco_callbacks.corpus.pack_parts import MEASURES, PartSelection, PartStore,
 from meco_callbacks.corpus.remote import Remote
 from meco_callbacks.corpus.reserved_rows import remember_tokenizer
 from meco_callbacks.corpus.row_planning import STRATEGIES
+from meco_callbacks.data.compact import packing_vocabulary
 from meco_callbacks.data.metadata import DEFAULT_TEMPLATE
 from meco_callbacks.data.prefix import PrefixReservation
 from meco_callbacks.data.quality_bins import packing_bins
@@ -85,6 +86,7 @@ def pack_documents(
     remote: str | None = None,
     part: PartSelection | str | None = None,
     bins: str | None = None,
+    compact_buckets: int | None = None,
 ) -> dict[str, Any]:
     """Pack a document MDS into rows of ``max_seq_len`` slots in ``out_dir``; returns the stats.
 
@@ -103,7 +105,8 @@ def pack_documents(
     shards are downloaded into, and ``out_dir`` the local scratch parts are written in before their upload.
     ``part`` (``'I/N'``) packs only the I-th of N blocks of windows and reuses finished parts; until every part is
     finished the result is ``{'part': 'I/N', 'joined': False}``, and the run that finishes the last one joins. ``bins``
-    (``quantiles:N`` or ``E1,E2,...``) gives the edges of reserved ``bins:<column>`` kinds (``quality_bins``).
+    (``quantiles:N`` or ``E1,E2,...``) gives the edges of reserved ``bins:<column>`` kinds (``quality_bins``);
+    ``compact_buckets`` the hash buckets of a reserved ``compact`` kind (``data/compact.py``, default there).
     """
     if max_seq_len < 1:
         raise ValueError(f'max_seq_len must be at least 1, got {max_seq_len}.')
@@ -153,6 +156,17 @@ def pack_documents(
     if bin_edges:
         reservation = replace(reservation, bins=bin_edges)
         info['reserve_prefix'] = reservation.to_info(tokenizer_entry['fingerprint'])
+    vocabulary, vocabulary_stats = packing_vocabulary(  # the compact kind's tokens, from documents per site
+        reservation.kinds if reservation else (),
+        ranges,
+        loaded,
+        bool(reservation and reservation.strip_www),
+        compact_buckets,
+    )
+    if vocabulary is not None:
+        reservation = replace(reservation, compact=vocabulary)
+        info['reserve_prefix'] = reservation.to_info(tokenizer_entry['fingerprint'])
+        info['reserve_prefix']['compact_stats'] = vocabulary_stats
     if not holdout:
         return _pack_split(ranges, documents, out, info, num_workers, progress, overwrite, remote, selection)
     if not 0 < holdout < 1:

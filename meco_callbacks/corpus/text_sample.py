@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from meco_callbacks.corpus.document_checks import DocumentPolicy, text_problem
-from meco_callbacks.corpus.readers import Record, UnitReader
+from meco_callbacks.corpus.readers import MISSING, Record, UnitReader
 from meco_callbacks.corpus.sources import FieldMapping, Unit, UnreadableFile
 
 
@@ -29,8 +30,26 @@ def sample_texts(
     ``max_units`` takes that many evenly spaced units (all by default); ``text_chars`` cuts each text to its first
     characters. A damaged file gives the texts before the damage (conversion counts it).
     """
+    return [
+        text
+        for text, _, _ in sample_records(
+            units, fields, max_bytes, max_units=max_units, text_chars=text_chars, max_document_chars=max_document_chars
+        )
+    ]
+
+
+def sample_records(
+    units: Sequence[Unit],
+    fields: FieldMapping,
+    max_bytes: int,
+    *,
+    max_units: int | None = None,
+    text_chars: int | None = None,
+    max_document_chars: int = DocumentPolicy.max_document_chars,
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """``sample_texts`` with each text's URL ('' when it has none) and metadata fields: (text, url, metadata)."""
     chosen = list(units[:: max(1, math.ceil(len(units) / max_units))] if max_units else units)
-    texts: list[str] = []
+    texts: list[tuple[str, str, dict[str, Any]]] = []
     taken = 0
     for position, unit in enumerate(chosen):
         share = (max_bytes - taken) // (len(chosen) - position)
@@ -41,8 +60,10 @@ def sample_texts(
             for item in UnitReader(unit, fields):
                 if not isinstance(item, Record) or text_problem(item.text, max_document_chars) is not None:
                     continue
-                texts.append(item.text[:text_chars])
-                from_unit += len(texts[-1].encode('utf-8'))
+                url = item.url if isinstance(item.url, str) else ''
+                columns = {name: v for name, v in item.metadata.items() if v is not MISSING}  # absent: no value
+                texts.append((item.text[:text_chars], url, columns))
+                from_unit += len(texts[-1][0].encode('utf-8'))
                 if from_unit >= share:
                     break
         except UnreadableFile:

@@ -26,6 +26,7 @@ from meco_callbacks.data.dataset import (
     check_packed_datasets,
     documents_start_with_bos,
     with_recorded_bins,
+    with_recorded_compact,
 )
 from meco_callbacks.data.metadata import MetadataConfig
 
@@ -109,7 +110,7 @@ def build_meco_loader(
         raise ValueError('the meco dataset block needs max_seq_len (the packed row length).')
     max_seq_len = int(config['max_seq_len'])
     infos = check_packed_datasets(config, tokenizer, max_seq_len, metadata, prefix_overflow)
-    metadata = with_recorded_bins(metadata, infos)
+    metadata = with_recorded_compact(with_recorded_bins(metadata, infos), infos)
     packed = build_packed_dataset(config, batch_size=int(device_batch_size))
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     injector = PrefixInjector(

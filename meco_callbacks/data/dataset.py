@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from streaming import Stream, StreamingDataset
 
+from meco_callbacks.data.compact import COMPACT_KIND
 from meco_callbacks.data.metadata import MetadataConfig
 from meco_callbacks.data.prefix import PrefixReservation, PrefixTokens
 from meco_callbacks.formats import DATASET_INFO_FILE, PACKED_FORMAT
@@ -230,6 +231,25 @@ def with_recorded_bins(metadata: MetadataConfig, infos: Sequence[Mapping[str, An
     return replace(metadata, bins=resolved.pop())
 
 
+def with_recorded_compact(metadata: MetadataConfig, infos: Sequence[Mapping[str, Any]]) -> MetadataConfig:
+    """``metadata`` with the compact vocabulary its packed sets recorded, for kind ``compact`` given without one."""
+    if metadata.kind != COMPACT_KIND or metadata.compact is not None:
+        return metadata
+    resolved = [
+        PrefixReservation.from_info(info['reserve_prefix']).with_recorded_compact(metadata).compact
+        for info in infos
+        if info.get('reserve_prefix') and COMPACT_KIND in info['reserve_prefix']['kinds']
+    ]
+    if not resolved or any(vocabulary != resolved[0] for vocabulary in resolved):
+        raise ValueError(
+            'metadata.kind compact reads its vocabulary (sites and reserved tokens) from the packed set, but '
+            f'{"no set records one" if not resolved else "the streams record different ones"}: pack with meco-pack '
+            '--reserve-prefix compact (one packing for all streams), or give the recorded vocabulary as '
+            'metadata.compact.'
+        )
+    return replace(metadata, compact=resolved[0])
+
+
 def _check_prefix_room(
     where: str, info: Mapping[str, Any], tokenizer: Any, metadata: MetadataConfig, max_seq_len: int, overflow: str
 ) -> None:
@@ -245,6 +265,8 @@ def _check_prefix_room(
             f'but training uses kind {metadata.kind!r} (template {metadata.template!r}, max_chars '
             f'{metadata.max_chars}, strip_www {metadata.strip_www}), whose prefixes may not fit'
         )
+        if metadata.kind == COMPACT_KIND and metadata.kind in reservation.kinds:
+            message += " (metadata.compact differs from the vocabulary the set recorded: leave it out to use the set's)"
         if metadata.kind.startswith('bins:') and metadata.kind in reservation.kinds:
             message += (
                 f' (the set records bins {[(c, list(e), q) for c, e, q in reservation.bins]} as (column, edges, '
@@ -257,6 +279,8 @@ def _check_prefix_room(
             )
         log.warning('%s: document tokens pushed off a row are dropped (prefix_overflow: drop).', message)
         return
+    if metadata.kind == COMPACT_KIND:
+        with_recorded_compact(metadata, [info])  # a set packed without room records no vocabulary: say how to fix
     stats = info.get('stats') or {}
     rows, segments = stats.get('rows'), stats.get('segments')
     if rows and segments:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import json
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 
 import tldextract
 
+from meco_callbacks.data.compact import COMPACT_KIND, bucket_of, check_vocabulary
 from meco_callbacks.data.quality_bins import bin_label, bins_column, check_edges, numeric_value
 
 DEFAULT_TEMPLATE = 'URL: {}\n\n'
@@ -33,7 +35,7 @@ _REGISTERED_DOMAIN_CACHE = 1 << 16  # distinct hosts remembered per process (a l
 _WHITESPACE = re.compile(r'\s+')
 # A scheme (or none) and a netloc of letters, digits, dots and hyphens only: no credentials, port or brackets.
 _PLAIN_HOST_URL = re.compile(r'(?:[A-Za-z][A-Za-z0-9+.-]*:)?//([A-Za-z0-9.-]+)(?:[/?#]|$)')
-_PLAIN_KINDS = ('domain', 'url', 'registered_domain', 'hash', 'none')
+_PLAIN_KINDS = ('domain', 'url', 'registered_domain', 'hash', COMPACT_KIND, 'none')
 POSITIONS = ('prefix', 'suffix')
 
 
@@ -113,7 +115,9 @@ class MetadataConfig:
     Variants: ``drop_probability`` in [0, 1): each document's metadata is left out with this probability (its
     room becomes padding), decided by (seed, URL, epoch); ``position``: ``prefix`` (before the document, the
     paper) or ``suffix`` (after its EOS, where the document ends); ``loss``: train the metadata tokens too;
-    ``bins`` (edges) or ``quantiles`` (N, edges read from the packed set) for a ``bins:<column>`` kind.
+    ``bins`` (edges) or ``quantiles`` (N, edges read from the packed set) for a ``bins:<column>`` kind;
+    ``compact``: the vocabulary of kind ``compact`` (``data/compact.py``: sites, tokens, token ids, buckets), read
+    from the packed set when left out.
     """
 
     kind: str = 'domain'
@@ -126,6 +130,7 @@ class MetadataConfig:
     loss: bool = False
     bins: tuple[float, ...] | None = None
     quantiles: int | None = None
+    compact: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not (self.kind in _PLAIN_KINDS or self.kind.startswith(('column:', 'constant:', 'bins:'))):
@@ -145,6 +150,22 @@ class MetadataConfig:
             )
         if not isinstance(self.max_chars, int) or self.max_chars < 1:
             raise ValueError(f'metadata.max_chars must be a positive integer; got {self.max_chars!r}.')
+        self._check_compact()
+
+    def __hash__(self) -> int:  # ``compact`` is a dict (JSON-shaped, as exports write it): hashed as JSON text
+        fields = [getattr(self, name) for name in self.__dataclass_fields__]
+        return hash(tuple(json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for v in fields))
+
+    def _check_compact(self) -> None:
+        """Validate a ``compact`` vocabulary and index it (site -> token, token -> id), outside the fields."""
+        if self.compact is None:
+            return
+        if self.kind != COMPACT_KIND:
+            raise ValueError(f'metadata.compact applies to kind compact, not {self.kind!r}.')
+        vocabulary = check_vocabulary(self.compact)
+        object.__setattr__(self, 'compact', vocabulary)
+        object.__setattr__(self, '_site_tokens', dict(zip(vocabulary['sites'], vocabulary['tokens'])))
+        object.__setattr__(self, '_token_ids', dict(zip(vocabulary['tokens'], vocabulary['token_ids'])))
 
     def _check_variants(self) -> None:
         """Validate the variant settings (drop, position, loss, bins) with errors that name the setting."""
@@ -207,6 +228,8 @@ class MetadataConfig:
             raw = bin_label(numeric_value(columns, kind[len('bins:') :], url), self.resolved_bins)
         elif kind == 'url':
             raw = url
+        elif kind == COMPACT_KIND:
+            return self.compact_token(url_host(url, self.strip_www))
         else:
             host = url_host(url, self.strip_www)
             if kind == 'domain':
@@ -226,6 +249,26 @@ class MetadataConfig:
                 f'read from the packed set (meco-pack --reserve-prefix {self.kind} --bins quantiles:N).'
             )
         return self.bins
+
+    def compact_token(self, host: str) -> str:
+        """Kind ``compact``: the reserved token of a host's site (its own, or its hash bucket's); '' for no host."""
+        if self.compact is None:
+            raise ValueError(
+                'metadata.kind compact has no vocabulary yet: it is read from the packed set, which must be packed '
+                'with meco-pack --reserve-prefix compact (or give the recorded one as metadata.compact).'
+            )
+        if not host:
+            return ''
+        site = registered_domain(host) if self.compact['site'] == 'registered_domain' else host
+        token = self._site_tokens.get(site)  # type: ignore[attr-defined]
+        if token is None:
+            buckets = self.compact['buckets']
+            token = self.compact['tokens'][len(self.compact['sites']) + bucket_of(site, buckets)]
+        return token
+
+    def compact_token_id(self, token: str) -> int:
+        """The id of a token ``compact_token`` returned."""
+        return self._token_ids[token]  # type: ignore[attr-defined]
 
     def metadata_for_prompt(self, url: str) -> str:
         """The metadata a training document from ``url`` was conditioned on, for an inference prompt.

@@ -10,6 +10,7 @@ shape their text, and the bin edges of its ``bins:<column>`` kinds. The same roo
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from meco_callbacks.data.compact import COMPACT_KIND, check_vocabulary
 from meco_callbacks.data.metadata import DEFAULT_MAX_CHARS, DEFAULT_TEMPLATE, MetadataConfig
 from meco_callbacks.data.quality_bins import bins_column
 
@@ -66,6 +68,9 @@ class PrefixTokens:
         more than the tokenizing); ``encode_special_tokens`` is what ``split_special_tokens=True`` sets, so the
         ids are the same.
         """
+        if self.metadata.kind == COMPACT_KIND:
+            self._tokenize_compact(metadata)
+            return
         texts = [self.metadata.prefix_for(m) for m in metadata]
         backend = getattr(self.tokenizer, 'backend_tokenizer', None)
         if backend is not None and hasattr(backend, 'encode_special_tokens'):
@@ -77,10 +82,32 @@ class PrefixTokens:
                 backend.encode_special_tokens = saved
         else:
             encoded = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)['input_ids']
+        self._store(metadata, encoded)
+
+    def _store(self, metadata: list[str], encoded: Sequence[Sequence[int]]) -> None:
+        """Cache the prefix ids of ``metadata``, evicting the least recently used."""
         for m, ids in zip(metadata, encoded):
             self._cache[m] = np.asarray(ids, dtype=np.int64)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+
+    def _tokenize_compact(self, tokens: list[str]) -> None:
+        """Kind ``compact``: the template's text on either side of ``{}``, tokenized as text, around the token's id.
+
+        The metadata string is one of the vocabulary's reserved tokens (never text from a document), so its id is
+        put in as it is; the template around it is text and cannot produce a special id either.
+        """
+        head, tail = self.metadata.template.split('{}')
+        for token in tokens:
+            if self.tokenizer.convert_tokens_to_ids(token) != self.metadata.compact_token_id(token):
+                raise ValueError(
+                    f'metadata.compact gives {token} the id {self.metadata.compact_token_id(token)}, but tokenizer '
+                    f'{getattr(self.tokenizer, "name_or_path", "?")!r} has it as '
+                    f'{self.tokenizer.convert_tokens_to_ids(token)}: the vocabulary was made for another tokenizer; '
+                    'use the tokenizer the set was packed with.'
+                )
+        encoded = self.tokenizer([head, tail], add_special_tokens=False, split_special_tokens=True)['input_ids']
+        self._store(tokens, [[*encoded[0], self.metadata.compact_token_id(t), *encoded[1]] for t in tokens])
 
     def for_document(self, url: str, columns: Mapping[str, Any] | None = None) -> np.ndarray:
         """The prefix ids of one document (its URL and carried columns) under this metadata setting."""
@@ -96,6 +123,7 @@ class PrefixReservation:
     max_chars: int = DEFAULT_MAX_CHARS
     strip_www: bool = False
     bins: Bins = ()
+    compact: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.kinds:
@@ -104,12 +132,15 @@ class PrefixReservation:
         for kind in self.kinds:  # MetadataConfig validates each kind, the template and max_chars
             column = bins_column(kind)
             pending = column is not None and column not in recorded  # edges come from the documents (packing_bins)
+            if kind == COMPACT_KIND and self.compact is None:  # the vocabulary comes from the documents too
+                kind = 'constant:x'
             MetadataConfig(
                 kind=f'column:{column}' if pending else kind,
                 template=self.template,
                 max_chars=self.max_chars,
                 strip_www=self.strip_www,
                 **({} if pending else self._bins_of(kind)),
+                **self._compact_of(kind),
             )
 
     def configs(self) -> list[MetadataConfig]:
@@ -121,9 +152,21 @@ class PrefixReservation:
                 max_chars=self.max_chars,
                 strip_www=self.strip_www,
                 **self._bins_of(kind),
+                **self._compact_of(kind),
             )
             for kind in self.kinds
         ]
+
+    def __hash__(self) -> int:  # the compact vocabulary is a dict (JSON-shaped): hashed through its JSON text
+        return hash((self.kinds, self.template, self.max_chars, self.strip_www, self.bins, _json(self.compact)))
+
+    def _compact_of(self, kind: str) -> dict[str, Any]:
+        """``compact`` (the recorded vocabulary) for kind ``compact``; nothing for other kinds."""
+        if kind != COMPACT_KIND:
+            return {}
+        if self.compact is None:
+            raise ValueError('the reservation for kind compact records no vocabulary.')
+        return {'compact': self.compact}
 
     def _bins_of(self, kind: str) -> dict[str, Any]:
         """``bins`` and ``quantiles`` recorded for a ``bins:`` kind; nothing for other kinds."""
@@ -146,6 +189,8 @@ class PrefixReservation:
             and metadata.strip_www == self.strip_www
         ):
             return False
+        if metadata.kind == COMPACT_KIND:
+            return metadata.compact is None or metadata.compact == self._compact_of(COMPACT_KIND)['compact']
         if bins_column(metadata.kind) is None:
             return True
         recorded = self._bins_of(metadata.kind)
@@ -159,10 +204,18 @@ class PrefixReservation:
             return metadata
         return replace(metadata, bins=self._bins_of(metadata.kind)['bins'])
 
+    def with_recorded_compact(self, metadata: MetadataConfig) -> MetadataConfig:
+        """``metadata`` with this set's compact vocabulary, for kind ``compact`` given without one."""
+        if metadata.kind != COMPACT_KIND or metadata.compact is not None or metadata.kind not in self.kinds:
+            return metadata
+        return replace(metadata, compact=self._compact_of(COMPACT_KIND)['compact'])
+
     def to_info(self, tokenizer_fingerprint: str) -> dict[str, Any]:
-        """The record written to ``meco_dataset.json`` (``bins`` only when a ``bins:`` kind is reserved)."""
+        """The record written to ``meco_dataset.json`` (``bins``, ``compact`` only when such a kind is reserved)."""
         record = {**asdict(self), 'kinds': list(self.kinds), 'tokenizer_fingerprint': tokenizer_fingerprint}
         record.pop('bins')
+        if record['compact'] is None:
+            record.pop('compact')
         if self.bins:
             record['bins'] = {column: {'edges': list(edges), 'quantiles': q} for column, edges, q in self.bins}
         return record
@@ -179,7 +232,13 @@ class PrefixReservation:
                 (column, tuple(float(e) for e in entry['edges']), entry['quantiles'])
                 for column, entry in (record.get('bins') or {}).items()
             ),
+            compact=check_vocabulary(record['compact']) if record.get('compact') is not None else None,
         )
+
+
+def _json(value: Any) -> str:
+    """A JSON-shaped value as canonical text (for hashing)."""
+    return json.dumps(value, sort_keys=True)
 
 
 class RoomMeasure:

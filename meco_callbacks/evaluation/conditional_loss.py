@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from tqdm import tqdm
 
 from meco_callbacks.data.collator import IGNORE_INDEX, PackedCollator, PrefixInjector
 from meco_callbacks.data.dataloader import build_meco_loader
-from meco_callbacks.data.dataset import documents_start_with_bos, with_recorded_bins
+from meco_callbacks.data.dataset import documents_start_with_bos, with_recorded_bins, with_recorded_compact
 from meco_callbacks.data.metadata import MetadataConfig, url_host
 from meco_callbacks.evaluation.guidance import guide
 from meco_callbacks.formats import read_dataset_info
@@ -57,6 +58,28 @@ NO_URL: dict[str, Any] = {'enabled': False}
 def mismatched_url(domain: str) -> dict[str, Any]:
     """The metadata setting that puts one fixed ``domain`` before every document (a wrong or fabricated URL)."""
     return {'kind': f'constant:{domain}'}
+
+
+def compact_conditions(metadata: MetadataConfig, wrong_urls: Sequence[str]) -> dict[str, MetadataConfig]:
+    """The true-URL and wrong-URL conditions of a model trained with kind ``compact`` (its vocabulary resolved).
+
+    A wrong URL's condition is a vocabulary of no site and one bucket, that URL's token: every document gets it.
+    """
+    token = {url: metadata.metadata_for_prompt(url) for url in wrong_urls}
+    fixed = {
+        url: {
+            'site': metadata.compact['site'],
+            'hash': metadata.compact['hash'],
+            'buckets': 1,
+            'sites': [],
+            'tokens': [t],
+            'token_ids': [metadata.compact_token_id(t)],
+        }
+        for url, t in token.items()
+    }
+    conditions = {'true_url': replace(metadata, enabled=True)}
+    conditions.update({f'url={url}': replace(metadata, enabled=True, compact=fixed[url]) for url in wrong_urls})
+    return conditions
 
 
 def metadata_config(spec: MetadataSpec) -> MetadataConfig:
@@ -270,7 +293,10 @@ def compare_conditions(
             f'reserve_tokens must be in [0, {max_seq_len}) for rows of {max_seq_len} tokens; got {reserve_tokens}.'
         )
     info = read_dataset_info(packed_dir) or {}
-    configs = {name: with_recorded_bins(metadata_config(spec), [info]) for name, spec in conditions.items()}
+    configs = {
+        name: with_recorded_compact(with_recorded_bins(metadata_config(spec), [info]), [info])
+        for name, spec in conditions.items()
+    }
     bos_id = tokenizer.bos_token_id if documents_start_with_bos([info], tokenizer) else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collators = {name: PackedCollator(tokenizer, cfg, max_seq_len, bos_id) for name, cfg in configs.items()}

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from meco_callbacks.data.compact import COMPACT_KIND
+from meco_callbacks.data.dataset import read_packed_info, stream_locations, with_recorded_compact
 from meco_callbacks.data.metadata import MetadataConfig
 from meco_callbacks.model.checkpoints import describe_checkpoint, load_model_weights
 from meco_callbacks.tokenizer.loading import check_tokenizer_location, load_tokenizer
@@ -47,11 +49,18 @@ def training_metadata(config_path: str | Path | None, overrides: Sequence[str] =
 
     The train YAML's ``train_loader.dataset.metadata`` block (with the run's overrides) when the YAML is given; an
     HF directory carries no such record, so without a YAML it is MeCo's default (the domain, ``URL: {}\\n\\n``).
+    Kind ``compact`` without ``metadata.compact`` gets the vocabulary recorded by the run's packed set(s), as the
+    loader reads it (the YAML's ``train_loader.dataset`` streams).
     """
     if config_path is None:
         return MetadataConfig()
     loader = train_config(config_path, overrides).get('train_loader') or {}
-    return MetadataConfig.from_dict((loader.get('dataset') or {}).get('metadata'))
+    dataset = loader.get('dataset') or {}
+    metadata = MetadataConfig.from_dict(dataset.get('metadata'))
+    if metadata.kind == COMPACT_KIND and metadata.compact is None:
+        infos = [read_packed_info(remote, local) for remote, local in stream_locations(dataset)]
+        metadata = with_recorded_compact(metadata, [info for info in infos if info])
+    return metadata
 
 
 def build_run_tokenizer(cfg: dict[str, Any]) -> Any:
