@@ -51,6 +51,7 @@ BIN = Path(sys.executable).parent
 DEFAULT_VARIANT = 'compact'
 TAG_LENGTHS = (1, 2, 4, 9, 19)
 BATCH = 8
+METADATA_TOKENS = 256  # reserved <|meta_K|> tokens for kind compact (a site each, 64 hash buckets)
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,9 @@ class Variant:
 
     name: str
     metadata: dict
-    template: str  # the packing template (rows are shared by variants of one template)
+    template: str  # the packing template
     reserve: tuple[str, ...]
+    rows: str  # variants of one rows group share one packed set (and so one baseline)
 
     @property
     def kind(self) -> str:
@@ -73,15 +75,19 @@ def variant(
     """The named prefix form (see the module docstring)."""
     longest = f'column:tag{max(TAG_LENGTHS)}'  # every tag and const variant shares rows with room for the longest
     if name == 'domain':
-        return Variant(name, {'kind': 'domain', 'template': 'URL: {}\n\n'}, 'URL: {}\n\n', ('domain',))
+        return Variant(name, {'kind': 'domain', 'template': 'URL: {}\n\n'}, 'URL: {}\n\n', ('domain',), 'domain')
     if name == 'compact':
-        return Variant(name, {'kind': 'compact', 'template': '{}'}, '{}', ('compact',))
+        return Variant(name, {'kind': 'compact', 'template': '{}'}, '{}', ('compact',), 'compact')
     kind, _, k = name.partition(':')
     if kind in ('tag', 'const') and k.isdigit() and int(k) in TAG_LENGTHS:
         if kind == 'tag':
-            return Variant(name, {'kind': f'column:tag{k}', 'template': '{}'}, '{}', (f'column:tag{k}', longest))
+            return Variant(
+                name, {'kind': f'column:tag{k}', 'template': '{}'}, '{}', (f'column:tag{k}', longest), 'tags'
+            )
         text = (constants or {}).get(int(k), 'pending')
-        return Variant(name, {'kind': f'constant:{text}', 'template': '{}'}, '{}', (f'constant:{text}', longest))
+        return Variant(
+            name, {'kind': f'constant:{text}', 'template': '{}'}, '{}', (f'constant:{text}', longest), 'tags'
+        )
     raise SystemExit(
         f'error: unknown --variant {name!r}; use compact, domain, tag:K or const:K with K in {TAG_LENGTHS}.'
     )
@@ -113,8 +119,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--smoke', action='store_true', help='a tiny corpus and 12 steps: checks that it runs')
     args = parser.parse_args(argv)
     if args.smoke:
-        args.people, args.useful_docs, args.junk_sites, args.passes = 6, 6, 4, 0.5
-        args.seeds, args.vocab_size = args.seeds or 1, 512
+        args.people, args.useful_docs, args.junk_sites, args.passes = 6, 6, 4, 2.0
+        args.seeds, args.vocab_size = args.seeds or 1, 1024
     return args
 
 
@@ -182,14 +188,15 @@ def prepare(args: argparse.Namespace, work: Path, names: list[str]) -> tuple[Dat
     info = json.loads((corpus / 'corpus.json').read_text())
     sites = [info['useful_site'], *info['junk_domains']]
     variants = [variant(n) for n in names]
-    reserve = sorted({v.kind for v in variants if v.kind in ('domain', 'compact') and not args.plain_tokenizer})
-    tokenizer = corpus / f'tokenizer-{key_of(args.vocab_size, reserve)}'
+    learned = sorted({v.template for v in variants if v.kind == 'domain' and not args.plain_tokenizer})
+    reserved = METADATA_TOKENS if any(v.kind == 'compact' for v in variants) else 0
+    settings = (args.vocab_size, learned, reserved) if learned or reserved else (args.vocab_size, [])
+    tokenizer = corpus / f'tokenizer-{key_of(*settings)}'
     if not (tokenizer / 'tokenizer.json').is_file():
         cmd = [BIN / 'meco-train-tokenizer', corpus / 'corpus.jsonl', '--vocab-size', str(args.vocab_size)]
-        cmd += ['--output', tokenizer, '--overwrite']
-        for template in sorted({v.template for v in variants if v.kind in ('domain', 'compact')}):
-            if not args.plain_tokenizer:
-                cmd += ['--prefix-kinds', 'domain', '--template', template]
+        cmd += ['--output', tokenizer, '--overwrite', '--metadata-tokens', str(reserved)]
+        for template in learned:  # the paper's form: the BPE learns the prefixes it will be given
+            cmd += ['--prefix-kind', 'domain', '--template', template]
         print(f'[effect] tokenizer: {tokenizer.name}', flush=True)
         run([str(c) for c in cmd], corpus / 'tokenizer.log')
     data = Data(corpus, tokenizer)
@@ -210,8 +217,9 @@ def prepare(args: argparse.Namespace, work: Path, names: list[str]) -> tuple[Dat
             [str(c) for c in [*cmd, '--metadata-fields', fields, '--overwrite', '--no-progress']],
             corpus / 'convert.log',
         )
-    for template in sorted({v.template for v in variants}):
-        kinds = sorted({kind for v in variants if v.template == template for kind in v.reserve})
+    for rows in sorted({v.rows for v in variants}):
+        template = next(v.template for v in variants if v.rows == rows)
+        kinds = sorted({kind for v in variants if v.rows == rows for kind in v.reserve})
         packed = tokenizer / f'packed-{key_of(template, kinds, args.strategy, args.max_seq_len)}'
         if not (packed / 'index.json').is_file():
             print(f'[effect] pack {args.strategy} for {kinds} ({template!r})', flush=True)
@@ -226,7 +234,7 @@ def prepare(args: argparse.Namespace, work: Path, names: list[str]) -> tuple[Dat
             ]
             cmd += ['--strategy', args.strategy, '--template', template, '--overwrite', '--no-progress']
             run([str(c) for c in [*cmd, '--reserve-prefix', *kinds]], corpus / 'pack.log')
-        data.packed[template] = packed
+        data.packed[rows] = packed
     return data, variants
 
 
@@ -287,7 +295,7 @@ def train_and_score(r: Run, data: Data, args: argparse.Namespace, work: Path) ->
     run([str(BIN / 'composer'), 'train.py', str(yaml), *overrides], run_dir / 'console.log')
     seconds = time.time() - start
     site = json.loads((data.corpus / 'corpus.json').read_text())['junk_domains'][0]
-    scores = score_run(run_dir, data.corpus, r.metadata, site, data.tags)
+    scores = score_run(run_dir, data.corpus, r.metadata, site, data.tags, r.packed)
     scores.update({'steps': steps, 'train_seconds': round(seconds, 1)})
     scores_file.write_text(json.dumps(scores, indent=1) + '\n')
     return scores
@@ -299,7 +307,7 @@ def runs_for(variants: list[Variant], data: Data, seeds: list[int], args: argpar
     runs: dict[str, Run] = {}
     for seed in seeds:
         for v in variants:
-            packed = data.packed[v.template]
+            packed = data.packed[v.rows]
             for r in (
                 Run(v.name, seed, packed, v.metadata, tuple(meco_overrides)),
                 Run('baseline', seed, packed, None, tuple(args.override)),
@@ -327,7 +335,7 @@ def table(variants: list[Variant], results: dict[tuple[str, int, str], dict], se
     lines = ['| run | ' + ' | '.join(c for c, _ in columns) + ' |', '|---' * (len(columns) + 1) + '|']
     for v in variants:
         for arm in (v.name, 'baseline'):
-            got = [results[(arm, s, v.template)] for s in seeds if (arm, s, v.template) in results]
+            got = [results[(arm, s, v.rows)] for s in seeds if (arm, s, v.rows) in results]
             cells = []
             for _, key in columns:
                 keys = key if isinstance(key, tuple) else (key,)
@@ -359,8 +367,8 @@ def main(argv: list[str] | None = None) -> None:
             todo = runs_for(variants, data, [seed], args)
             print(f'[effect] seed {seed}: {len(todo)} runs', flush=True)
             for r, scores in zip(todo, pool.map(lambda r: train_and_score(r, data, args, work), todo)):
-                template = next(v.template for v in variants if data.packed[v.template] == r.packed)
-                results[(r.arm, r.seed, template)] = scores
+                rows = next(v.rows for v in variants if data.packed[v.rows] == r.packed)
+                results[(r.arm, r.seed, rows)] = scores
                 if args.results:
                     record = {'experiment': args.label or 'main', 'arm': r.arm, 'seed': r.seed, 'rows': r.packed.name}
                     record['strategy'] = args.strategy
@@ -377,8 +385,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print('\n'.join(table(variants, results, done)))
     main_variant = variants[0]
-    meco = [results[(main_variant.name, s, main_variant.template)]['none/recall'] for s in done]
-    base = [results[('baseline', s, main_variant.template)]['none/recall'] for s in done]
+    meco = [results[(main_variant.name, s, main_variant.rows)]['none/recall'] for s in done]
+    base = [results[('baseline', s, main_variant.rows)]['none/recall'] for s in done]
     print(
         f'{main_variant.name} MeCo/baseline fact recall without URL: {statistics.mean(meco) / max(statistics.mean(base), 1e-9):.3f}'
     )

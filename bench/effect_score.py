@@ -28,17 +28,23 @@ def latest_export(run_dir: Path) -> Path:
     return exports[-1]
 
 
-def prefix_builder(tokenizer: Any, metadata: dict | None, tags: dict | None = None) -> Prefix:
+def prefix_builder(
+    tokenizer: Any, metadata: dict | None, tags: dict | None = None, packed: Path | None = None
+) -> Prefix:
     """Site -> prefix ids under a run's ``metadata`` block (None: no prefix), through the loader's PrefixTokens.
 
-    A ``column:tagK`` kind reads the site's tag from ``tags`` (K -> site -> text), as the carried column held it.
+    A ``column:tagK`` kind reads the site's tag from ``tags`` (K -> site -> text), as the carried column held it;
+    kind ``compact`` reads its vocabulary from the ``packed`` set, as the loader does.
     """
+    from meco_callbacks.data.dataset import with_recorded_compact
     from meco_callbacks.data.metadata import MetadataConfig, normalize_metadata
     from meco_callbacks.data.prefix import PrefixTokens
 
     if metadata is None:
         return lambda site: []
     config = MetadataConfig.from_dict(metadata)
+    if packed is not None:
+        config = with_recorded_compact(config, [json.loads((packed / 'meco_dataset.json').read_text())])
     tokens = PrefixTokens(tokenizer, config)
     if config.kind.startswith('column:tag'):
         column = (tags or {})[int(config.kind[len('column:tag') :])]
@@ -111,6 +117,7 @@ def score_run(
     metadata: dict | None,
     wrong_site: str,
     tags: dict | None = None,
+    packed: Path | None = None,
     docs_per_source: int = 128,
 ) -> dict[str, float]:
     """Recall (no URL, true URL, wrong URL) and per-source loss (useful/junk x no/true/wrong URL) of one run.
@@ -124,7 +131,7 @@ def score_run(
     probes = [json.loads(line) for line in (corpus_dir / 'facts.jsonl').read_text().splitlines()]
     info = json.loads((corpus_dir / 'corpus.json').read_text())
     useful_site = info['useful_site']
-    prefix = prefix_builder(tokenizer, metadata, tags)
+    prefix = prefix_builder(tokenizer, metadata, tags, packed)
     result = {f'none/{k}': v for k, v in fact_recall(model, tokenizer, probes, []).items()}
     docs = [json.loads(line) for line in (corpus_dir / 'corpus.jsonl').read_text().splitlines()]
     rng = random.Random(0)
