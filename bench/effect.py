@@ -274,6 +274,8 @@ def train_and_score(r: Run, data: Data, args: argparse.Namespace, work: Path) ->
     if r.metadata:
         config.train_loader.dataset.metadata = OmegaConf.create({**r.metadata, 'enabled': True})
         config.variables.cooldown = args.cooldown
+        if args.cooldown == 0:  # no cooldown: conditioned to the end (the callback takes no zero)
+            del config.callbacks['meco_cooldown']
     yaml = run_dir / 'run.yaml'
     OmegaConf.save(config, yaml)
     overrides = [
