@@ -189,6 +189,8 @@ class PrefixInjector:
     id per segment, its prefix included, and one of its own for the padding) and ``position_ids`` restarting
     at 0 at each segment. Each segment is laid out as ``[BOS] prefix document`` (a BOS stays first), or with
     ``position='suffix'`` as ``[BOS] document EOS metadata``; ``metadata_loss`` gives the metadata tokens labels.
+    With ``summary_attention`` (``metadata.attention: summary``) and prefixes enabled, also ``prefix_mask`` (True on
+    prefix slots): the model then lets document tokens see a prefix only through its last token.
     """
 
     def __init__(
@@ -199,13 +201,17 @@ class PrefixInjector:
         pad_token_id: int = 0,
         position: str = 'prefix',
         metadata_loss: bool = False,
+        summary_attention: bool = False,
     ) -> None:
+        if summary_attention and position != 'prefix':
+            raise ValueError('summary attention applies to prefixes only (metadata.position: prefix).')
         self.max_seq_len = max_seq_len
         self.enabled = enabled
         self.document_masking = document_masking
         self.pad_token_id = pad_token_id
         self.suffix = position == 'suffix'
         self.metadata_loss = metadata_loss
+        self.summary_attention = summary_attention
         self.stats = InjectionStats()
         self._arange = np.arange(max_seq_len)
         self._minus_ones = np.full(max_seq_len, UNTRAINED)
@@ -287,4 +293,6 @@ class PrefixInjector:
         if self.document_masking:
             out['sequence_id'] = torch.from_numpy(np.repeat(np.asarray(seq_values), seq_counts).reshape(n, length))
             out['position_ids'] = torch.from_numpy(np.concatenate(pos).reshape(n, length))
+        if self.summary_attention and self.enabled:  # metadata slots: no stored token, before the row's padding
+            out['prefix_mask'] = torch.from_numpy((sources < 0) & (arange[None, :] < used[:, None]))
         return out, sources
