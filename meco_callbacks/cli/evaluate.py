@@ -48,6 +48,8 @@ def run_loss(args: argparse.Namespace) -> None:
     model, tokenizer = load_trained_model(args.config, args.checkpoint, args.hf, args.override, args.device)
     conditions = {'true_url': TRUE_URL, 'no_url': NO_URL}
     conditions.update({f'url={url}': mismatched_url(url) for url in args.wrong_url})
+    if training_metadata(args.config, args.override).attention == 'summary':  # score as the model was trained
+        conditions = {name: {**spec, 'attention': 'summary'} for name, spec in conditions.items()}
     results = compare_conditions(
         model,
         tokenizer,
