@@ -543,3 +543,21 @@ def test_summary_attention_on_a_model_that_cannot_apply_it_is_a_clear_error() ->
     with pytest.raises(ValueError, match='metadata.attention: summary needs the model meco_mpt_causal_lm'):
         with summary_attention(plain.model, SUMMARY_PREFIX):
             pass
+
+
+@pytest.mark.parametrize('name', ['meco_mpt_causal_lm', 'mpt_causal_lm'])
+def test_a_summary_loader_with_a_model_that_cannot_apply_it_stops_the_run(name: str) -> None:
+    from types import SimpleNamespace
+
+    from meco_callbacks.training.algorithm import MetadataConditioning
+
+    model = build(model_config('torch'), name=name)
+    injector = SimpleNamespace(summary_attention=True, document_masking=True, enabled=True)
+    loader = SimpleNamespace(injector=injector, metadata=SimpleNamespace(kind='domain'))
+    check = MetadataConditioning()._check_model
+
+    if name == 'meco_mpt_causal_lm':
+        check(SimpleNamespace(model=model), loader)
+    else:
+        with pytest.raises(ValueError, match='metadata.attention: summary needs a model that hides prefix tokens'):
+            check(SimpleNamespace(model=model), loader)

@@ -40,6 +40,7 @@ __all__ = [
     'MeCoMPTForCausalLM',
     'MeCoMPTCausalLM',
     'VOCAB_FROM_TOKENIZER',
+    'applies_summary_attention',
     'summary_attention',
 ]
 
@@ -326,6 +327,11 @@ class MeCoMPTCausalLM(ComposerMPTCausalLM):
         # MPT's attention term is linear in msl**2 (get_attention_flops(1) per squared token), times 3 for backward.
         masked_away = rows * msl * msl - squared_lengths
         return super().flops_per_batch(batch) - 3 * self.get_attention_flops(1) * masked_away
+
+
+def applies_summary_attention(model: torch.nn.Module) -> bool:
+    """Whether ``model`` holds a :class:`MeCoMPTModel` that can apply a ``prefix_mask`` (``attn_impl`` flex or torch)."""
+    return any(isinstance(m, MeCoMPTModel) and m.attn_impl in (FLEX_ATTN_IMPL, 'torch') for m in model.modules())
 
 
 @contextmanager
