@@ -16,14 +16,14 @@ from composer import Trainer
 from llmfoundry.callbacks import HuggingFaceCheckpointer
 from llmfoundry.layers_registry import attention_implementations
 from llmfoundry.models.layers.attention import GroupedQueryAttention
-from llmfoundry.models.mpt import MPTForCausalLM, modeling_mpt
+from llmfoundry.models.mpt import ComposerMPTCausalLM, MPTForCausalLM, modeling_mpt
 from llmfoundry.registry import models
 from llmfoundry.utils.builders import build_composer_model
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM
 
 from meco_callbacks.model.attention import build_document_block_mask, flex_attention_fn
-from meco_callbacks.model.mpt import MeCoMPTCausalLM
+from meco_callbacks.model.mpt import MeCoMPTCausalLM, summary_attention
 
 SEQ_LEN = 40
 VOCAB = 97
@@ -393,3 +393,171 @@ def test_to_mpt_shares_the_weights_and_keeps_document_masking_configured() -> No
     assert config is not None and config['attn_impl'] == 'torch' and config['attn_uses_sequence_id'] is True
     assert mpt.lm_head.weight.data_ptr() == model.model.lm_head.weight.data_ptr()
     assert not any(t.is_meta for t in [*mpt.parameters(), *mpt.buffers()])
+
+
+# Summary attention (metadata.attention: summary): a hand-made row of S slots, two segments and padding.
+# Row 0: [BOS p p p a a | BOS q b | pad pad pad]: a 3-token prefix (slots 1-3), a 1-token prefix (slot 7).
+# Row 1: one 12-token document without a prefix.
+S = 12
+SUMMARY_PREFIX = torch.tensor([[0, 1, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0], [0] * S], dtype=torch.bool)
+SUMMARY_SEQUENCE_ID = torch.tensor([[0] * 6 + [1] * 3 + [2] * 3, [0] * S])
+SUMMARY_ATTENTION_MASK = torch.tensor([[1] * 9 + [0] * 3, [1] * S], dtype=torch.bool)
+SUMMARY_POSITION_IDS = torch.tensor([[0, 1, 2, 3, 4, 5, 0, 1, 2, 0, 1, 2], list(range(S))])
+# What each query slot of row 0 may see: document slots see BOS, the prefix's last token and their document.
+SUMMARY_VISIBLE = {
+    0: {0},
+    1: {0, 1},
+    2: {0, 1, 2},
+    3: {0, 1, 2, 3},
+    4: {0, 3, 4},
+    5: {0, 3, 4, 5},
+    6: {6},
+    7: {6, 7},
+    8: {6, 7, 8},
+    **{padding: set() for padding in (9, 10, 11)},
+}
+
+
+def summary_batch(seed: int = 3, prefix: bool = True) -> dict[str, torch.Tensor]:
+    """The hand-made rows as a model batch (with ``prefix_mask`` unless ``prefix`` is False)."""
+    input_ids = torch.randint(0, VOCAB, (2, S), generator=torch.Generator().manual_seed(seed))
+    batch = {
+        'input_ids': input_ids,
+        'labels': input_ids.clone(),
+        'attention_mask': SUMMARY_ATTENTION_MASK.clone(),
+        'sequence_id': SUMMARY_SEQUENCE_ID.clone(),
+        'position_ids': SUMMARY_POSITION_IDS.clone(),
+    }
+    if prefix:
+        batch['prefix_mask'] = SUMMARY_PREFIX.clone()
+    return batch
+
+
+def visible_by_rule() -> torch.Tensor:
+    """``[2, S, S]`` bool: row 0 from SUMMARY_VISIBLE, row 1 plain causal."""
+    allowed = torch.zeros(2, S, S, dtype=torch.bool)
+    for q, keys in SUMMARY_VISIBLE.items():
+        allowed[0, q, sorted(keys)] = True
+    allowed[1] = torch.ones(S, S, dtype=torch.bool).tril()
+    return allowed
+
+
+def test_summary_hides_all_but_the_last_prefix_token_from_documents_in_the_dense_bias_and_the_flex_mask() -> None:
+    dense_model, flex_model = build(model_config('flex')), build(model_config('flex', flex_on_cpu=True))
+    cpu = torch.device('cpu')
+
+    with summary_attention(dense_model.model, SUMMARY_PREFIX):
+        bias, _ = dense_model.model.transformer._attn_bias(
+            cpu, torch.float32, SUMMARY_ATTENTION_MASK, SUMMARY_SEQUENCE_ID
+        )
+    with summary_attention(flex_model.model, SUMMARY_PREFIX):
+        block_mask, _ = flex_model.model.transformer._attn_bias(
+            cpu, torch.float32, SUMMARY_ATTENTION_MASK, SUMMARY_SEQUENCE_ID
+        )
+    causal = torch.ones(S, S, dtype=torch.bool).tril()  # llm-foundry's torch attention adds causality itself
+    dense_allowed = (bias[:, 0] > torch.finfo(bias.dtype).min / 2) & causal
+    flex_allowed = flex_api.create_mask(block_mask.mask_mod, 2, 1, S, S, device=cpu)[:, 0]
+
+    assert bias.shape == (2, 1, S, S)
+    assert torch.equal(flex_allowed, visible_by_rule())
+    assert torch.equal(dense_allowed[:, :9], visible_by_rule()[:, :9])  # padding queries: llm-foundry's own rows
+    assert torch.equal(dense_allowed[1], visible_by_rule()[1])
+    assert dense_model.model.transformer.prefix_mask is None  # cleared after the forward
+
+
+@pytest.mark.parametrize('path', ['dense', 'flex'])
+def test_a_document_token_reads_a_prefix_only_through_its_last_token(path: str) -> None:
+    n_heads, head_dim = 2, 8
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, S, n_heads * head_dim, generator=gen) for _ in range(3))
+    model = build(model_config('flex', flex_on_cpu=path == 'flex'))
+    with summary_attention(model.model, SUMMARY_PREFIX):
+        bias, _ = model.model.transformer._attn_bias(
+            torch.device('cpu'), torch.float32, SUMMARY_ATTENTION_MASK, SUMMARY_SEQUENCE_ID
+        )
+
+    def attend(values: torch.Tensor) -> torch.Tensor:
+        return flex_attention_fn(q, k, values, n_heads=n_heads, kv_n_heads=n_heads, attn_bias=bias)[0][0]
+
+    def with_value_changed(slot: int) -> torch.Tensor:
+        changed = v.clone()
+        changed[0, slot] += 1.0
+        return attend(changed)
+
+    base, hidden_changed, last_changed = attend(v), with_value_changed(1), with_value_changed(3)
+
+    assert torch.equal(hidden_changed[4:9], base[4:9])  # documents a and b do not see slot 1
+    assert not torch.allclose(hidden_changed[1:4], base[1:4])  # the prefix's own tokens do
+    assert not torch.allclose(last_changed[4], base[4]) and not torch.allclose(last_changed[5], base[5])
+    assert torch.equal(last_changed[6:9], base[6:9])  # another segment
+
+
+@pytest.mark.parametrize('n_layers, through_the_last', [(1, False), (2, True)], ids=['one-layer', 'two-layers'])
+def test_a_document_token_sees_its_prefix_through_the_summary_token_only(n_layers: int, through_the_last: bool) -> None:
+    model = build({**model_config('flex', flex_on_cpu=True), 'n_layers': n_layers}).eval()
+    batch = summary_batch()
+    changed = {key: value.clone() for key, value in batch.items()}
+    changed['input_ids'][0, 1] = (batch['input_ids'][0, 1] + 1) % VOCAB
+    full, full_changed = ({k: v for k, v in b.items() if k != 'prefix_mask'} for b in (batch, changed))
+
+    with torch.no_grad():
+        logits, changed_logits = model(batch).logits[0], model(changed).logits[0]
+        full_logits, full_changed_logits = model(full).logits[0], model(full_changed).logits[0]
+
+    # One layer: slot 1 cannot reach document a; with two it can, through slot 3 (which attended to it).
+    assert torch.equal(logits[4:6], changed_logits[4:6]) != through_the_last
+    assert not torch.allclose(logits[2:4], changed_logits[2:4])
+    assert not torch.allclose(full_logits[4:6], full_changed_logits[4:6])  # full attention: slot 1 is seen
+
+
+def test_summary_attention_on_the_dense_bias_equals_the_flex_mask_in_the_model_forward_and_backward() -> None:
+    flex, dense = build(model_config('flex', flex_on_cpu=True)), build(model_config('flex'))
+    dense.load_state_dict(flex.state_dict())
+    batch = summary_batch()
+
+    flex_out, dense_out = flex(batch), dense(batch)
+    flex.loss(flex_out, batch).backward()
+    dense.loss(dense_out, batch).backward()
+
+    real = SUMMARY_ATTENTION_MASK  # padding queries differ by design (flex: no keys; torch: llm-foundry's rows)
+    torch.testing.assert_close(flex_out.logits[real], dense_out.logits[real], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(dense_out.logits[real], dense(summary_batch(prefix=False)).logits[real])
+
+
+@pytest.mark.parametrize('attn_impl, flex_on_cpu', [('flex', False), ('flex', True), ('torch', False)])
+def test_a_batch_without_prefix_mask_or_with_no_prefix_is_exactly_todays_forward(attn_impl: str, flex_on_cpu: bool):
+    model = build(model_config(attn_impl, flex_on_cpu=flex_on_cpu)).eval()
+    batch = summary_batch(prefix=False)
+    no_prefix = {**batch, 'prefix_mask': torch.zeros(2, S, dtype=torch.bool)}
+
+    with torch.no_grad():
+        today = ComposerMPTCausalLM.forward(model, batch).logits  # llm-foundry's forward, which never reads it
+        ours, empty = model(batch).logits, model(no_prefix).logits
+
+    assert torch.equal(ours, today)
+    assert torch.equal(empty, today)
+
+
+def test_summary_attention_on_a_model_that_cannot_apply_it_is_a_clear_error() -> None:
+    plain = build(model_config('torch'), name='mpt_causal_lm')
+    with pytest.raises(ValueError, match='metadata.attention: summary needs the model meco_mpt_causal_lm'):
+        with summary_attention(plain.model, SUMMARY_PREFIX):
+            pass
+
+
+@pytest.mark.parametrize('name', ['meco_mpt_causal_lm', 'mpt_causal_lm'])
+def test_a_summary_loader_with_a_model_that_cannot_apply_it_stops_the_run(name: str) -> None:
+    from types import SimpleNamespace
+
+    from meco_callbacks.training.algorithm import MetadataConditioning
+
+    model = build(model_config('torch'), name=name)
+    injector = SimpleNamespace(summary_attention=True, document_masking=True, enabled=True)
+    loader = SimpleNamespace(injector=injector, metadata=SimpleNamespace(kind='domain'))
+    check = MetadataConditioning()._check_model
+
+    if name == 'meco_mpt_causal_lm':
+        check(SimpleNamespace(model=model), loader)
+    else:
+        with pytest.raises(ValueError, match='metadata.attention: summary needs a model that hides prefix tokens'):
+            check(SimpleNamespace(model=model), loader)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from meco_callbacks.data.collator import IGNORE_INDEX, PackedCollator, PrefixInjector
 from meco_callbacks.data.metadata import MetadataConfig
@@ -220,3 +221,44 @@ def test_the_prefix_cache_is_bounded_and_evicts_the_least_recently_used(tokenize
     prefixes('c.example')
     assert list(prefixes._cache) == ['a.example', 'c.example']
     assert prefixes('a.example').tolist() == first == ids(tokenizer, 'URL: a.example\n\n')
+
+
+def hand_batch():
+    """Two segments with BOS (id 0): [0 11 12] behind a 3-token prefix, [0 13] behind a 1-token prefix."""
+    from meco_callbacks.data.collator import PackedBatch, Segment
+
+    row = np.array([0, 11, 12, 0, 13])
+    segments = [
+        Segment(start=0, length=3, room=3, prefix=np.array([21, 22, 23]), new_document=True, starts_with_bos=True),
+        Segment(start=3, length=2, room=1, prefix=np.array([24]), new_document=True, starts_with_bos=True),
+    ]
+    return PackedBatch(tokens=[row], segments=[segments], urls=[['https://a.example/', 'https://b.example/']])
+
+
+@pytest.mark.parametrize('metadata_loss', [False, True])
+def test_summary_attention_marks_the_prefix_slots_of_each_segment(metadata_loss):
+    injector = PrefixInjector(
+        12, enabled=True, document_masking=True, metadata_loss=metadata_loss, summary_attention=True
+    )
+    batch = injector(hand_batch())
+
+    assert batch['input_ids'][0].tolist() == [0, 21, 22, 23, 11, 12, 0, 24, 13, 0, 0, 0]
+    assert batch['sequence_id'][0].tolist() == [0] * 6 + [1] * 3 + [2] * 3
+    assert batch['prefix_mask'].dtype == torch.bool
+    assert batch['prefix_mask'][0].tolist() == [0, 1, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0]
+
+
+def test_full_attention_and_disabled_prefixes_add_no_prefix_mask_and_change_nothing_else():
+    full = PrefixInjector(12, enabled=True, document_masking=True)(hand_batch())
+    summary = PrefixInjector(12, enabled=True, document_masking=True, summary_attention=True)(hand_batch())
+    cooldown = PrefixInjector(12, enabled=False, document_masking=True, summary_attention=True)(hand_batch())
+
+    assert 'prefix_mask' not in full and 'prefix_mask' not in cooldown
+    assert set(summary) == {*full, 'prefix_mask'}
+    assert all(torch.equal(full[key], summary[key]) for key in full)
+    assert cooldown['input_ids'][0].tolist() == [0, 11, 12, 0, 13, *[0] * 7]
+
+
+def test_summary_attention_with_a_suffix_is_refused():
+    with pytest.raises(ValueError, match='summary attention applies to prefixes only'):
+        PrefixInjector(12, enabled=True, document_masking=True, position='suffix', summary_attention=True)

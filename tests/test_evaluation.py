@@ -382,3 +382,86 @@ def test_token_losses_in_row_and_position_chunks_equal_one_whole_batch_pass(bos_
     assert whole.isnan().sum() == chunked.isnan().sum() == 3 + 4  # each row's first slot, the prefix's four
     torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0, equal_nan=True)
     torch.testing.assert_close(whole[:, 1:][labels[:, 1:] != IGNORE_INDEX], reference[labels[:, 1:] != IGNORE_INDEX])
+
+
+SUMMARY_URL = {**TRUE_URL, 'attention': 'summary'}
+
+
+@pytest.fixture(scope='module')
+def random_model(tokenizer_dir: Path, tokenizer):
+    """yamls/tiny-cpu.yaml's model for the two-source tokenizer and rows, randomly initialised (seed 0)."""
+    from llmfoundry.utils.builders import build_composer_model
+
+    cfg = train_config(TINY_YAML, trained_model_overrides(tokenizer_dir))['model']
+    torch.manual_seed(0)
+    return build_composer_model(name=cfg.pop('name'), cfg=cfg, tokenizer=tokenizer).eval()
+
+
+def test_conditional_loss_under_summary_attention_scores_mpt_and_its_llama_export_alike(
+    random_model, tokenizer, held_out
+):
+    from transformers import LlamaForCausalLM
+
+    from meco_callbacks.model.llama_export import llama_config, llama_state_dict, mpt_config_of
+
+    config = mpt_config_of(random_model)
+    llama = LlamaForCausalLM(llama_config(config, tokenizer)).eval()
+    llama.load_state_dict(llama_state_dict(random_model.state_dict(), config))
+    conditions = {'summary': SUMMARY_URL, 'full': TRUE_URL}
+
+    mpt = compare_conditions(random_model, tokenizer, held_out, conditions, max_batches=2)
+    exported = compare_conditions(llama, tokenizer, held_out, conditions, max_batches=2)
+
+    assert mpt['summary']['tokens'] == mpt['full']['tokens'] == exported['summary']['tokens'] > 0
+    assert mpt['summary']['loss'] != pytest.approx(mpt['full']['loss'], abs=1e-4)  # the mask changes the scores
+    for name in conditions:
+        assert exported[name]['loss'] == pytest.approx(mpt[name]['loss'], abs=1e-4)
+
+
+def test_summary_attention_on_an_exported_plain_mpt_is_refused_when_scoring(random_model, tokenizer, held_out):
+    with pytest.raises(ValueError, match='metadata.attention: summary needs the model meco_mpt_causal_lm'):
+        compare_conditions(random_model.model.to_mpt(), tokenizer, held_out, {'summary': SUMMARY_URL}, max_batches=1)
+
+
+def test_the_loss_command_scores_a_summary_run_with_its_mask(monkeypatch):
+    import argparse
+
+    captured = {}
+    monkeypatch.setattr(evaluate, 'load_trained_model', lambda *args: (None, None))
+    monkeypatch.setattr(
+        evaluate,
+        'compare_conditions',
+        lambda model, tok, packed, conditions, *a, **k: captured.update(conditions) or {},
+    )
+    args = argparse.Namespace(
+        config=str(TINY_YAML),
+        override=['train_loader.dataset.metadata.attention=summary'],
+        checkpoint='x.pt',
+        hf=None,
+        device='cpu',
+        packed='p',
+        wrong_url=['wrong.example'],
+        batch_size=8,
+        max_batches=None,
+        per_source=False,
+        reserve_tokens=0,
+        guidance=None,
+    )
+
+    evaluate.run_loss(args)
+
+    assert {name: spec.get('attention') for name, spec in captured.items()} == {
+        'true_url': 'summary',
+        'no_url': 'summary',
+        'url=wrong.example': 'summary',
+    }
+
+
+def test_prompts_with_a_url_for_a_summary_trained_model_are_refused(bos_tokenizer):
+    summary = MetadataConfig(attention='summary')
+
+    assert prompt_ids(bos_tokenizer, 'river', None, summary) == [BOS_ID, *byte_ids('river')]
+    with pytest.raises(ValueError, match='trained with metadata.attention: summary'):
+        prompt_ids(bos_tokenizer, 'river', ALPHA, summary)
+    with pytest.raises(ValueError, match='trained with metadata.attention: summary'):
+        conditioned_icl_tasks([{'label': 'lm', 'num_fewshot': [0]}], {'lm': ALPHA}, summary)

@@ -169,3 +169,12 @@ def test_the_fast_host_path_returns_what_urlsplit_returns(url):
     expected = (urlsplit(reference).hostname or '').rstrip('.')
     assert url_host(url) == expected
     assert url_host(url, strip_www=True) == (expected[4:] if expected.startswith('www.') else expected)
+
+
+def test_metadata_attention_is_full_by_default_summary_for_prefixes_and_refused_otherwise():
+    assert MetadataConfig().attention == 'full'
+    assert MetadataConfig.from_dict({'attention': 'summary'}).attention == 'summary'
+    with pytest.raises(ValueError, match=r"metadata.attention must be one of full, summary; got 'sumary'"):
+        MetadataConfig.from_dict({'attention': 'sumary'})
+    with pytest.raises(ValueError, match='applies to position: prefix only, not position: suffix'):
+        MetadataConfig.from_dict({'attention': 'summary', 'position': 'suffix', 'loss': True})

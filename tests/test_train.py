@@ -272,3 +272,33 @@ def test_two_meco_eval_loaders_track_loss_with_and_without_urls_through_the_cool
     assert not trainer.state.train_dataloader.injector.enabled  # the train stream cooled down at batch 9
     assert injected['eval/meco_url'] > 0 and injected['eval/meco_no_url'] == 0
     assert set(loss) == {'eval/meco_url', 'eval/meco_no_url'} and loss['eval/meco_url'] != loss['eval/meco_no_url']
+
+
+@pytest.mark.slow
+def test_the_tiny_recipe_trains_with_summary_attention_through_microbatches_and_the_cooldown(
+    tiny_packed, tokenizer_dir, tmp_path, monkeypatch
+):
+    from meco_callbacks.model import mpt
+
+    seen = []
+
+    def recording(prefix_mask, sequence_id=None):
+        seen.append((tuple(prefix_mask.shape), int(prefix_mask.sum())))
+        return forbidden(prefix_mask, sequence_id)
+
+    forbidden = mpt.summary_forbidden
+    monkeypatch.setattr(mpt, 'summary_forbidden', recording)
+    records = train_tiny(
+        tmp_path,
+        tiny_packed,
+        tokenizer_dir,
+        'max_duration=10ba',
+        'device_train_microbatch_size=2',
+        'train_loader.dataset.metadata.attention=summary',
+    )
+
+    assert len(records) == 10
+    assert [r['prefixed'] for r in records] == [True] * 9 + [False]  # the cooldown's batch has no prefix_mask
+    assert all(math.isfinite(r['loss']) for r in records)
+    assert len(seen) == 2 * 9  # each prefixed batch of 4 rows as two microbatches of 2
+    assert all(shape == (2, 64) and prefix_slots > 0 for shape, prefix_slots in seen)

@@ -61,6 +61,8 @@ def run_loss(args: argparse.Namespace) -> None:
     if trained is not None and trained.kind == COMPACT_KIND:  # its tokens: the true and wrong URLs as trained
         trained = with_recorded_compact(trained, [read_dataset_info(args.packed) or {}])
         conditions = {'no_url': NO_URL, **compact_conditions(trained, args.wrong_url)}
+    if trained is not None and trained.attention == 'summary':  # score as the model was trained
+        conditions = {name: {**spec, 'attention': 'summary'} for name, spec in conditions.items()}
     results = compare_conditions(
         model,
         tokenizer,

@@ -4,7 +4,7 @@ train_loader:
   name: meco
   dataset: {local: /data/packed, shuffle: true, max_seq_len: 8192,
             metadata: {kind: domain, template: "URL: {}\\n\\n", enabled: true, max_chars: 100,
-                       drop_probability: 0.0, position: prefix, loss: false},
+                       drop_probability: 0.0, position: prefix, loss: false, attention: full},
             document_masking: true, document_start_target: true}
   drop_last: true
   num_workers: 8
@@ -121,17 +121,20 @@ def build_meco_loader(
         position=metadata.position,
         metadata_loss=metadata.loss,
         document_start_target=document_start_target,
+        summary_attention=metadata.attention == 'summary',
     )
     bos_id = tokenizer.bos_token_id if documents_start_with_bos(infos, tokenizer) else None
     collator = PackedCollator(tokenizer, metadata, max_seq_len, bos_id, seed=packed.shuffle_seed)
     workers = {'prefetch_factor': prefetch_factor, 'persistent_workers': persistent_workers} if num_workers else {}
     log.info(
-        'meco loader: metadata %s as %s (%s, drop probability %g, loss %s), document masking %s, %d workers',
+        'meco loader: metadata %s as %s (%s, drop probability %g, loss %s, attention %s), document masking %s, '
+        '%d workers',
         metadata.kind,
         metadata.position,
         'on' if injector.enabled else 'off',
         metadata.drop_probability,
         'on' if metadata.loss else 'off',
+        metadata.attention,
         'on' if document_masking else 'off',
         num_workers,
     )

@@ -37,6 +37,7 @@ _WHITESPACE = re.compile(r'\s+')
 _PLAIN_HOST_URL = re.compile(r'(?:[A-Za-z][A-Za-z0-9+.-]*:)?//([A-Za-z0-9.-]+)(?:[/?#]|$)')
 _PLAIN_KINDS = ('domain', 'url', 'registered_domain', 'hash', COMPACT_KIND, 'none')
 POSITIONS = ('prefix', 'suffix')
+ATTENTIONS = ('full', 'summary')  # metadata.attention: how document tokens see their prefix
 
 
 def normalize_metadata(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> str:
@@ -131,6 +132,8 @@ class MetadataConfig:
     bins: tuple[float, ...] | None = None
     quantiles: int | None = None
     compact: Mapping[str, Any] | None = None
+    # Experimental (issue 25): ``summary`` lets document tokens see their prefix only through its last token.
+    attention: str = 'full'
 
     def __post_init__(self) -> None:
         if not (self.kind in _PLAIN_KINDS or self.kind.startswith(('column:', 'constant:', 'bins:'))):
@@ -142,6 +145,7 @@ class MetadataConfig:
         if self.kind in ('column:', 'constant:', 'bins:'):
             raise ValueError(f'metadata.kind {self.kind!r} needs a name or text after the colon, e.g. column:topic.')
         self._check_variants()
+        self._check_attention()
         if self.template.count('{}') != 1 or self.template.replace('{}', '').count('{') + self.template.replace(
             '{}', ''
         ).count('}'):
@@ -198,6 +202,16 @@ class MetadataConfig:
             object.__setattr__(self, 'bins', check_edges(self.bins, 'metadata.bins'))
             if q is not None and len(self.bins) != q - 1:
                 raise ValueError(f'metadata.bins has {len(self.bins)} edges, not the {q - 1} of {q} quantiles.')
+
+    def _check_attention(self) -> None:
+        """``attention``: ``full`` (every prefix token visible, the paper) or ``summary`` (prefix only)."""
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f'metadata.attention must be one of {", ".join(ATTENTIONS)}; got {self.attention!r}.')
+        if self.attention == 'summary' and self.position != 'prefix':
+            raise ValueError(
+                'metadata.attention: summary lets document tokens see a prefix only through its last token; it '
+                f'applies to position: prefix only, not position: {self.position}. Use attention: full with a suffix.'
+            )
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any] | None) -> MetadataConfig:

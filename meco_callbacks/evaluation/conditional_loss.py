@@ -43,6 +43,8 @@ from meco_callbacks.data.dataset import documents_start_with_bos, with_recorded_
 from meco_callbacks.data.metadata import MetadataConfig, url_host
 from meco_callbacks.evaluation.guidance import guide
 from meco_callbacks.formats import read_dataset_info
+from meco_callbacks.model.attention import summary_forbidden
+from meco_callbacks.model.mpt import summary_attention
 
 log = logging.getLogger(__name__)
 
@@ -151,17 +153,22 @@ def _row_logits(lm: torch.nn.Module, batch: Mapping[str, torch.Tensor], rows: sl
     """The model's logits for ``rows`` of a model batch (its inputs only; labels stay out).
 
     MPT reads ``sequence_id`` and masks attention to each document itself; any other causal LM (a Llama export)
-    would ignore it, so it gets the same document mask as a 4D attention mask instead.
+    would ignore it, so it gets the same document mask as a 4D attention mask instead. A batch's ``prefix_mask``
+    (``metadata.attention: summary``) reaches a ``meco_mpt_causal_lm``'s own mask, or a Llama's 4D mask.
     """
     inputs = {k: v[rows].to(device) for k, v in batch.items() if k in ('input_ids', 'attention_mask', 'position_ids')}
-    if 'sequence_id' in batch:
-        if _reads_sequence_id(lm):
-            inputs['sequence_id'] = batch['sequence_id'][rows].to(device)
-        else:
-            inputs['attention_mask'] = document_attention_mask(
-                batch['sequence_id'][rows].to(device), inputs.get('attention_mask'), lm.dtype
-            )
-    return lm(**inputs).logits
+    prefix_mask = batch['prefix_mask'][rows].to(device) if 'prefix_mask' in batch else None
+    reads_sequence_id = _reads_sequence_id(lm)
+    if 'sequence_id' in batch and reads_sequence_id:
+        inputs['sequence_id'] = batch['sequence_id'][rows].to(device)
+    elif not reads_sequence_id and ('sequence_id' in batch or prefix_mask is not None):
+        ids = batch['sequence_id'][rows] if 'sequence_id' in batch else torch.zeros_like(batch['input_ids'][rows])
+        inputs['attention_mask'] = document_attention_mask(
+            ids.to(device), inputs.get('attention_mask'), lm.dtype, prefix_mask
+        )
+        prefix_mask = None  # in the 4D mask
+    with summary_attention(lm, prefix_mask):
+        return lm(**inputs).logits
 
 
 def _reads_sequence_id(lm: torch.nn.Module) -> bool:
@@ -173,12 +180,21 @@ def _reads_sequence_id(lm: torch.nn.Module) -> bool:
 
 
 def document_attention_mask(
-    sequence_id: torch.Tensor, attention_mask: torch.Tensor | None, dtype: torch.dtype
+    sequence_id: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dtype: torch.dtype,
+    prefix_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Additive ``[batch, 1, seq, seq]`` mask: each slot sees earlier slots of its own document, never padding."""
+    """Additive ``[batch, 1, seq, seq]`` mask: each slot sees earlier slots of its own document, never padding.
+
+    With ``prefix_mask`` (summary attention), a prefix slot other than its prefix's last is also hidden from every
+    slot that is not a prefix slot, as the MeCo model's own mask does in training.
+    """
     seq = sequence_id.shape[-1]
     causal = torch.ones(seq, seq, dtype=torch.bool, device=sequence_id.device).tril()
     allowed = causal & (sequence_id[:, :, None] == sequence_id[:, None, :])
+    if prefix_mask is not None:
+        allowed &= ~summary_forbidden(prefix_mask, sequence_id)
     if attention_mask is not None:
         allowed &= attention_mask[:, None, :].bool()
     allowed |= torch.eye(seq, dtype=torch.bool, device=sequence_id.device)  # a padding slot sees itself: no NaN
@@ -302,7 +318,11 @@ def compare_conditions(
     collators = {name: PackedCollator(tokenizer, cfg, max_seq_len, bos_id) for name, cfg in configs.items()}
     injectors = {
         name: PrefixInjector(
-            max_seq_len, enabled=cfg.enabled and cfg.active, document_masking=document_masking, pad_token_id=pad_id
+            max_seq_len,
+            enabled=cfg.enabled and cfg.active,
+            document_masking=document_masking,
+            pad_token_id=pad_id,
+            summary_attention=cfg.attention == 'summary',
         )
         for name, cfg in configs.items()
     }

@@ -25,7 +25,7 @@ import yaml
 from lm_eval.models.huggingface import HFLM
 
 from meco_callbacks.data.metadata import MetadataConfig
-from meco_callbacks.evaluation.prompts import DEFAULT_METADATA, prompt_head
+from meco_callbacks.evaluation.prompts import DEFAULT_METADATA, prompt_head, refuse_summary_attention
 
 log = logging.getLogger(__name__)
 
@@ -334,6 +334,8 @@ def evaluate_harness_with_urls(
             f'the model was trained with its metadata after each document (metadata.position {metadata.position!r}); '
             'the URL condition puts it before the prompt, a layout it never saw. Run --conditions no_url.'
         )
+    if task_urls:
+        refuse_summary_attention(metadata)
     for url in task_urls.values():
         metadata.metadata_for_prompt(url)  # a URL that yields no metadata is refused before the model loads
     task_manager = TaskManager(include_path=str(include_path) if include_path else None)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from meco_callbacks.data.metadata import MetadataConfig
-from meco_callbacks.evaluation.prompts import DEFAULT_METADATA
+from meco_callbacks.evaluation.prompts import DEFAULT_METADATA, refuse_summary_attention
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ def conditioned_icl_tasks(
             f'the URL map must name every ICL task exactly: tasks without a URL {missing}, URLs for '
             f'unknown tasks {unknown}. Add `urls: {{<task label>: <domain>}}` entries.'
         )
+    refuse_summary_attention(metadata)
     out = []
     for task in icl_tasks:
         label = str(task['label'])

@@ -29,9 +29,21 @@ def prompt_head(tokenizer: Any, url: str | None, metadata: MetadataConfig = DEFA
             f'this model was trained with its metadata after each document (metadata.position: {metadata.position}), '
             'so a URL before a prompt is a layout it never saw; run it without --url (or score suffixes yourself).'
         )
+    refuse_summary_attention(metadata)
     return head + PrefixTokens(tokenizer, metadata)(metadata.metadata_for_prompt(url)).tolist()
 
 
 def prompt_ids(tokenizer: Any, text: str, url: str | None, metadata: MetadataConfig = DEFAULT_METADATA) -> list[int]:
     """The token ids of ``text`` behind ``url``'s prefix, laid out as a training document (see the module docstring)."""
     return prompt_head(tokenizer, url, metadata) + tokenizer(text, add_special_tokens=False)['input_ids']
+
+
+def refuse_summary_attention(metadata: MetadataConfig) -> None:
+    """Refuse a URL prompt for a model trained with ``metadata.attention: summary``: a plain causal LM (generation,
+    URL search, the harness, ICL) would let the prompt see every prefix token, which training never did."""
+    if metadata.attention == 'summary':
+        raise ValueError(
+            'this model was trained with metadata.attention: summary (document tokens saw a prefix only through its '
+            'last token); prompts with a URL through a plain causal LM would show the prompt every prefix token, a '
+            'layout it never saw. Run it without a URL, or score with recipes/evaluate.py loss, which applies the mask.'
+        )

@@ -48,14 +48,39 @@ def flex_attention_unavailable_reason() -> str | None:
     return None
 
 
+def hidden_prefix_slots(prefix_mask: torch.Tensor, sequence_id: torch.Tensor | None = None) -> torch.Tensor:
+    """``[batch, seq]`` bool: prefix slots that are not their prefix's last (the next slot is prefix, same segment).
+
+    Under summary attention (``metadata.attention: summary``) these are visible only to queries that are prefix
+    slots themselves; the last prefix slot, which has attended to the whole prefix, carries it to the document.
+    """
+    prefix = prefix_mask.bool()
+    follows = torch.zeros_like(prefix)
+    follows[:, :-1] = prefix[:, 1:]
+    if sequence_id is not None:
+        sequence_id = sequence_id.to(prefix.device)
+        follows[:, :-1] &= sequence_id[:, :-1] == sequence_id[:, 1:]
+    return prefix & follows
+
+
+def summary_forbidden(prefix_mask: torch.Tensor, sequence_id: torch.Tensor | None = None) -> torch.Tensor:
+    """``[batch, seq_q, seq_kv]`` bool: where summary attention forbids a query from seeing a key (a hidden prefix
+    slot seen from a slot that is not a prefix slot). Everything else (causality, documents, padding) is left as is."""
+    prefix = prefix_mask.bool()
+    hidden = hidden_prefix_slots(prefix, sequence_id)
+    return ~prefix[:, :, None] & hidden[:, None, :]
+
+
 def _document_block_mask(
     sequence_id: torch.Tensor | None,
     key_is_token: torch.Tensor | None,
     batch_size: int,
     seq_len: int,
     device: torch.device,
+    prefix: torch.Tensor | None = None,
+    hidden: torch.Tensor | None = None,
 ) -> BlockMask:
-    """Evaluate the causal / same-document / non-padding rule block by block into a flex ``BlockMask``."""
+    """Evaluate the causal / same-document / non-padding (/ summary prefix) rule block by block into a ``BlockMask``."""
 
     def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         allowed = q_idx >= kv_idx
@@ -63,9 +88,11 @@ def _document_block_mask(
             allowed = allowed & (sequence_id[b, q_idx] == sequence_id[b, kv_idx])
         if key_is_token is not None:
             allowed = allowed & key_is_token[b, kv_idx]
+        if prefix is not None and hidden is not None:
+            allowed = allowed & ~(hidden[b, kv_idx] & ~prefix[b, q_idx])
         return allowed
 
-    per_row = sequence_id is not None or key_is_token is not None
+    per_row = sequence_id is not None or key_is_token is not None or prefix is not None
     return flex_api.create_block_mask(
         mask_mod,
         batch_size if per_row else None,
@@ -87,26 +114,34 @@ def build_document_block_mask(
     device: torch.device,
     sequence_id: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
+    prefix_mask: torch.Tensor | None = None,
 ) -> BlockMask:
     """The ``BlockMask`` for one batch: causal, within each row's document (same ``sequence_id``), off padded keys.
 
-    ``sequence_id`` and ``attention_mask`` are ``[batch, seq_len]``; either may be ``None`` (no document structure,
-    no padding). Build it once per forward and share it across layers: it depends on the batch, not on the layer.
+    ``sequence_id``, ``attention_mask`` and ``prefix_mask`` are ``[batch, seq_len]``; each may be ``None`` (no
+    document structure, no padding, full attention to prefixes). With ``prefix_mask`` (summary attention), a prefix
+    slot other than its prefix's last is hidden from every query that is not a prefix slot. Build it once per
+    forward and share it across layers: it depends on the batch, not on the layer.
     """
-    for name, tensor in (('sequence_id', sequence_id), ('attention_mask', attention_mask)):
+    named = (('sequence_id', sequence_id), ('attention_mask', attention_mask), ('prefix_mask', prefix_mask))
+    for name, tensor in named:
         if tensor is not None and (tensor.dim() != 2 or tensor.shape[-1] != seq_len):
             raise ValueError(
                 f'{name} must be [batch, {seq_len}] to mask a sequence of {seq_len} tokens; got '
                 f'shape {tuple(tensor.shape)}.'
             )
-    rows = [t.shape[0] for t in (sequence_id, attention_mask) if t is not None]
+    rows = [t.shape[0] for _, t in named if t is not None]
     if len(set(rows)) > 1:
-        raise ValueError(f'sequence_id and attention_mask disagree on the batch size: {rows}.')
+        raise ValueError(f'sequence_id, attention_mask and prefix_mask disagree on the batch size: {rows}.')
     key_is_token = None if attention_mask is None else attention_mask.to(device=device, dtype=torch.bool)
     if sequence_id is not None:
         sequence_id = sequence_id.to(device)
+    prefix = hidden = None
+    if prefix_mask is not None:
+        prefix = prefix_mask.to(device=device, dtype=torch.bool)
+        hidden = hidden_prefix_slots(prefix, sequence_id)
     build = _document_block_mask if torch.device(device).type == 'cpu' else _compiled(_document_block_mask)
-    return build(sequence_id, key_is_token, rows[0] if rows else 1, seq_len, torch.device(device))
+    return build(sequence_id, key_is_token, rows[0] if rows else 1, seq_len, torch.device(device), prefix, hidden)
 
 
 def flex_attention_fn(

@@ -17,7 +17,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -30,9 +31,18 @@ from meco_callbacks.model.attention import (
     FLEX_ON_CPU,
     build_document_block_mask,
     flex_attention_unavailable_reason,
+    summary_forbidden,
 )
 
-__all__ = ['MeCoMPTConfig', 'MeCoMPTModel', 'MeCoMPTForCausalLM', 'MeCoMPTCausalLM', 'VOCAB_FROM_TOKENIZER']
+__all__ = [
+    'MeCoMPTConfig',
+    'MeCoMPTModel',
+    'MeCoMPTForCausalLM',
+    'MeCoMPTCausalLM',
+    'VOCAB_FROM_TOKENIZER',
+    'applies_summary_attention',
+    'summary_attention',
+]
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +113,15 @@ class MeCoMPTConfig(MPTConfig):
 
 
 class MeCoMPTModel(MPTModel):
-    """MPT backbone that, with ``attn_impl: flex``, gives every layer one ``BlockMask`` per forward, not a dense bias."""
+    """MPT backbone that, with ``attn_impl: flex``, gives every layer one ``BlockMask`` per forward, not a dense bias.
+
+    ``prefix_mask`` (``[batch, seq]``, True on metadata prefix slots; set for one forward by :func:`summary_attention`)
+    switches on summary attention (``metadata.attention: summary``): a prefix slot other than its prefix's last is
+    hidden from every query that is not a prefix slot, in the flex ``BlockMask`` and in the dense ``torch`` bias
+    alike. ``None`` (the default) is MPT's attention unchanged.
+    """
+
+    prefix_mask: torch.Tensor | None = None
 
     def __init__(self, config: MPTConfig) -> None:
         if config.attn_config['attn_impl'] != FLEX_ATTN_IMPL:
@@ -166,17 +184,35 @@ class MeCoMPTModel(MPTModel):
     ) -> tuple[Any, torch.ByteTensor | None]:
         """MPT calls this once per forward; with ``flex`` it returns the batch's ``BlockMask`` (padding included)."""
         if self.attn_impl != FLEX_ATTN_IMPL:
-            return super()._attn_bias(device, dtype, attention_mask=attention_mask, sequence_id=sequence_id)
+            bias, mask = super()._attn_bias(device, dtype, attention_mask=attention_mask, sequence_id=sequence_id)
+            return self._summary_bias(bias, sequence_id), mask
         if torch.device(device).type == 'cpu' and not self.flex_on_cpu:
-            return self._dense_attn_bias(device, dtype, attention_mask, sequence_id)
+            bias, mask = self._dense_attn_bias(device, dtype, attention_mask, sequence_id)
+            return self._summary_bias(bias, sequence_id), mask
         assert attention_mask is not None  # forward() fills it in for flex
         block_mask = build_document_block_mask(
             attention_mask.shape[-1],
             device,
             sequence_id=sequence_id if self.attn_uses_sequence_id else None,
             attention_mask=attention_mask,
+            prefix_mask=self.prefix_mask,
         )
         return block_mask, None
+
+    def _summary_bias(self, bias: Any, sequence_id: torch.LongTensor | None) -> Any:
+        """The dense bias with summary attention's rule added (``prefix_mask`` set), else the bias unchanged."""
+        if self.prefix_mask is None:
+            return bias
+        if not isinstance(bias, torch.Tensor):
+            raise ValueError(
+                f'metadata.attention: summary needs attn_impl flex or torch (a mask the model builds); attn_impl '
+                f'{self.attn_impl} cannot hide prefix tokens.'
+            )
+        seq = self.prefix_mask.shape[-1]
+        bias = bias[..., -seq:, -seq:]  # MPT's cached causal bias is max_seq_len wide; attention takes its last rows
+        documents = sequence_id if self.attn_uses_sequence_id else None  # as the flex mask reads them
+        forbidden = summary_forbidden(self.prefix_mask.to(bias.device), documents)
+        return bias.masked_fill(forbidden[:, None], torch.finfo(bias.dtype).min)
 
     def _dense_attn_bias(
         self,
@@ -266,6 +302,11 @@ class MeCoMPTCausalLM(ComposerMPTCausalLM):
         """The config class that accepts ``flex``."""
         return MeCoMPTConfig
 
+    def forward(self, batch: Mapping) -> Any:
+        """MPT's forward; a batch's ``prefix_mask`` (``metadata.attention: summary``) reaches the backbone's mask."""
+        with summary_attention(self.model, batch.get('prefix_mask')):
+            return super().forward(batch)
+
     def flops_per_batch(self, batch: Mapping) -> int:
         """MPT's count (what SpeedMonitor's MFU uses), less the attention across documents when attention is masked.
 
@@ -286,3 +327,33 @@ class MeCoMPTCausalLM(ComposerMPTCausalLM):
         # MPT's attention term is linear in msl**2 (get_attention_flops(1) per squared token), times 3 for backward.
         masked_away = rows * msl * msl - squared_lengths
         return super().flops_per_batch(batch) - 3 * self.get_attention_flops(1) * masked_away
+
+
+def applies_summary_attention(model: torch.nn.Module) -> bool:
+    """Whether ``model`` holds a :class:`MeCoMPTModel` that can apply a ``prefix_mask`` (``attn_impl`` flex or torch)."""
+    return any(isinstance(m, MeCoMPTModel) and m.attn_impl in (FLEX_ATTN_IMPL, 'torch') for m in model.modules())
+
+
+@contextmanager
+def summary_attention(model: torch.nn.Module, prefix_mask: torch.Tensor | None) -> Iterator[None]:
+    """For the forwards inside, give every :class:`MeCoMPTModel` in ``model`` the batch's ``prefix_mask``.
+
+    ``None`` changes nothing. A model without a ``MeCoMPTModel`` (a plain MPT, a Llama) cannot apply it: a clear error.
+    The backbone is looked up among the modules, so a wrapper (FSDP, activation checkpointing) does not hide it.
+    """
+    if prefix_mask is None:
+        yield
+        return
+    backbones = [m for m in model.modules() if isinstance(m, MeCoMPTModel)]
+    if not backbones:
+        raise ValueError(
+            f'metadata.attention: summary needs the model meco_mpt_causal_lm; {type(model).__name__} cannot hide '
+            'prefix tokens from the document.'
+        )
+    for backbone in backbones:
+        backbone.prefix_mask = prefix_mask
+    try:
+        yield
+    finally:
+        for backbone in backbones:
+            backbone.prefix_mask = None

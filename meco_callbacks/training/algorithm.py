@@ -1,7 +1,8 @@
 """The ``metadata_conditioning`` algorithm: the model side of MeCo, acting on Composer events.
 
 At ``FIT_START`` it checks that the run can do what the loader promises (a MeCo train loader; a model that
-masks attention by ``sequence_id`` when the loader emits document ids, and not otherwise) and fails with
+masks attention by ``sequence_id`` when the loader emits document ids, and not otherwise; one that applies
+``prefix_mask`` when the loader's ``metadata.attention`` is ``summary``) and fails with
 the fix in the message instead of training something else silently. After every batch leaves the loader
 it logs the phase and how many tokens were metadata or were pushed off their row by prefixes. The running
 totals (``meco/*_total``, this rank's batches) are kept in the checkpoint, so a resumed run continues them.
@@ -16,6 +17,7 @@ from composer.core import Algorithm, Event, State
 from composer.loggers import Logger
 
 from meco_callbacks.data.dataloader import MeCoDataLoader
+from meco_callbacks.model.mpt import applies_summary_attention
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,12 @@ class MetadataConditioning(Algorithm):
         self.dropped_tokens_total = int(state.get('dropped_tokens_total', 0))
 
     def _check_model(self, state: State, loader: MeCoDataLoader) -> None:
+        if getattr(loader.injector, 'summary_attention', False) and not applies_summary_attention(state.model):
+            raise ValueError(
+                'train_loader.dataset.metadata.attention: summary needs a model that hides prefix tokens by the '
+                "batch's prefix_mask: name: meco_mpt_causal_lm with attn_config.attn_impl: flex or torch. This model "
+                'would ignore it and train with full attention to the prefix.'
+            )
         if not self.check_document_masking:
             return
         uses = model_uses_sequence_id(state.model)
