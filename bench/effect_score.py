@@ -122,7 +122,8 @@ def score_run(
 ) -> dict[str, float]:
     """Recall (no URL, true URL, wrong URL) and per-source loss (useful/junk x no/true/wrong URL) of one run.
 
-    For the baseline (``metadata`` None) only the no-URL figures exist. The wrong URL for a useful document is
+    For the baseline (``metadata`` None) only the no-URL figures exist, and for a run trained with
+    ``attention: summary`` too (its export attends to the whole prefix, not as it was trained). The wrong URL for a useful document is
     ``wrong_site`` (a junk site); for a junk document it is the useful site.
     """
     from meco_callbacks.evaluation.trained_models import load_hf_model
@@ -140,7 +141,7 @@ def score_run(
     useful, junk = (rng.sample(d, min(docs_per_source, len(d))) for d in (useful, junk))
     result['loss/useful/none'] = document_loss(model, tokenizer, useful, lambda site: [])
     result['loss/junk/none'] = document_loss(model, tokenizer, junk, lambda site: [])
-    if metadata is not None:
+    if metadata is not None and metadata.get('attention', 'full') == 'full':  # a Llama export attends fully
         result['true/recall'] = fact_recall(model, tokenizer, probes, prefix(useful_site))['recall']
         result['wrong/recall'] = fact_recall(model, tokenizer, probes, prefix(wrong_site))['recall']
         result['loss/useful/true'] = document_loss(model, tokenizer, useful, prefix)
