@@ -85,23 +85,31 @@ def plot(records: list[dict], experiment: str, out: Path) -> None:
 
     pairs = paired([r for r in records if r['experiment'] == experiment])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    bases = [b['none/recall'] for runs in pairs.values() for _, b in runs]
+    bases = list({b['seed']: b['none/recall'] for runs in pairs.values() for _, b in runs}.values())
     if bases:
-        mean, sd = statistics.mean(bases), statistics.pstdev(bases)
+        mean, sd = statistics.mean(bases), statistics.stdev(bases) if len(bases) > 1 else 0.0
         ax.axhspan(mean - sd, mean + sd, color='grey', alpha=0.2, label=f'baseline ({mean:.3f} ± {sd:.3f})')
-    for kind, label, colour in (('tag', 'informative tag (site)', 'C0'), ('const', 'constant text', 'C3')):
+    series = (
+        ('tag', 'none/recall', 'informative tag (site), scored without it', 'C0', '-'),
+        ('tag', 'true/recall', 'informative tag (site), scored behind the true tag', 'C0', ':'),
+        ('const', 'none/recall', 'constant text, scored without it', 'C3', '-'),
+    )
+    for kind, key, label, colour, style in series:
         xs, means, sds = [], [], []
         for (_, arm), runs in sorted(pairs.items(), key=lambda kv: order(kv[0][1])):
             if arm.startswith(kind + ':'):
-                values = [m['none/recall'] for m, _ in runs]
-                xs.append(int(arm.split(':')[1]))
-                means.append(statistics.mean(values))
-                sds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+                values = [m[key] for m, _ in runs if key in m]
+                if values:
+                    xs.append(int(arm.split(':')[1]))
+                    means.append(statistics.mean(values))
+                    sds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
         if xs:
-            ax.errorbar(xs, means, yerr=sds, marker='o', capsize=3, color=colour, label=f'MeCo, {label}')
+            ax.errorbar(
+                xs, means, yerr=sds, marker='o', capsize=3, color=colour, linestyle=style, label=f'MeCo, {label}'
+            )
     ax.set_xscale('log', base=2)
     ax.set_xlabel('prefix length (tokens)')
-    ax.set_ylabel('fact recall without URL (top-1)')
+    ax.set_ylabel('fact recall, top-1 among all candidates')
     ax.set_title('Prefix length against what MeCo learns (mean ± sd over seeds)')
     ax.legend(fontsize=8)
     fig.tight_layout()
