@@ -51,6 +51,7 @@ BIN = Path(sys.executable).parent
 DEFAULT_VARIANT = 'compact'
 TAG_LENGTHS = (1, 2, 4, 9, 19)
 BATCH = 8
+METADATA_KEY = 'train_loader.dataset.metadata.'
 METADATA_TOKENS = 256  # reserved <|meta_K|> tokens for kind compact (a site each, 64 hash buckets)
 
 
@@ -297,7 +298,12 @@ def train_and_score(r: Run, data: Data, args: argparse.Namespace, work: Path) ->
     run([str(BIN / 'composer'), 'train.py', str(yaml), *overrides], run_dir / 'console.log')
     seconds = time.time() - start
     site = json.loads((data.corpus / 'corpus.json').read_text())['junk_domains'][0]
-    scores = score_run(run_dir, data.corpus, r.metadata, site, data.tags, r.packed)
+    scored_with = dict(r.metadata or {}) or None  # the metadata block as trained: the variant, then overrides
+    for override in r.overrides:
+        key, _, value = override.partition('=')
+        if scored_with is not None and key.startswith(METADATA_KEY):
+            scored_with[key[len(METADATA_KEY) :]] = OmegaConf.from_dotlist([f'v={value}']).v
+    scores = score_run(run_dir, data.corpus, scored_with, site, data.tags, r.packed)
     scores.update({'steps': steps, 'train_seconds': round(seconds, 1)})
     scores_file.write_text(json.dumps(scores, indent=1) + '\n')
     return scores

@@ -29,6 +29,11 @@ def load(path: Path) -> list[dict]:
     for line in path.read_text().splitlines():
         if line.strip():
             r = json.loads(line)
+            if any(o.endswith('metadata.attention=summary') for o in r.get('overrides', ())):
+                for key in [k for k in r if k.startswith(('true/', 'wrong/', 'loss/useful/true', 'loss/useful/wrong'))]:
+                    del r[key]  # a Llama export attends to the whole prefix, not as a summary run was trained
+                for key in [k for k in r if k.startswith(('loss/junk/true', 'loss/junk/wrong'))]:
+                    del r[key]
             records[(r['experiment'], r['arm'], r['rows'], r['seed'])] = r
     return list(records.values())
 
