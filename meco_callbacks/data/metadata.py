@@ -111,8 +111,8 @@ class MetadataConfig:
     ``strip_www``: drop a leading ``www.`` from hosts.
 
     Variants: ``drop_probability`` in [0, 1): each document's metadata is left out with this probability (its
-    room becomes padding), decided by (seed, URL, epoch); ``position``: ``prefix`` (before the document, the
-    paper) or ``suffix`` (after its EOS, where the document ends); ``loss``: train the metadata tokens too;
+    room becomes padding), decided per document by (seed, epoch, URL, the document's tokens); ``position``:
+    ``prefix`` (before the document, the paper) or ``suffix`` (after its EOS, where the document ends); ``loss``: train the metadata tokens too;
     ``bins`` (edges) or ``quantiles`` (N, edges read from the packed set) for a ``bins:<column>`` kind.
     """
 
