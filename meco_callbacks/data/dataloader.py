@@ -19,8 +19,10 @@ from typing import Any
 from composer.core import DataSpec
 from torch.utils.data import DataLoader
 
+from meco_callbacks.config_checks import check_bool, check_choice, check_int, check_mapping, check_number, check_str
 from meco_callbacks.data.collator import PackedCollator, PrefixInjector
 from meco_callbacks.data.dataset import (
+    PREFIX_OVERFLOW,
     MeCoPackedDataset,
     build_packed_dataset,
     check_packed_datasets,
@@ -98,9 +100,18 @@ def build_meco_loader(
         raise ValueError("the meco dataloader needs the run's tokenizer (set `tokenizer:` in the YAML).")
     if int(device_batch_size) != device_batch_size:
         raise ValueError(f'device_batch_size must be a whole number of rows, got {device_batch_size}.')
+    check_loader_settings(
+        dataset,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=prefetch_factor,
+        persistent_workers=persistent_workers,
+        timeout=timeout,
+    )
     config = dict(dataset)
     metadata = MetadataConfig.from_dict(config.pop('metadata', None))
-    document_masking = bool(config.pop('document_masking', True))
+    document_masking = config.pop('document_masking', True)
     prefix_overflow = config.pop('prefix_overflow', 'error')
     if 'max_seq_len' not in config:
         raise ValueError('the meco dataset block needs max_seq_len (the packed row length).')
@@ -152,6 +163,32 @@ def build_meco_loader(
         timeout=timeout,
         **workers,
     )
+
+
+def check_loader_settings(dataset: Any, **loader: Any) -> None:
+    """The types of the ``meco`` loader's keys and of the dataset keys it reads itself (``metadata`` is checked by
+    ``MetadataConfig``), so that a wrong value names its key instead of failing deep inside or meaning something else.
+    """
+    check_mapping('the meco loader dataset block', dataset)
+    where = 'meco loader dataset.'
+    if 'max_seq_len' in dataset:
+        check_int(where + 'max_seq_len', dataset['max_seq_len'], minimum=1)
+    check_bool(where + 'document_masking', dataset.get('document_masking', True))
+    check_choice(where + 'prefix_overflow', dataset.get('prefix_overflow', 'error'), PREFIX_OVERFLOW)
+    for key in ('local', 'remote', 'split'):
+        check_str(where + key, dataset.get(key), optional=True)
+    check_bool(where + 'shuffle', dataset.get('shuffle', False))
+    if 'shuffle_seed' in dataset:
+        check_int(where + 'shuffle_seed', dataset['shuffle_seed'])
+    streams = check_mapping(where + 'streams', dataset.get('streams'), optional=True)
+    for name, stream in (streams or {}).items():
+        check_mapping(f'{where}streams.{name}', stream)
+    for key in ('drop_last', 'pin_memory', 'persistent_workers'):
+        check_bool(f'meco loader {key}', loader[key])
+    check_int('meco loader num_workers', loader['num_workers'], minimum=0)
+    if loader['prefetch_factor'] is not None:
+        check_int('meco loader prefetch_factor', loader['prefetch_factor'], minimum=1)
+    check_number('meco loader timeout', loader['timeout'], 'a number of seconds (0: no timeout)')
 
 
 def build_cooldown_loader(main: MeCoDataLoader, streams: Mapping[str, Any]) -> DataLoader:

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import tldextract
 
+from meco_callbacks.config_checks import check_bool, check_int, check_number, check_str, refuse
 from meco_callbacks.data.quality_bins import bin_label, bins_column, check_edges, numeric_value
 
 DEFAULT_TEMPLATE = 'URL: {}\n\n'
@@ -128,6 +129,7 @@ class MetadataConfig:
     quantiles: int | None = None
 
     def __post_init__(self) -> None:
+        self._check_types()
         if not (self.kind in _PLAIN_KINDS or self.kind.startswith(('column:', 'constant:', 'bins:'))):
             raise ValueError(
                 f'metadata.kind {self.kind!r} is not known; use one of {", ".join(_PLAIN_KINDS)}, '
@@ -145,6 +147,23 @@ class MetadataConfig:
             )
         if not isinstance(self.max_chars, int) or self.max_chars < 1:
             raise ValueError(f'metadata.max_chars must be a positive integer; got {self.max_chars!r}.')
+
+    def _check_types(self) -> None:
+        """Each field's type, before any is used: a YAML or command-line value of the wrong type names its key."""
+        check_str('metadata.kind', self.kind)
+        check_str('metadata.template', self.template)
+        check_bool('metadata.enabled', self.enabled)
+        check_int('metadata.max_chars', self.max_chars, minimum=1)
+        check_bool('metadata.strip_www', self.strip_www)
+        check_number(
+            'metadata.drop_probability',
+            self.drop_probability,
+            "a number in [0, 1) (0.1 leaves out one document's metadata in ten)",
+        )
+        check_str('metadata.position', self.position)
+        check_bool('metadata.loss', self.loss)
+        if self.bins is not None and (isinstance(self.bins, (str, Mapping)) or not hasattr(self.bins, '__iter__')):
+            raise refuse('metadata.bins', self.bins, 'a list of numbers (bin edges) or null')
 
     def _check_variants(self) -> None:
         """Validate the variant settings (drop, position, loss, bins) with errors that name the setting."""
@@ -181,6 +200,8 @@ class MetadataConfig:
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any] | None) -> MetadataConfig:
         """Build from the YAML block, naming any unknown key (a typo must not silently change the recipe)."""
+        if cfg is not None and not isinstance(cfg, Mapping):
+            raise refuse('the metadata block (train_loader.dataset.metadata)', cfg, 'a mapping of settings or null')
         cfg = dict(cfg or {})
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(cfg) - known)

@@ -15,6 +15,7 @@ from typing import Any
 from composer.core import Algorithm, Event, State
 from composer.loggers import Logger
 
+from meco_callbacks.config_checks import check_bool
 from meco_callbacks.data.dataloader import MeCoDataLoader
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,12 @@ def model_uses_sequence_id(model: Any) -> bool | None:
 class MetadataConditioning(Algorithm):
     """Validate the MeCo setup at fit start and log per-batch MeCo metrics (``meco/*``)."""
 
-    def __init__(self, check_document_masking: bool = True) -> None:
-        self.check_document_masking = check_document_masking
+    def __init__(self, check_document_masking: bool = True, **unknown: Any) -> None:
+        if unknown:
+            raise ValueError(
+                f'unknown metadata_conditioning key(s) {sorted(unknown)}; it takes check_document_masking.'
+            )
+        self.check_document_masking = check_bool('metadata_conditioning.check_document_masking', check_document_masking)
         self.metadata_tokens_total = 0
         self.dropped_tokens_total = 0
 

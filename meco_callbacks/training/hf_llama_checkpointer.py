@@ -29,6 +29,7 @@ from composer.loggers import Logger
 from composer.utils import dist, format_name_with_dist_and_time, parse_uri
 from composer.utils.misc import create_interval_scheduler
 
+from meco_callbacks.config_checks import check_bool, check_str, refuse
 from meco_callbacks.model.llama_export import (
     check_llama_exportable,
     llama_config,
@@ -67,8 +68,22 @@ class HFLlamaCheckpointer(Callback):
                 f'unknown hf_llama_checkpointer key(s) {sorted(unknown)}; it takes save_folder, save_interval, '
                 'precision, huggingface_folder_name and overwrite.'
             )
-        if precision not in PRECISIONS:
+        if not isinstance(precision, str) or precision not in PRECISIONS:
             raise ValueError(f'hf_llama_checkpointer precision {precision!r}: use one of {list(PRECISIONS)}.')
+        check_str('hf_llama_checkpointer.save_folder', save_folder)
+        if not isinstance(save_interval, Time):
+            if isinstance(save_interval, bool) or not isinstance(save_interval, (str, int)):
+                raise refuse(
+                    'hf_llama_checkpointer.save_interval', save_interval, "a time such as '4000ba' or '1dur', or epochs"
+                )
+            try:
+                Time.from_input(save_interval, TimeUnit.EPOCH)
+            except ValueError:
+                raise refuse(
+                    'hf_llama_checkpointer.save_interval', save_interval, "a time such as '4000ba' or '1dur', or epochs"
+                ) from None
+        check_str('hf_llama_checkpointer.huggingface_folder_name', huggingface_folder_name)
+        check_bool('hf_llama_checkpointer.overwrite', overwrite)
         self.save_folder = save_folder
         self.dtype = PRECISIONS[precision]
         self.overwrite = bool(overwrite)
