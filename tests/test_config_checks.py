@@ -16,14 +16,14 @@ from meco_callbacks.training.hf_llama_checkpointer import HFLlamaCheckpointer
 def test_a_template_of_braces_on_the_command_line_is_named_with_the_way_to_quote_it():
     block = OmegaConf.to_container(OmegaConf.from_dotlist(['metadata.template={}']))['metadata']
 
-    with pytest.raises(ValueError, match=r"metadata.template must be a string; got \{\} \(a mapping\)\. .*quote"):
+    with pytest.raises(ValueError, match=r'metadata.template must be a string; got \{\} \(a mapping\)\. .*quote'):
         MetadataConfig.from_dict(block)
 
 
 @pytest.mark.parametrize(
     'setting, message',
     [
-        ({'kind': 3}, r"metadata.kind must be a string; got 3 \(a whole number\)"),
+        ({'kind': 3}, r'metadata.kind must be a string; got 3 \(a whole number\)'),
         ({'kind': ['domain']}, r"metadata.kind must be a string; got \['domain'\] \(a list\)"),
         ({'template': 'URL: {} {}\n'}, r'exactly one "\{\}"'),
         ({'template': 'URL:\n'}, r'exactly one "\{\}"'),
