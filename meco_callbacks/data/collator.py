@@ -211,6 +211,9 @@ class PrefixInjector:
         self.suffix = position == 'suffix'
         self.metadata_loss = metadata_loss
         self.stats = InjectionStats()
+        self.last_input_ids: torch.Tensor | None = (
+            None  # the last batch's input_ids: whose document tokens stats.last counts
+        )
         self._arange = np.arange(max_seq_len)
         self._minus_ones = np.full(max_seq_len, UNTRAINED)
         self._metadata_src = np.full(max_seq_len, TRAINED_METADATA if metadata_loss else UNTRAINED)
@@ -291,4 +294,5 @@ class PrefixInjector:
         if self.document_masking:
             out['sequence_id'] = torch.from_numpy(np.repeat(np.asarray(seq_values), seq_counts).reshape(n, length))
             out['position_ids'] = torch.from_numpy(np.concatenate(pos).reshape(n, length))
+        self.last_input_ids = out['input_ids']
         return out, sources

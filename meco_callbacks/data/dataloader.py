@@ -221,15 +221,40 @@ def build_cooldown_loader(main: MeCoDataLoader, streams: Mapping[str, Any]) -> D
 
 def count_tokens(batch: Mapping[str, Any]) -> dict[str, int]:
     """Tokens in a model batch as ints (llm-foundry's counter returns tensors, which Composer re-wraps every batch
-    with a warning)."""
+    with a warning): ``total`` attended tokens (``attention_mask.sum()``, prefixes included) and ``loss_generating``."""
     from llmfoundry.data.utils import get_tokens_per_batch_func
 
     return {name: int(value) for name, value in get_tokens_per_batch_func()(batch).items()}
 
 
+class DocumentTokens:
+    """The DataSpec's ``get_num_tokens_in_batch``: ``total`` is the batch's document tokens, prefixes not counted.
+
+    Composer adds ``total`` to ``state.timestamp.token``, which every ``tok`` time reads (``max_duration``,
+    ``t_warmup``, ``eval_interval``, ``save_interval``, the cooldown boundary) and the speed monitor's tokens/s.
+    Counting ``attention_mask.sum()`` there, as llm-foundry does, counted MeCo's prefixes, so a budget in ``tok``
+    gave MeCo fewer steps than its baseline on the same rows. The injector counts a batch's document tokens as it
+    builds it (stored tokens kept in the row: BOS, text, EOS); Composer asks right after the batch transform, for
+    the batch the injector returned. ``loss_generating`` stays llm-foundry's count (tokens with a label), and any
+    other batch (one the injector did not build) falls back to llm-foundry's counts.
+    """
+
+    def __init__(self, injector: PrefixInjector) -> None:
+        self.injector = injector
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, int]:
+        counts = count_tokens(batch)
+        ids = batch.get('input_ids') if isinstance(batch, Mapping) else None
+        if ids is not None and ids is self.injector.last_input_ids and self.injector.stats.last:
+            counts['total'] = int(self.injector.stats.last['document_tokens'])
+        return counts
+
+
 def meco_data_spec(loader: MeCoDataLoader) -> DataSpec:
-    """Wrap a loader so Composer injects prefixes per batch in the main process and counts tokens right."""
-    return DataSpec(dataloader=loader, batch_transforms=loader.injector, get_num_tokens_in_batch=count_tokens)
+    """Wrap a loader so Composer injects prefixes per batch in the main process and counts document tokens."""
+    return DataSpec(
+        dataloader=loader, batch_transforms=loader.injector, get_num_tokens_in_batch=DocumentTokens(loader.injector)
+    )
 
 
 def build_meco_dataloader(
