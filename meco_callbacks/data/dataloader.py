@@ -58,6 +58,7 @@ class MeCoDataLoader(DataLoader):
         self.dataset_config = dict(dataset_config)
         self.loader_config = dict(loader_config)
         self.cooldown_loader: DataLoader | None = None
+        self.packed_infos: list[dict[str, Any]] = []  # the packed sets' meco_dataset.json records, as checked
 
     def __iter__(self) -> Iterator[Any]:
         if self.cooldown_loader is None:
@@ -149,7 +150,7 @@ def build_meco_loader(
         'persistent_workers': persistent_workers,
         'timeout': timeout,
     }
-    return MeCoDataLoader(
+    loader = MeCoDataLoader(
         packed,
         injector=injector,
         metadata=metadata,
@@ -163,6 +164,8 @@ def build_meco_loader(
         timeout=timeout,
         **workers,
     )
+    loader.packed_infos = infos
+    return loader
 
 
 def check_loader_settings(dataset: Any, **loader: Any) -> None:
