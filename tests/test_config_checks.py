@@ -106,3 +106,10 @@ def test_the_algorithm_checks_its_keys():
         MetadataConditioning(check_document_masking='no')
     with pytest.raises(ValueError, match=r"unknown metadata_conditioning key\(s\) \['check'\]"):
         MetadataConditioning(check=True)
+
+
+def test_the_models_flex_on_cpu_switch_must_be_true_or_false():
+    from meco_callbacks.model.mpt import MeCoMPTCausalLM
+
+    with pytest.raises(ValueError, match=r"model.flex_on_cpu must be true or false; got 'false'"):
+        MeCoMPTCausalLM(flex_on_cpu='false')
