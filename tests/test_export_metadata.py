@@ -181,3 +181,9 @@ def test_a_model_trained_with_hash_metadata_is_prompted_by_meco_generate_as_its_
     assert exported['packed_sets'] == record['packed_sets']
     assert exported['cooldown'] == record['cooldown'] and exported['written_by'] == 'meco-export'
     assert generated_prompt(monkeypatch, ['--url', url, '--hf', str(out)]) == [*head, *prefix, *text]
+
+
+def test_a_flag_that_contradicts_the_train_yaml_is_refused_too():
+    with pytest.raises(ValueError, match=r"--template 'Site: \{\}\\n' contradicts the train YAML .*tiny-cpu.yaml"):
+        inference_metadata(TINY_YAML, template='Site: {}\n')
+    assert inference_metadata(TINY_YAML, kind='domain') == MetadataConfig()

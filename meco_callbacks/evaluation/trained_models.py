@@ -107,7 +107,7 @@ def inference_metadata(
                 metadata = given
     elif config_path is not None:
         metadata = training_metadata(config_path, overrides)
-        source = f'the train YAML {config_path}' if hf is None else None
+        source = f'the train YAML {config_path}'
     else:
         metadata = MetadataConfig()
     if hf is not None and record is None and str(hf) not in _WARNED_WITHOUT_RECORD:
