@@ -202,7 +202,15 @@ def parse_args() -> argparse.Namespace:
     for key in PRESETS['tiny']:
         parser.add_argument(f'--{key.replace("_", "-")}', type=int, default=None, help=f'override the preset {key}')
     parser.add_argument('--seed', type=int, default=0, help='seed of the packed batch and the weights')
-    return parser.parse_args()
+    parser.add_argument(
+        '--smoke', action='store_true', help='the tiniest run that exercises the code (tests): tiny preset on the CPU'
+    )
+    args = parser.parse_args()
+    if args.smoke:
+        args.device, args.preset = 'cpu', 'tiny'
+        for key, value in {'seq_len': 128, 'steps': 2, 'warmup': 1}.items():
+            setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
+    return args
 
 
 def main() -> None:

@@ -220,7 +220,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         '--repeats', type=int, default=2, help='rounds of all methods; the best time counts (default 2)'
     )
     parser.add_argument('--work-dir', default=None, help='where inputs and outputs go (default: a temporary dir)')
-    return parser.parse_args(argv)
+    parser.add_argument('--smoke', action='store_true', help='the tiniest run that exercises the code (tests)')
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.megabytes, args.repeats = 0.3, 1
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,7 @@
 Both read the same packed rows (packed with prefix room for domains, as the README packs; llm-foundry's copy as
 a ``tokens`` MDS of each row's document tokens) and yield [batch, max_seq_len]; MeCo also tokenizes prefixes
 (cached), injects them into the room, and builds labels, sequence ids, positions and padding.
-Rounds alternate between the two loaders and the best of each counts. Last line: the ratio (goal >= 0.9).   python bench/loader.py [--documents N] [--batches N] [--num-workers N]
+Rounds alternate between the two loaders and the best of each counts. Last line: the ratio (goal >= 0.9).   python bench/loader.py [--documents N] [--batches N] [--num-workers N] [--smoke]
 """
 
 from __future__ import annotations
@@ -34,7 +34,10 @@ def main() -> None:
     parser.add_argument('--batches', type=int, default=150, help='timed batches per loader and round')
     parser.add_argument('--rounds', type=int, default=3, help='interleaved rounds; the best of each loader counts')
     parser.add_argument('--num-workers', type=int, default=0, help='dataloader workers for both loaders')
+    parser.add_argument('--smoke', action='store_true', help='the tiniest run that exercises the code (tests)')
     args = parser.parse_args()
+    if args.smoke:
+        args.documents, args.max_seq_len, args.batches, args.rounds = 60, 256, 4, 1
 
     from llmfoundry.data.dataloader import build_dataloader
     from transformers import AutoTokenizer

@@ -7,7 +7,7 @@ domain) over every row to count the document tokens it drops:
   (b) stream packing with room reserved for the domain prefix (--reserve-prefix domain)
   (c) best-fit-decreasing with room (--reserve-prefix domain --strategy bfd)
 Last line: packing tokens/s of (c) over (a) on the DCLM-like set at 8192 (best of 3 each; goal >= 0.5).
-    python bench/pack.py [--tokens N] [--short-tokens N]
+    python bench/pack.py [--tokens N] [--short-tokens N] [--smoke]
 """
 
 from __future__ import annotations
@@ -80,7 +80,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--tokens', type=int, default=24_000_000, help='tokens of the DCLM-like set')
     parser.add_argument('--short-tokens', type=int, default=3_000_000, help='tokens of the short-document set')
+    parser.add_argument('--smoke', action='store_true', help='the tiniest run that exercises the code (tests)')
     args = parser.parse_args()
+    if args.smoke:
+        args.tokens, args.short_tokens = 200_000, 20_000
 
     from transformers import AutoTokenizer
 

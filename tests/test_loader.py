@@ -30,7 +30,10 @@ def test_the_registered_loader_yields_full_prefixed_batches(packed, tokenizer):
     batch = spec.batch_transforms(next(iter(spec.dataloader)))
     assert batch['input_ids'].shape == batch['labels'].shape == batch['sequence_id'].shape == (3, 64)
     assert tokenizer.decode(batch['input_ids'][0]).startswith('URL: en.wikipedia.org\n\n')
-    assert spec.get_num_tokens_in_batch(batch) == 3 * 64
+    assert int(batch['attention_mask'].sum()) == 3 * 64
+    metadata_tokens = spec.dataloader.injector.stats.last['metadata_tokens']
+    assert metadata_tokens > 0
+    assert spec.get_num_tokens_in_batch(batch) == 3 * 64 - metadata_tokens  # Composer's count: document tokens
 
 
 def test_metadata_disabled_in_yaml_gives_plain_rows(packed, tokenizer):

@@ -135,7 +135,7 @@ def test_a_url_without_a_host_gives_no_prefix():
         ({'kind': 'column:'}, 'needs a name'),
         ({'template': 'URL: \n\n'}, 'exactly one'),
         ({'template': 'URL: {} {x}\n\n'}, 'exactly one'),
-        ({'max_chars': 0}, 'positive'),
+        ({'max_chars': 0}, 'a whole number of at least 1'),
         ({'kind': 'domain', 'tempalte': 'x{}'}, 'unknown key'),
     ],
 )

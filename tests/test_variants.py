@@ -43,7 +43,7 @@ from meco_callbacks.evaluation.trained_models import load_composer_checkpoint
 from meco_callbacks.formats import DATASET_INFO_FILE
 
 EOS = 1
-KEPT_URL, DROPPED_URL = 'https://a.example/3', 'https://b.example/2'  # at seed 0, epoch 0, p = 0.5
+KEPT_URL, DROPPED_URL = 'https://a.example/5', 'https://b.example/6'  # with A, B at seed 0, epoch 0, p = 0.5
 A, B = [BOS_ID, *byte_ids('ab'), EOS], [BOS_ID, *byte_ids('xyz'), EOS]
 PA, PB = [*byte_ids('URL: a.example'), NEWLINES_ID], [*byte_ids('URL: b.example'), NEWLINES_ID]
 X = IGNORE_INDEX
@@ -88,27 +88,83 @@ def test_a_dropped_documents_room_becomes_padding_at_the_row_end_and_no_token_is
     assert injector.stats.last['dropped_tokens'] == 0 and injector.stats.last['metadata_tokens'] == len(PA)
 
 
-def test_the_drop_decision_is_a_pure_function_of_seed_url_and_epoch():
-    urls = [f'https://site{i % 7}.example/{i}' for i in range(4000)]
-    epoch0 = [metadata_dropped(0, 0, u, 0.1) for u in urls]
+def test_the_drop_decision_is_a_pure_function_of_seed_epoch_url_and_the_documents_tokens():
+    rng = np.random.default_rng(0)
+    documents = [(f'https://site{i % 7}.example/{i}', rng.integers(0, 4096, 30)) for i in range(4000)]
+    epoch0 = [metadata_dropped(0, 0, u, t, 0.1) for u, t in documents]
 
-    assert epoch0 == [metadata_dropped(0, 0, u, 0.1) for u in urls]  # another worker, rank or a resumed run
+    assert epoch0 == [metadata_dropped(0, 0, u, t.astype(np.uint32), 0.1) for u, t in documents]  # any dtype, rank
     assert 0.08 < np.mean(epoch0) < 0.12
-    assert epoch0 != [metadata_dropped(0, 1, u, 0.1) for u in urls]
-    assert epoch0 != [metadata_dropped(1, 0, u, 0.1) for u in urls]
-    assert not any(metadata_dropped(0, 0, u, 0.0) for u in urls)
+    assert epoch0 != [metadata_dropped(0, 1, u, t, 0.1) for u, t in documents]
+    assert epoch0 != [metadata_dropped(1, 0, u, t, 0.1) for u, t in documents]
+    assert not any(metadata_dropped(0, 0, u, t, 0.0) for u, t in documents)
+    one_url = [metadata_dropped(0, 0, 'https://a.example/', t, 0.5) for _, t in documents[:400]]
+    assert 0.4 < np.mean(one_url) < 0.6  # documents of one site (even one URL) decide independently
 
 
-def test_both_pieces_of_a_document_cut_across_rows_make_the_same_choice(bos_tokenizer):
-    url = 'https://a.example/1'  # dropped at epochs 0, 1 and 3, kept at epoch 2
+def test_each_piece_of_a_document_cut_across_rows_decides_on_its_own_tokens(bos_tokenizer):
+    """Rows carry no document index: a continued piece is keyed on its own tokens (documented, not shared)."""
+    url = 'https://a.example/1'
     head = reserved_sample(urls=(url,), pieces=([BOS_ID, *byte_ids('ab')],), rooms=(len(PA),))
     tail = reserved_sample(urls=(url,), pieces=([*byte_ids('cd'), EOS],), rooms=(len(PA),), continued=1)
     length = len(PA) + 3
-    for epoch, prefixed in ((0, False), (2, True)):
+    for epoch in range(4):
         rows = [inject(bos_tokenizer, [{**s, 'epoch': epoch}], length, drop_probability=0.5)[0] for s in (head, tail)]
+        kept = [rows[0]['input_ids'][1 : 1 + len(PA)] == PA, rows[1]['input_ids'][: len(PA)] == PA]
 
-        assert [row['input_ids'][1 : 1 + len(PA)] == PA for row in rows] == [prefixed, False]
-        assert [row['input_ids'][: len(PA)] == PA for row in rows] == [False, prefixed]
+        assert kept == [not metadata_dropped(0, epoch, url, s['input_ids'], 0.5) for s in (head, tail)]
+
+
+SITES, PER_SITE = 6, 200
+
+
+def six_site_documents():
+    """6 sites x 200 short documents, each with its own URL and words."""
+    rng = np.random.default_rng(5)
+    words = ['alpha', 'bravo', 'delta', 'gamma', 'kilo', 'lima', 'oscar', 'papa', 'sierra', 'tango', 'zulu']
+    return [
+        {
+            'text': ' '.join(words[k] for k in rng.integers(0, len(words), int(rng.integers(4, 20)))),
+            'url': f'https://site{i % SITES}.example/page/{i}',
+        }
+        for i in range(SITES * PER_SITE)
+    ]
+
+
+def dropped_documents(batches):
+    """{URL: dropped} for every document start (a segment that is not a continuation) in ``batches``."""
+    return {
+        urls[s]: len(seg.prefix) == 0
+        for batch in batches
+        for segments, urls in zip(batch.segments, batch.urls)
+        for s, seg in enumerate(segments)
+        if seg.new_document
+    }
+
+
+def test_dropout_is_per_document_every_site_loses_about_p_and_a_resumed_run_drops_the_same(tmp_path, tokenizer):
+    documents = write_documents_mds(tmp_path / 'documents', six_site_documents(), tokenizer)
+    pack_documents(documents, tmp_path / 'packed', 64, progress=False, reserve_prefix=['domain'])
+    clean_stale_shared_memory()
+    loader = build_meco_loader(tokenizer, 4, loader_dataset(tmp_path / 'packed'), num_workers=0)
+    epoch = list(loader)
+    dropped = dropped_documents(epoch)
+    state = loader.dataset.state_dict(4 * 10, False)  # stopped after 10 batches of epoch 0
+    del loader
+    clean_stale_shared_memory()
+    resumed = build_meco_loader(tokenizer, 4, loader_dataset(tmp_path / 'packed'), num_workers=0)
+    resumed.dataset.load_state_dict(state)
+    rest = list(resumed)
+    del resumed
+    clean_stale_shared_memory()
+
+    assert len(dropped) == SITES * PER_SITE
+    for site in range(SITES):
+        of_site = [d for url, d in dropped.items() if url.startswith(f'https://site{site}.example/')]
+        assert len(of_site) == PER_SITE
+        assert 0.35 <= np.mean(of_site) <= 0.65, (site, np.mean(of_site))
+    assert [prefixes(b) for b in epoch[10:]] == [prefixes(b) for b in rest]
+    assert dropped_documents(rest) == {url: d for url, d in dropped.items() if url in dropped_documents(epoch[10:])}
 
 
 def test_the_loader_makes_the_same_choices_with_any_number_of_workers_and_new_ones_each_epoch(reserved_set, tokenizer):
@@ -240,7 +296,7 @@ def test_a_missing_or_non_numeric_quality_value_is_an_error_naming_the_document(
     config = MetadataConfig(kind='bins:score', bins=[0.5])
     columns = {} if value is None else {'score': value}
 
-    with pytest.raises(ValueError, match=r"document 'https://a.example/3' has no finite number in metadata column"):
+    with pytest.raises(ValueError, match=r"document 'https://a.example/5' has no finite number in metadata column"):
         config.metadata_for(KEPT_URL, columns)
 
 

@@ -13,19 +13,15 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from meco_callbacks.data.compact import COMPACT_KIND
 from meco_callbacks.data.dataset import with_recorded_compact
 from meco_callbacks.data.metadata import MetadataConfig
-from meco_callbacks.evaluation.conditional_loss import (
-    NO_URL,
-    TRUE_URL,
-    compact_conditions,
-    compare_conditions,
-    mismatched_url,
-)
+from meco_callbacks.data.metadata_record import METADATA_RECORD_FILE, read_metadata_record
+from meco_callbacks.evaluation.conditional_loss import NO_URL, compact_conditions, compare_conditions, mismatched_url
 from meco_callbacks.evaluation.guidance import GUIDANCE_HELP, guidance_scale
-from meco_callbacks.evaluation.trained_models import load_trained_model, training_metadata
+from meco_callbacks.evaluation.trained_models import inference_metadata, load_trained_model, unescape_flag
 from meco_callbacks.formats import read_dataset_info
 
 
@@ -50,19 +46,58 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         help='a YAML override the training run used (repeatable), e.g. variables.max_seq_len=64',
     )
     parser.add_argument('--device', default='cpu', help='cpu or cuda (default cpu)')
+    add_metadata_args(parser)
+
+
+def add_metadata_args(parser: argparse.ArgumentParser) -> None:
+    """--template / --metadata-kind (for exports without meco_metadata.json) and --force-metadata."""
+    parser.add_argument(
+        '--template',
+        type=unescape_flag,
+        help="the prefix template, e.g. 'URL: {}\\n\\n' (\\n is a newline); only for a model whose setting is not "
+        "recorded: one that contradicts the export's meco_metadata.json or the train YAML is refused",
+    )
+    parser.add_argument(
+        '--metadata-kind',
+        help='the metadata kind (domain, hash, ...); as --template, refused when it contradicts the recorded one',
+    )
+    parser.add_argument(
+        '--force-metadata',
+        action='store_true',
+        help="prompt as --template / --metadata-kind / --config say even where they contradict the model's record",
+    )
+
+
+def model_metadata(args: argparse.Namespace, hf: str | None = None) -> MetadataConfig:
+    """The metadata setting the tool's prompts use: the model's record or train YAML, with the flags checked."""
+    return inference_metadata(
+        args.config,
+        args.override,
+        hf if hf is not None else args.hf,
+        template=args.template,
+        kind=args.metadata_kind,
+        force=args.force_metadata,
+    )
 
 
 def run_loss(args: argparse.Namespace) -> None:
     """Print (as JSON) the loss with the true URL, no URL and each --wrong-url over the same document tokens."""
     model, tokenizer = load_trained_model(args.config, args.checkpoint, args.hf, args.override, args.device)
-    conditions = {'true_url': TRUE_URL, 'no_url': NO_URL}
-    conditions.update({f'url={url}': mismatched_url(url) for url in args.wrong_url})
-    trained = training_metadata(args.config, args.override) if args.config else None
-    if trained is not None and trained.kind == COMPACT_KIND:  # its tokens: the true and wrong URLs as trained
-        trained = with_recorded_compact(trained, [read_dataset_info(args.packed) or {}])
-        conditions = {'no_url': NO_URL, **compact_conditions(trained, args.wrong_url)}
-    if trained is not None and trained.attention == 'summary':  # score as the model was trained
-        conditions = {name: {**spec, 'attention': 'summary'} for name, spec in conditions.items()}
+    metadata = model_metadata(args)
+    # Scored as prefixes (the loss tool's layout), each with the run's template, length cap, www rule and attention.
+    true_url = dataclasses.replace(metadata, enabled=True, drop_probability=0.0, position='prefix', loss=False)
+    conditions: dict[str, Any] = {'true_url': true_url, 'no_url': NO_URL}
+    if metadata.kind == COMPACT_KIND:  # its tokens: the true and wrong URLs as trained
+        if metadata.compact is None:
+            true_url = with_recorded_compact(true_url, [read_dataset_info(args.packed) or {}])
+        conditions.update(compact_conditions(true_url, args.wrong_url))
+    else:
+        conditions.update(
+            {
+                f'url={url}': dataclasses.replace(true_url, kind=mismatched_url(url)['kind'], bins=None, quantiles=None)
+                for url in args.wrong_url
+            }
+        )
     results = compare_conditions(
         model,
         tokenizer,
@@ -105,14 +140,17 @@ def icl_metadata(cfg: dict) -> MetadataConfig:
     A ``url_template`` that differs from the template the checkpoint was trained with is refused: the prompts
     would carry a prefix the model never saw.
     """
-    metadata = training_metadata(cfg.get('config'), cfg.get('config_overrides') or [])
+    hf, force = cfg.get('hf'), bool(cfg.get('force_metadata'))
+    metadata = inference_metadata(cfg.get('config'), cfg.get('config_overrides') or [], hf, force=force)
     template = cfg.get('url_template')
     if template is None or template == metadata.template:
         return metadata
-    if cfg.get('config'):
+    recorded = hf is not None and read_metadata_record(hf) is not None
+    if (cfg.get('config') or recorded) and not force:
+        where = cfg['config'] if cfg.get('config') else f'{hf}/{METADATA_RECORD_FILE}'
         raise ValueError(
             f'url_template {template!r} differs from the template {metadata.template!r} the model was trained with '
-            f'({cfg["config"]}); remove url_template from the eval YAML or make it match.'
+            f'({where}); remove url_template from the eval YAML or make it match (force_metadata: true uses it anyway).'
         )
     return dataclasses.replace(metadata, template=template)
 
@@ -162,7 +200,7 @@ def run_harness(args: argparse.Namespace) -> None:
         conditions=[c.strip() for c in args.conditions.split(',')],
         num_fewshot=args.num_fewshot,
         limit=limit,
-        metadata=training_metadata(args.config, args.override),
+        metadata=model_metadata(args, hf=args.model),
         include_path=args.include_path,
         device=args.device,
         batch_size=batch_size,
@@ -200,7 +238,9 @@ def add_harness_parser(sub: argparse._SubParsersAction) -> None:
     harness.add_argument('--dtype', default='auto', help="the model's dtype: auto (its config), bfloat16, float32")
     harness.add_argument('--include-path', help='a directory of extra task YAMLs for the harness to index')
     harness.add_argument(
-        '--config', help="the train YAML, for its metadata block (template, kind); default MeCo's URL: {domain}"
+        '--config',
+        help='the train YAML, for its metadata block (template, kind) when the model has no meco_metadata.json; '
+        "default MeCo's URL: {domain}",
     )
     harness.add_argument(
         '--override', action='append', default=[], metavar='KEY=VALUE', help='a YAML override the run used'
@@ -208,6 +248,7 @@ def add_harness_parser(sub: argparse._SubParsersAction) -> None:
     harness.add_argument(
         '--trust-remote-code', action='store_true', help="load a model with its own code (llm-foundry's MPT export)"
     )
+    add_metadata_args(harness)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,8 @@
 latest-rank0.pt); it is read on the CPU in this one process, no GPU or process group needed. --config is the train
 YAML the run used, with the same --override values: it rebuilds the architecture and the tokenizer.
 
+Beside config.json every export writes meco_metadata.json: the run's metadata setting (kind, template, ...), what
+the loader read from the packed sets and whether the cooldown had run, which the inference tools read (--hf).
 --format llama (default) writes config.json, model.safetensors, generation_config.json and the tokenizer files of a
 transformers LlamaForCausalLM, which loads anywhere without trust_remote_code or this package:
     AutoModelForCausalLM.from_pretrained('runs/meco-1b/llama-ba36000')
@@ -22,9 +24,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from pathlib import Path
+from typing import Any
 
+from meco_callbacks.data.metadata import MetadataConfig
+from meco_callbacks.data.metadata_record import metadata_record, write_metadata_record
 from meco_callbacks.evaluation.trained_models import build_run_model, build_run_tokenizer, train_config
+from meco_callbacks.formats import DATASET_INFO_FILE, read_dataset_info
 from meco_callbacks.model.checkpoints import describe_checkpoint, load_model_weights
 
 log = logging.getLogger('meco_callbacks.export')
@@ -58,6 +65,7 @@ def export_checkpoint(
         log.info('reading the %s %s', describe_checkpoint(checkpoint), checkpoint)
         weights = llama_state_dict(load_model_weights(checkpoint), mpt_config)
         save_llama(weights, llama, out, tokenizer=tokenizer, dtype=dtype)
+        write_metadata_record(out, export_metadata_record(cfg, checkpoint))
         log.info(
             'wrote a transformers LlamaForCausalLM (%d layers, d_model %d, %d KV heads, %s) to %s; load it with '
             'AutoModelForCausalLM.from_pretrained(%r), no trust_remote_code',
@@ -74,6 +82,7 @@ def export_checkpoint(
     model.load_state_dict(load_model_weights(checkpoint))
     model.model.to(dtype).save_pretrained(out)
     tokenizer.save_pretrained(out)
+    write_metadata_record(out, export_metadata_record(cfg, checkpoint))
     log.info(
         "wrote llm-foundry's MPT (%s) to %s; load it with AutoModelForCausalLM.from_pretrained(%r, "
         'trust_remote_code=True)',
@@ -82,6 +91,62 @@ def export_checkpoint(
         str(out),
     )
     return out
+
+
+def export_metadata_record(cfg: dict[str, Any], checkpoint: str | Path) -> dict[str, Any]:
+    """The ``meco_metadata.json`` record of an export from the run's config (see ``metadata_record``).
+
+    The metadata block is the train YAML's; bin edges given as ``quantiles: N`` and the packed sets' records are
+    read from the packed sets' ``meco_dataset.json`` where they are on this machine (a remote set is not
+    fetched: a warning says what is missing). Whether the cooldown had run is read from the checkpoint's batch
+    (``ep<E>-ba<B>`` in its name, a ``latest`` link followed) when the run counts in batches; else it is null.
+    """
+    from meco_callbacks.data.dataset import stream_locations, with_recorded_bins
+
+    dataset = ((cfg.get('train_loader') or {}).get('dataset')) or {}
+    metadata = MetadataConfig.from_dict(dataset.get('metadata'))
+    infos = []
+    for remote, local in stream_locations(dataset):
+        info = read_dataset_info(local) if local and Path(local).is_dir() else None
+        if info is None:
+            log.warning(
+                'the packed set %s is not on this machine: meco_metadata.json records no %s of it',
+                local or remote,
+                DATASET_INFO_FILE,
+            )
+        else:
+            infos.append(info)
+    try:
+        metadata = with_recorded_bins(metadata, infos)
+    except ValueError as error:
+        log.warning('meco_metadata.json: the bin edges could not be resolved (%s)', error)
+    return metadata_record(metadata, infos, _cooldown_at(cfg, checkpoint), written_by='meco-export')
+
+
+def _cooldown_at(cfg: dict[str, Any], checkpoint: str | Path) -> dict[str, Any]:
+    """The cooldown as of ``checkpoint``: configured, its fraction or boundary, and whether it had run (or None)."""
+    from composer.core import Time, TimeUnit
+
+    from meco_callbacks.training.cooldown import cooldown_boundary
+
+    block = (cfg.get('callbacks') or {}).get('meco_cooldown')
+    if block is None:
+        return {'configured': False, 'cooldown': None, 'boundary': None, 'ran': False, 'started_at_batch': None}
+    block = block or {}
+    phase: dict[str, Any] = {'configured': True, 'cooldown': block.get('cooldown'), 'boundary': block.get('boundary')}
+    phase.update(ran=None, started_at_batch=None)
+    try:
+        boundary = cooldown_boundary(
+            Time.from_timestring(str(cfg['max_duration'])), block.get('cooldown'), block.get('boundary')
+        )
+    except (KeyError, ValueError):
+        return phase
+    phase['boundary'] = str(boundary)
+    batch = re.search(r'ba(\d+)', Path(checkpoint).resolve().name)
+    if boundary.unit == TimeUnit.BATCH and batch:
+        ran = int(batch.group(1)) > boundary.value
+        phase.update(ran=ran, started_at_batch=boundary.value if ran else None)
+    return phase
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-from meco_callbacks.cli.evaluate import add_model_args
+from meco_callbacks.cli.evaluate import add_model_args, model_metadata
 from meco_callbacks.evaluation.generation import generate
 from meco_callbacks.evaluation.guidance import GUIDANCE_HELP, guidance_scale
-from meco_callbacks.evaluation.trained_models import load_trained_model, training_metadata
+from meco_callbacks.evaluation.trained_models import load_trained_model
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
             args.prompt,
             args.url,
             args.max_new_tokens,
-            training_metadata(args.config, args.override),
+            model_metadata(args),
             do_sample=args.sample,
             temperature=args.temperature,
             seed=args.seed,

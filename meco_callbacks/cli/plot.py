@@ -52,8 +52,9 @@ def plot_runs(
 ) -> Path:
     """Draw the runs' loss curves on one set of axes and save the figure to ``output`` (format from its suffix).
 
-    The x axis is the tokens each run trained (Composer's ``time/token``: prefix tokens count, padding does
-    not), or with ``slots_per_batch`` the batch slots, the same for MeCo and a baseline that read the same rows.
+    The x axis is the tokens each run trained (Composer's ``time/token``: document tokens for the meco loader,
+    prefixes and padding not counted, so MeCo and its baseline on the same rows share it), or with
+    ``slots_per_batch`` the batch slots.
     """
     import matplotlib
 
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         metavar='N',
         help='plot against batch slots (N = global batch size x row length) instead of the tokens each run logged: '
-        'the same axis for MeCo and a baseline that read the same rows (MeCo also counts its prefix tokens)',
+        'the same axis for any runs that read rows of one length',
     )
     args = parser.parse_args(argv)
     if args.names and len(args.names) != len(args.runs):

@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from meco_callbacks.cli.evaluate import add_model_args
+from meco_callbacks.cli.evaluate import add_model_args, model_metadata
 from meco_callbacks.evaluation.guidance import GUIDANCE_HELP, guidance_scale
-from meco_callbacks.evaluation.trained_models import load_trained_model, training_metadata
+from meco_callbacks.evaluation.trained_models import load_trained_model
 from meco_callbacks.evaluation.url_search import rank_urls, read_candidate_urls, read_dev_examples
 
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     model, tokenizer = load_trained_model(args.config, args.checkpoint, args.hf, args.override, args.device)
     examples = read_dev_examples(args.dev)
-    metadata = training_metadata(args.config, args.override)
+    metadata = model_metadata(args)
     ranked = rank_urls(
         model, tokenizer, examples, read_candidate_urls(args.candidates), args.by, metadata, args.guidance
     )

@@ -13,7 +13,7 @@ leftovers) is padding at the row's end. Rows packed without room hold ``max_seq_
 prefix token pushes one document token off the row (counted as dropped).
 
 Variants (``MetadataConfig``): with ``drop_probability`` the collator leaves a document's metadata out when
-``metadata_dropped`` says so (its room becomes padding); with ``position: suffix`` the metadata follows the
+``metadata_dropped`` says so (per document: a hash of its tokens, URL, seed and epoch; its room becomes padding); with ``position: suffix`` the metadata follows the
 document's EOS, in the segment that holds that EOS (``[BOS] doc EOS metadata``, same room, same sequence id and
 positions continuing), and a segment cut before its document's end gets none; with ``loss: true`` the
 metadata tokens carry labels (as a suffix: the model predicts the metadata from the whole document).
@@ -37,16 +37,20 @@ IGNORE_INDEX = -100
 UNTRAINED, TRAINED_METADATA = -1, -2  # source index of a slot holding no stored token: padding/metadata, or trained
 
 
-def metadata_dropped(seed: int, epoch: int, url: str, probability: float) -> bool:
-    """Whether a document's metadata is left out this epoch: a pure function of (seed, epoch, URL).
+def metadata_dropped(seed: int, epoch: int, url: str, tokens: np.ndarray, probability: float) -> bool:
+    """Whether a document's metadata is left out this epoch: a pure function of (seed, epoch, URL, its tokens).
 
-    The URL is the document's identity (packed rows carry no document index), so both pieces of a document cut
-    across rows decide alike, on any rank or worker and after a resume; an exact duplicate URL decides alike too.
+    Decided per document, as in Fan et al. (arXiv 2505.16570), not per site: the key is a hash of the segment's
+    stored tokens (as int64, so the stored dtype does not matter) with its URL, so two documents of one site decide
+    independently, and the same document decides alike on any rank or worker and after a resume. Packed rows carry
+    no document index, so the two pieces of a document cut across rows hold different tokens and decide
+    independently (each with probability ``probability``); exact duplicates (same URL, same tokens) decide alike.
     """
     if probability <= 0:
         return False
-    digest = hashlib.blake2b(f'{seed}\0{epoch}\0{url}'.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, 'big') < probability * 2**64
+    digest = hashlib.blake2b(f'{seed}\0{epoch}\0{url}\0'.encode(), digest_size=8)
+    digest.update(np.ascontiguousarray(tokens, dtype=np.int64).tobytes())
+    return int.from_bytes(digest.digest(), 'big') < probability * 2**64
 
 
 @dataclass
@@ -131,7 +135,7 @@ class PackedCollator:
         metadata = self.metadata
         if metadata.position == 'suffix' and (length == 0 or int(row[start + length - 1]) != self.eos_id):
             return _EMPTY
-        if metadata_dropped(self.seed, epoch, url, metadata.drop_probability):
+        if metadata_dropped(self.seed, epoch, url, row[start : start + length], metadata.drop_probability):
             return _EMPTY
         return self.prefixes.for_document(url, columns)
 
@@ -217,6 +221,9 @@ class PrefixInjector:
         self.metadata_loss = metadata_loss
         self.summary_attention = summary_attention
         self.stats = InjectionStats()
+        self.last_input_ids: torch.Tensor | None = (
+            None  # the last batch's input_ids: whose document tokens stats.last counts
+        )
         self._arange = np.arange(max_seq_len)
         self._minus_ones = np.full(max_seq_len, UNTRAINED)
         self._metadata_src = np.full(max_seq_len, TRAINED_METADATA if metadata_loss else UNTRAINED)
@@ -301,4 +308,5 @@ class PrefixInjector:
             out['position_ids'] = torch.from_numpy(np.concatenate(pos).reshape(n, length))
         if self.summary_attention and self.enabled:  # metadata slots: no stored token, before the row's padding
             out['prefix_mask'] = torch.from_numpy((sources < 0) & (arange[None, :] < used[:, None]))
+        self.last_input_ids = out['input_ids']
         return out, sources

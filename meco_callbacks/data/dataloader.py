@@ -19,8 +19,10 @@ from typing import Any
 from composer.core import DataSpec
 from torch.utils.data import DataLoader
 
+from meco_callbacks.config_checks import check_bool, check_choice, check_int, check_mapping, check_number, check_str
 from meco_callbacks.data.collator import PackedCollator, PrefixInjector
 from meco_callbacks.data.dataset import (
+    PREFIX_OVERFLOW,
     MeCoPackedDataset,
     build_packed_dataset,
     check_packed_datasets,
@@ -57,6 +59,7 @@ class MeCoDataLoader(DataLoader):
         self.dataset_config = dict(dataset_config)
         self.loader_config = dict(loader_config)
         self.cooldown_loader: DataLoader | None = None
+        self.packed_infos: list[dict[str, Any]] = []  # the packed sets' meco_dataset.json records, as checked
 
     def __iter__(self) -> Iterator[Any]:
         if self.cooldown_loader is None:
@@ -99,9 +102,18 @@ def build_meco_loader(
         raise ValueError("the meco dataloader needs the run's tokenizer (set `tokenizer:` in the YAML).")
     if int(device_batch_size) != device_batch_size:
         raise ValueError(f'device_batch_size must be a whole number of rows, got {device_batch_size}.')
+    check_loader_settings(
+        dataset,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=prefetch_factor,
+        persistent_workers=persistent_workers,
+        timeout=timeout,
+    )
     config = dict(dataset)
     metadata = MetadataConfig.from_dict(config.pop('metadata', None))
-    document_masking = bool(config.pop('document_masking', True))
+    document_masking = config.pop('document_masking', True)
     prefix_overflow = config.pop('prefix_overflow', 'error')
     document_start_target = config.pop('document_start_target', True)
     if not isinstance(document_start_target, bool):
@@ -146,7 +158,7 @@ def build_meco_loader(
         'persistent_workers': persistent_workers,
         'timeout': timeout,
     }
-    return MeCoDataLoader(
+    loader = MeCoDataLoader(
         packed,
         injector=injector,
         metadata=metadata,
@@ -160,6 +172,34 @@ def build_meco_loader(
         timeout=timeout,
         **workers,
     )
+    loader.packed_infos = infos
+    return loader
+
+
+def check_loader_settings(dataset: Any, **loader: Any) -> None:
+    """The types of the ``meco`` loader's keys and of the dataset keys it reads itself (``metadata`` is checked by
+    ``MetadataConfig``), so that a wrong value names its key instead of failing deep inside or meaning something else.
+    """
+    check_mapping('the meco loader dataset block', dataset)
+    where = 'meco loader dataset.'
+    if 'max_seq_len' in dataset:
+        check_int(where + 'max_seq_len', dataset['max_seq_len'], minimum=1)
+    check_bool(where + 'document_masking', dataset.get('document_masking', True))
+    check_choice(where + 'prefix_overflow', dataset.get('prefix_overflow', 'error'), PREFIX_OVERFLOW)
+    for key in ('local', 'remote', 'split'):
+        check_str(where + key, dataset.get(key), optional=True)
+    check_bool(where + 'shuffle', dataset.get('shuffle', False))
+    if 'shuffle_seed' in dataset:
+        check_int(where + 'shuffle_seed', dataset['shuffle_seed'])
+    streams = check_mapping(where + 'streams', dataset.get('streams'), optional=True)
+    for name, stream in (streams or {}).items():
+        check_mapping(f'{where}streams.{name}', stream)
+    for key in ('drop_last', 'pin_memory', 'persistent_workers'):
+        check_bool(f'meco loader {key}', loader[key])
+    check_int('meco loader num_workers', loader['num_workers'], minimum=0)
+    if loader['prefetch_factor'] is not None:
+        check_int('meco loader prefetch_factor', loader['prefetch_factor'], minimum=1)
+    check_number('meco loader timeout', loader['timeout'], 'a number of seconds (0: no timeout)')
 
 
 def build_cooldown_loader(main: MeCoDataLoader, streams: Mapping[str, Any]) -> DataLoader:
@@ -202,15 +242,40 @@ def build_cooldown_loader(main: MeCoDataLoader, streams: Mapping[str, Any]) -> D
 
 def count_tokens(batch: Mapping[str, Any]) -> dict[str, int]:
     """Tokens in a model batch as ints (llm-foundry's counter returns tensors, which Composer re-wraps every batch
-    with a warning)."""
+    with a warning): ``total`` attended tokens (``attention_mask.sum()``, prefixes included) and ``loss_generating``."""
     from llmfoundry.data.utils import get_tokens_per_batch_func
 
     return {name: int(value) for name, value in get_tokens_per_batch_func()(batch).items()}
 
 
+class DocumentTokens:
+    """The DataSpec's ``get_num_tokens_in_batch``: ``total`` is the batch's document tokens, prefixes not counted.
+
+    Composer adds ``total`` to ``state.timestamp.token``, which every ``tok`` time reads (``max_duration``,
+    ``t_warmup``, ``eval_interval``, ``save_interval``, the cooldown boundary) and the speed monitor's tokens/s.
+    Counting ``attention_mask.sum()`` there, as llm-foundry does, counted MeCo's prefixes, so a budget in ``tok``
+    gave MeCo fewer steps than its baseline on the same rows. The injector counts a batch's document tokens as it
+    builds it (stored tokens kept in the row: BOS, text, EOS); Composer asks right after the batch transform, for
+    the batch the injector returned. ``loss_generating`` stays llm-foundry's count (tokens with a label), and any
+    other batch (one the injector did not build) falls back to llm-foundry's counts.
+    """
+
+    def __init__(self, injector: PrefixInjector) -> None:
+        self.injector = injector
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, int]:
+        counts = count_tokens(batch)
+        ids = batch.get('input_ids') if isinstance(batch, Mapping) else None
+        if ids is not None and ids is self.injector.last_input_ids and self.injector.stats.last:
+            counts['total'] = int(self.injector.stats.last['document_tokens'])
+        return counts
+
+
 def meco_data_spec(loader: MeCoDataLoader) -> DataSpec:
-    """Wrap a loader so Composer injects prefixes per batch in the main process and counts tokens right."""
-    return DataSpec(dataloader=loader, batch_transforms=loader.injector, get_num_tokens_in_batch=count_tokens)
+    """Wrap a loader so Composer injects prefixes per batch in the main process and counts document tokens."""
+    return DataSpec(
+        dataloader=loader, batch_transforms=loader.injector, get_num_tokens_in_batch=DocumentTokens(loader.injector)
+    )
 
 
 def build_meco_dataloader(

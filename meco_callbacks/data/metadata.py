@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import tldextract
 
+from meco_callbacks.config_checks import check_bool, check_int, check_number, check_str, refuse
 from meco_callbacks.data.compact import COMPACT_KIND, bucket_of, check_vocabulary
 from meco_callbacks.data.quality_bins import bin_label, bins_column, check_edges, numeric_value
 
@@ -114,11 +115,11 @@ class MetadataConfig:
     ``strip_www``: drop a leading ``www.`` from hosts.
 
     Variants: ``drop_probability`` in [0, 1): each document's metadata is left out with this probability (its
-    room becomes padding), decided by (seed, URL, epoch); ``position``: ``prefix`` (before the document, the
-    paper) or ``suffix`` (after its EOS, where the document ends); ``loss``: train the metadata tokens too;
-    ``bins`` (edges) or ``quantiles`` (N, edges read from the packed set) for a ``bins:<column>`` kind;
-    ``compact``: the vocabulary of kind ``compact`` (``data/compact.py``: sites, tokens, token ids, buckets), read
-    from the packed set when left out.
+    room becomes padding), decided per document by (seed, epoch, URL, the document's tokens); ``position``:
+    ``prefix`` (before the document, the paper) or ``suffix`` (after its EOS, where the document ends); ``loss``:
+    train the metadata tokens too; ``bins`` (edges) or ``quantiles`` (N, edges read from the packed set) for a
+    ``bins:<column>`` kind; ``compact``: the vocabulary of kind ``compact`` (``data/compact.py``: sites, tokens,
+    token ids, buckets), read from the packed set when left out; ``attention``: ``full`` or ``summary``.
     """
 
     kind: str = 'domain'
@@ -136,6 +137,7 @@ class MetadataConfig:
     attention: str = 'full'
 
     def __post_init__(self) -> None:
+        self._check_types()
         if not (self.kind in _PLAIN_KINDS or self.kind.startswith(('column:', 'constant:', 'bins:'))):
             raise ValueError(
                 f'metadata.kind {self.kind!r} is not known; use one of {", ".join(_PLAIN_KINDS)}, '
@@ -170,6 +172,23 @@ class MetadataConfig:
         object.__setattr__(self, 'compact', vocabulary)
         object.__setattr__(self, '_site_tokens', dict(zip(vocabulary['sites'], vocabulary['tokens'])))
         object.__setattr__(self, '_token_ids', dict(zip(vocabulary['tokens'], vocabulary['token_ids'])))
+
+    def _check_types(self) -> None:
+        """Each field's type, before any is used: a YAML or command-line value of the wrong type names its key."""
+        check_str('metadata.kind', self.kind)
+        check_str('metadata.template', self.template)
+        check_bool('metadata.enabled', self.enabled)
+        check_int('metadata.max_chars', self.max_chars, minimum=1)
+        check_bool('metadata.strip_www', self.strip_www)
+        check_number(
+            'metadata.drop_probability',
+            self.drop_probability,
+            "a number in [0, 1) (0.1 leaves out one document's metadata in ten)",
+        )
+        check_str('metadata.position', self.position)
+        check_bool('metadata.loss', self.loss)
+        if self.bins is not None and (isinstance(self.bins, (str, Mapping)) or not hasattr(self.bins, '__iter__')):
+            raise refuse('metadata.bins', self.bins, 'a list of numbers (bin edges) or null')
 
     def _check_variants(self) -> None:
         """Validate the variant settings (drop, position, loss, bins) with errors that name the setting."""
@@ -216,6 +235,8 @@ class MetadataConfig:
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any] | None) -> MetadataConfig:
         """Build from the YAML block, naming any unknown key (a typo must not silently change the recipe)."""
+        if cfg is not None and not isinstance(cfg, Mapping):
+            raise refuse('the metadata block (train_loader.dataset.metadata)', cfg, 'a mapping of settings or null')
         cfg = dict(cfg or {})
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(cfg) - known)

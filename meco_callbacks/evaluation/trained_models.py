@@ -11,6 +11,7 @@ is then trusted.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -23,6 +24,12 @@ from omegaconf import OmegaConf
 from meco_callbacks.data.compact import COMPACT_KIND
 from meco_callbacks.data.dataset import read_packed_info, stream_locations, with_recorded_compact
 from meco_callbacks.data.metadata import MetadataConfig
+from meco_callbacks.data.metadata_record import (
+    METADATA_RECORD_FILE,
+    contradictions,
+    read_metadata_record,
+    recorded_metadata,
+)
 from meco_callbacks.model.checkpoints import describe_checkpoint, load_model_weights
 from meco_callbacks.tokenizer.loading import check_tokenizer_location, load_tokenizer
 
@@ -60,6 +67,87 @@ def training_metadata(config_path: str | Path | None, overrides: Sequence[str] =
     if metadata.kind == COMPACT_KIND and metadata.compact is None:
         infos = [read_packed_info(remote, local) for remote, local in stream_locations(dataset)]
         metadata = with_recorded_compact(metadata, [info for info in infos if info])
+    return metadata
+
+
+_WARNED_WITHOUT_RECORD: set[str] = set()
+
+
+def unescape_flag(text: str) -> str:
+    """A template typed on the command line: ``\\n`` and ``\\t`` as a newline and a tab (``$'...'`` works too)."""
+    return text.replace('\\n', '\n').replace('\\t', '\t')
+
+
+def inference_metadata(
+    config_path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    hf: str | Path | None = None,
+    template: str | None = None,
+    kind: str | None = None,
+    force: bool = False,
+) -> MetadataConfig:
+    """The metadata setting inference prompts must use, with the command line's flags checked against it.
+
+    What the model was trained with comes from the export's ``meco_metadata.json`` (``hf``), else from the train
+    YAML (``config_path`` with the run's ``overrides``). With both (the harness: a model directory and
+    ``--config``), the YAML's prompt-shaping fields must agree with the record. A flag (``template``, ``kind``) or a
+    YAML that contradicts the record is refused with both values in the message, unless ``force``: the model
+    would be prompted in a form it never saw. A directory without the file (an export from before it existed)
+    keeps MeCo's default (the domain in ``URL: {}\\n\\n``, or the YAML's setting) and says so once.
+    """
+    record = read_metadata_record(hf) if hf is not None else None
+    source: str | None = None
+    if record is not None:
+        source = str(Path(hf) / METADATA_RECORD_FILE)
+        metadata = recorded_metadata(record, source)
+        if config_path is not None:
+            given = training_metadata(config_path, overrides)
+            differ = contradictions(metadata, given)
+            if differ and not force:
+                raise ValueError(
+                    f'the train YAML {config_path} contradicts {source}, which the model was exported with: '
+                    f'{"; ".join(differ)}. Drop --config (the record is what the model was trained with), or pass '
+                    '--force-metadata to prompt it as the YAML says.'
+                )
+            if differ:
+                log.warning(
+                    '--force-metadata: prompting as %s says, not as %s records (%s)', config_path, source, differ
+                )
+                metadata = given
+    elif config_path is not None:
+        metadata = training_metadata(config_path, overrides)
+        source = f'the train YAML {config_path}'
+    else:
+        metadata = MetadataConfig()
+    if hf is not None and record is None and str(hf) not in _WARNED_WITHOUT_RECORD:
+        _WARNED_WITHOUT_RECORD.add(str(hf))
+        log.warning(
+            '%s has no %s (an export from before it was written): prompts use %s (kind %r, template %r); if the model '
+            'was trained otherwise, say so with --metadata-kind / --template.',
+            hf,
+            METADATA_RECORD_FILE,
+            f'the metadata block of {config_path}' if config_path is not None else "MeCo's default",
+            metadata.kind,
+            metadata.template,
+        )
+    if metadata.kind == 'none':  # a baseline: a URL condition (a control) is laid out in MeCo's default form
+        log.info('the model was trained without metadata (kind none): a URL is laid out as MeCo lays out a domain')
+        metadata = dataclasses.replace(metadata, kind='domain', bins=None, quantiles=None)
+        source = None
+    given = {name: value for name, value in (('template', template), ('kind', kind)) if value is not None}
+    flags = {'template': '--template', 'kind': '--metadata-kind'}
+    differ = {name: value for name, value in given.items() if value != getattr(metadata, name)}
+    if differ and source is not None and not force:
+        name, value = next(iter(differ.items()))
+        raise ValueError(
+            f'{flags[name]} {value!r} contradicts {source}, which records {name} {getattr(metadata, name)!r}: the '
+            f'model was trained with that. Drop {flags[name]}, or pass --force-metadata to prompt it in a form it '
+            'never saw.'
+        )
+    if differ:
+        if source is not None:
+            log.warning('--force-metadata: %s instead of what %s records', differ, source)
+        metadata = dataclasses.replace(metadata, **differ)
     return metadata
 
 

@@ -26,6 +26,7 @@ from llmfoundry.layers_registry import attention_implementations
 from llmfoundry.models.layers.attention import GroupedQueryAttention, is_flash_v2_installed
 from llmfoundry.models.mpt import ComposerMPTCausalLM, MPTConfig, MPTForCausalLM, MPTModel
 
+from meco_callbacks.config_checks import check_bool
 from meco_callbacks.model.attention import (
     FLEX_ATTN_IMPL,
     FLEX_ON_CPU,
@@ -282,6 +283,8 @@ class MeCoMPTCausalLM(ComposerMPTCausalLM):
     """
 
     def __init__(self, tokenizer: Any = None, **kwargs: Any) -> None:
+        if FLEX_ON_CPU in kwargs:
+            check_bool(f'model.{FLEX_ON_CPU}', kwargs[FLEX_ON_CPU])  # bool('false') would be true
         if kwargs.get('vocab_size') == VOCAB_FROM_TOKENIZER:
             if tokenizer is None:
                 raise ValueError(

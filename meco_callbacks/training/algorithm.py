@@ -11,11 +11,13 @@ totals (``meco/*_total``, this rank's batches) are kept in the checkpoint, so a 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from composer.core import Algorithm, Event, State
 from composer.loggers import Logger
 
+from meco_callbacks.config_checks import check_bool
 from meco_callbacks.data.dataloader import MeCoDataLoader
 from meco_callbacks.model.mpt import applies_summary_attention
 
@@ -44,18 +46,27 @@ def model_uses_sequence_id(model: Any) -> bool | None:
 class MetadataConditioning(Algorithm):
     """Validate the MeCo setup at fit start and log per-batch MeCo metrics (``meco/*``)."""
 
-    def __init__(self, check_document_masking: bool = True) -> None:
-        self.check_document_masking = check_document_masking
+    def __init__(self, check_document_masking: bool = True, **unknown: Any) -> None:
+        if unknown:
+            raise ValueError(
+                f'unknown metadata_conditioning key(s) {sorted(unknown)}; it takes check_document_masking.'
+            )
+        self.check_document_masking = check_bool('metadata_conditioning.check_document_masking', check_document_masking)
         self.metadata_tokens_total = 0
         self.dropped_tokens_total = 0
+        self._clock: tuple[float, int] | None = None  # (wall time, Composer's token count) at the last batch end
 
     def match(self, event: Event, state: State) -> bool:
-        return event in (Event.FIT_START, Event.AFTER_DATALOADER)
+        return event in (Event.FIT_START, Event.AFTER_DATALOADER, Event.BATCH_END)
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
         loader = find_meco_loader(state, 'the metadata_conditioning algorithm')
         if event == Event.FIT_START:
             self._check_model(state, loader)
+            self._clock = None
+            return
+        if event == Event.BATCH_END:
+            self._log_document_speed(state, logger)
             return
         injector = loader.injector
         last = injector.stats.last
@@ -74,6 +85,20 @@ class MetadataConditioning(Algorithm):
                 'meco/dropped_tokens_total': self.dropped_tokens_total,
             }
         )
+
+    def _log_document_speed(self, state: State, logger: Logger) -> None:
+        """``meco/document_tokens_per_sec``: document tokens (all ranks) over the wall time since the last batch.
+
+        Composer's ``time/token`` counts document tokens for the meco loader (``DocumentTokens``), prefixes left
+        out, so this is the speed monitor's ``throughput/tokens_per_sec`` per batch, not over its window; the
+        prefixes' share is ``meco/metadata_token_fraction``.
+        """
+        now, tokens = time.perf_counter(), int(state.timestamp.token)
+        if self._clock is not None:
+            seconds, before = now - self._clock[0], self._clock[1]
+            if seconds > 0 and tokens >= before:
+                logger.log_metrics({'meco/document_tokens_per_sec': (tokens - before) / seconds})
+        self._clock = (now, tokens)
 
     def state_dict(self) -> dict[str, Any]:
         """Composer's algorithm state plus the running totals, so that a resumed run continues them."""

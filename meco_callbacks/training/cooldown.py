@@ -35,6 +35,7 @@ from composer.core import Callback, State, Time, TimeUnit
 from composer.loggers import Logger
 from composer.utils import dist
 
+from meco_callbacks.config_checks import check_bool, check_mapping, check_number, check_str, refuse
 from meco_callbacks.data.dataloader import MeCoDataLoader, build_cooldown_loader
 from meco_callbacks.training.algorithm import find_meco_loader
 
@@ -98,6 +99,20 @@ class MeCoCooldown(Callback):
             )
         if cooldown is not None and boundary is not None:
             raise ValueError('meco_cooldown takes either cooldown (a fraction) or boundary (a time), not both.')
+        if cooldown is not None:
+            check_number('meco_cooldown.cooldown', cooldown, 'a fraction in (0, 1) of max_duration, e.g. 0.1')
+            if not 0 < cooldown < 1:
+                raise refuse('meco_cooldown.cooldown', cooldown, 'a fraction in (0, 1) of max_duration, e.g. 0.1')
+        if boundary is not None:
+            check_str('meco_cooldown.boundary', boundary)
+            try:
+                Time.from_timestring(boundary)
+            except ValueError:
+                raise refuse('meco_cooldown.boundary', boundary, "a time such as '36000ba' or '150000000tok'") from None
+        check_mapping('meco_cooldown.cooldown_streams', cooldown_streams, optional=True)
+        for name, stream in (cooldown_streams or {}).items():
+            check_mapping(f'meco_cooldown.cooldown_streams.{name}', stream)
+        check_bool('meco_cooldown.allow_boundary_change', allow_boundary_change)
         self.cooldown = cooldown
         self.boundary_spec = boundary
         self.cooldown_streams = dict(cooldown_streams) if cooldown_streams else None

@@ -9,6 +9,8 @@ which ``AutoModelForCausalLM.from_pretrained(dir)`` loads without ``trust_remote
         save_interval: ${variables.save_interval}  # e.g. 4000ba; the end of training is always exported
         precision: bfloat16                      # float32 (default), bfloat16 or float16
 
+Beside ``config.json`` it writes ``meco_metadata.json`` (``meco_callbacks.data.metadata_record``): the run's metadata
+setting, what the loader read from the packed sets and whether the cooldown had run, which the inference tools read.
 Under FSDP every rank takes part in gathering the full state dict (offloaded to the CPU of rank 0), and rank 0
 converts and writes it; a remote save_folder is written to a temporary directory and uploaded. A model that a
 Llama cannot express (ALiBi, biases, LayerNorm, ...) stops the run at start-up (Event.INIT), naming the setting.
@@ -29,6 +31,8 @@ from composer.loggers import Logger
 from composer.utils import dist, format_name_with_dist_and_time, parse_uri
 from composer.utils.misc import create_interval_scheduler
 
+from meco_callbacks.config_checks import check_bool, check_str, refuse
+from meco_callbacks.data.metadata_record import metadata_record, write_metadata_record
 from meco_callbacks.model.llama_export import (
     check_llama_exportable,
     llama_config,
@@ -67,8 +71,22 @@ class HFLlamaCheckpointer(Callback):
                 f'unknown hf_llama_checkpointer key(s) {sorted(unknown)}; it takes save_folder, save_interval, '
                 'precision, huggingface_folder_name and overwrite.'
             )
-        if precision not in PRECISIONS:
+        if not isinstance(precision, str) or precision not in PRECISIONS:
             raise ValueError(f'hf_llama_checkpointer precision {precision!r}: use one of {list(PRECISIONS)}.')
+        check_str('hf_llama_checkpointer.save_folder', save_folder)
+        if not isinstance(save_interval, Time):
+            if isinstance(save_interval, bool) or not isinstance(save_interval, (str, int)):
+                raise refuse(
+                    'hf_llama_checkpointer.save_interval', save_interval, "a time such as '4000ba' or '1dur', or epochs"
+                )
+            try:
+                Time.from_input(save_interval, TimeUnit.EPOCH)
+            except ValueError:
+                raise refuse(
+                    'hf_llama_checkpointer.save_interval', save_interval, "a time such as '4000ba' or '1dur', or epochs"
+                ) from None
+        check_str('hf_llama_checkpointer.huggingface_folder_name', huggingface_folder_name)
+        check_bool('hf_llama_checkpointer.overwrite', overwrite)
         self.save_folder = save_folder
         self.dtype = PRECISIONS[precision]
         self.overwrite = bool(overwrite)
@@ -127,6 +145,9 @@ class HFLlamaCheckpointer(Callback):
                 tokenizer=tokenizer,
                 dtype=self.dtype,
             )
+            record = run_metadata_record(state)
+            if record is not None:
+                write_metadata_record(local_dir, record)
             if self.remote_ud is not None:
                 for filename in sorted(os.listdir(local_dir)):
                     self.remote_ud.upload_file(
@@ -146,6 +167,30 @@ class HFLlamaCheckpointer(Callback):
             )
         del weights
         dist.barrier()
+
+
+def run_metadata_record(state: State) -> dict[str, Any] | None:
+    """The run's ``meco_metadata.json`` record: the meco loader's metadata setting (bin edges as read from the packed
+    sets), the packed sets' records, and the cooldown as of this save; None for a run without the meco loader."""
+    from meco_callbacks.data.dataloader import MeCoDataLoader
+    from meco_callbacks.training.cooldown import MeCoCooldown
+
+    loader = state.train_dataloader
+    if not isinstance(loader, MeCoDataLoader):
+        return None
+    cooldown = next((cb for cb in state.callbacks if isinstance(cb, MeCoCooldown)), None)
+    if cooldown is None:
+        phase: dict[str, Any] = {'configured': False, 'cooldown': None, 'boundary': None, 'ran': False}
+        phase['started_at_batch'] = None
+    else:
+        phase = {
+            'configured': True,
+            'cooldown': cooldown.cooldown,
+            'boundary': str(cooldown.boundary) if cooldown.boundary is not None else cooldown.boundary_spec,
+            'ran': cooldown.switched_at_batch is not None,
+            'started_at_batch': cooldown.switched_at_batch,
+        }
+    return metadata_record(loader.metadata, loader.packed_infos, phase, written_by='hf_llama_checkpointer')
 
 
 def _composer_model(state: State) -> Any:
