@@ -446,15 +446,21 @@ def test_the_loss_command_scores_a_summary_run_with_its_mask(monkeypatch):
         per_source=False,
         reserve_tokens=0,
         guidance=None,
+        template=None,
+        metadata_kind=None,
+        force_metadata=False,
     )
 
     evaluate.run_loss(args)
 
-    assert {name: spec.get('attention') for name, spec in captured.items()} == {
+    from meco_callbacks.evaluation.conditional_loss import metadata_config
+
+    prefixed = {name: metadata_config(spec) for name, spec in captured.items() if name != 'no_url'}
+    assert {name: config.attention for name, config in prefixed.items()} == {
         'true_url': 'summary',
-        'no_url': 'summary',
         'url=wrong.example': 'summary',
     }
+    assert not metadata_config(captured['no_url']).enabled
 
 
 def test_prompts_with_a_url_for_a_summary_trained_model_are_refused(bos_tokenizer):

@@ -149,8 +149,11 @@ def test_guided_loss_at_one_is_the_plain_loss_and_at_zero_the_no_url_loss_on_the
 
     plain, one, zero, two = loss(None), loss(1.0), loss(0.0), loss(2.0)
 
+    def same(a, b):  # the same tokens, the same loss up to float summation order (batches laid out differently)
+        return a['tokens'] == b['tokens'] and a['rows'] == b['rows'] and a['loss'] == pytest.approx(b['loss'], rel=1e-6)
+
     assert one == plain
-    assert zero['true_url'] == zero['alpha_url'] == zero['no_url'] == plain['no_url']
+    assert all(same(zero[name], plain['no_url']) for name in ('true_url', 'alpha_url', 'no_url'))
     assert two['no_url'] == plain['no_url']
     assert two['true_url']['tokens'] == plain['true_url']['tokens'] > 0
     assert two['true_url']['loss'] != plain['true_url']['loss']
