@@ -236,3 +236,27 @@ def test_stage_one_jobs_on_machines_sharing_only_the_remote_merge_into_the_one_m
     one = {path.relative_to(tmp_path / 'one' / 'docs') for path in (tmp_path / 'one' / 'docs').rglob('*.mds')}
     assert {path.relative_to(remote) for path in remote.rglob('*.mds')} == one
     assert read_dataset_info(remote)['stats'] == read_dataset_info(tmp_path / 'one' / 'docs')['stats']
+
+
+@pytest.mark.parametrize('strategy', ['stream', 'bfd'])
+def test_packing_from_object_storage_with_a_quarter_of_the_set_as_cache_limit_stays_under_it(
+    tmp_path: Path, tokenizer, strategy: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = tmp_path / 'docs.jsonl'
+    source.write_text(''.join(json.dumps(doc) + '\n' for doc in synthetic_documents(400, seed=8)))
+    bucket = tmp_path / 'bucket' / 'docs'  # one shard per unit: many small shards
+    convert_documents([str(source)], tmp_path / 'docs', tokenizer, progress=False, unit_bytes=2048, remote=str(bucket))
+    shards = [path.stat().st_size for path in bucket.rglob('*.mds')]
+    size = sum(path.stat().st_size for path in bucket.rglob('*') if path.is_file())
+    assert len(shards) >= 12 and 2 * max(shards) < size // 4
+    settings = {'max_seq_len': 64, 'strategy': strategy, 'progress': False, 'num_workers': 2}
+    whole = pack_documents(tmp_path / 'docs', tmp_path / 'whole', **settings)
+    with caplog.at_level(logging.INFO, logger='meco_callbacks.corpus.shard_cache'):
+        stats = pack_documents(
+            tmp_path / 'cache', tmp_path / 'packed', documents_remote=str(bucket), cache_limit=size // 4, **settings
+        )
+    assert stats == whole
+    assert packed_bytes(tmp_path / 'packed') == packed_bytes(tmp_path / 'whole')
+    peak = int(caplog.text.split('peak ')[1].split(' bytes')[0])
+    assert 0 < peak <= size // 4
+    assert not list((tmp_path / 'cache').rglob('*.mds'))  # every shard evicted once read

@@ -162,6 +162,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         '(default: a temporary directory, removed at the end)',
     )
     parser.add_argument(
+        '--cache-limit',
+        default=None,
+        help='with DOCUMENTS on object storage: most disk its local cache may use (e.g. 20GB); shards are evicted '
+        'once no later window reads them, and the peak use is logged (default: no limit, every shard kept)',
+    )
+    parser.add_argument(
         '--local-dir',
         default=None,
         help='with OUT on object storage: local directory parts are written under before their upload, kept only '
@@ -201,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             remote=remote,
             part=args.part,
             bins=args.bins,
+            cache_limit=args.cache_limit,
         )
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f'error: {error}', file=sys.stderr)

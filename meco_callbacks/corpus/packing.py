@@ -25,6 +25,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from streaming.base.util import bytes_to_int
+
 from meco_callbacks.corpus.document_set import (
     IN_OTHER_SPLIT,
     DocumentRange,
@@ -34,10 +36,21 @@ from meco_callbacks.corpus.document_set import (
     plan_ranges,
 )
 from meco_callbacks.corpus.output import OutputTaken, existing_output, replace_output
-from meco_callbacks.corpus.pack_parts import MEASURES, PartSelection, PartStore, pack_parts, packing_id, prepare_staging
+from meco_callbacks.corpus.pack_parts import (
+    MEASURES,
+    PartSelection,
+    claim_join,
+    join_parts,
+    pack_parts,
+    packing_id,
+    packing_store,
+    prepare_staging,
+    reclaim_join,
+)
 from meco_callbacks.corpus.remote import Remote
 from meco_callbacks.corpus.reserved_rows import remember_tokenizer
 from meco_callbacks.corpus.row_planning import STRATEGIES
+from meco_callbacks.corpus.shard_cache import CacheLimit
 from meco_callbacks.data.metadata import DEFAULT_TEMPLATE
 from meco_callbacks.data.prefix import PrefixReservation
 from meco_callbacks.data.quality_bins import packing_bins
@@ -85,6 +98,7 @@ def pack_documents(
     remote: str | None = None,
     part: PartSelection | str | None = None,
     bins: str | None = None,
+    cache_limit: int | str | None = None,
 ) -> dict[str, Any]:
     """Pack a document MDS into rows of ``max_seq_len`` slots in ``out_dir``; returns the stats.
 
@@ -104,6 +118,8 @@ def pack_documents(
     ``part`` (``'I/N'``) packs only the I-th of N blocks of windows and reuses finished parts; until every part is
     finished the result is ``{'part': 'I/N', 'joined': False}``, and the run that finishes the last one joins. ``bins``
     (``quantiles:N`` or ``E1,E2,...``) gives the edges of reserved ``bins:<column>`` kinds (``quality_bins``).
+    ``cache_limit`` (bytes, or ``'20GB'``) bounds the local cache of a ``documents_remote`` set: shards are evicted
+    once no later window reads them (``shard_cache``), and the peak use is logged.
     """
     if max_seq_len < 1:
         raise ValueError(f'max_seq_len must be at least 1, got {max_seq_len}.')
@@ -117,6 +133,9 @@ def pack_documents(
     documents = Path(documents_dir).resolve()
     out = Path(out_dir).resolve()
     source = Remote(documents_remote, documents) if documents_remote else None
+    if cache_limit is not None and source is None:
+        raise ValueError('cache_limit (--cache-limit) bounds the cache of documents read from object storage only.')
+    cache = CacheLimit(documents, bytes_to_int(cache_limit)) if cache_limit is not None else None
     if source is not None:
         source.fetch(DATASET_INFO_FILE)
     selection = PartSelection.parse(part) if isinstance(part, str) else part
@@ -154,7 +173,10 @@ def pack_documents(
         reservation = replace(reservation, bins=bin_edges)
         info['reserve_prefix'] = reservation.to_info(tokenizer_entry['fingerprint'])
     if not holdout:
-        return _pack_split(ranges, documents, out, info, num_workers, progress, overwrite, remote, selection)
+        stats = _pack_split(ranges, documents, out, info, num_workers, progress, overwrite, remote, selection, cache)
+        if cache is not None:
+            cache.log()
+        return stats
     if not 0 < holdout < 1:
         raise ValueError(f'holdout must be a fraction in (0, 1), e.g. 0.01; got {holdout}.')
     stats = {}
@@ -170,7 +192,10 @@ def pack_documents(
             overwrite,
             remote and f'{remote.rstrip("/")}/{name}',
             selection,
+            cache,
         )
+    if cache is not None:
+        cache.log()
     return stats
 
 
@@ -184,6 +209,7 @@ def _pack_split(
     overwrite: bool,
     remote: str | None,
     selection: PartSelection | None,
+    cache: CacheLimit | None = None,
 ) -> dict[str, Any]:
     """Pack the parts of ``selection`` (all when None) into ``out`` (or ``remote``) and join them once all are done.
 
@@ -197,9 +223,11 @@ def _pack_split(
     max_seq_len, strategy = info['max_seq_len'], info['strategy']
     reservation = PrefixReservation.from_info(info['reserve_prefix']) if info['reserve_prefix'] else None
     started = time.perf_counter()
+    reclaim_join(staging)
     prepare_staging(staging, len(ranges))
-    store = PartStore(staging, packing_id(info, (documents / 'index.json').read_bytes(), ranges), target)
-    stats = pack_parts(ranges, store, info, num_workers, progress, selection)
+    packing = packing_id(info, (documents / 'index.json').read_bytes(), ranges)
+    store = packing_store(staging, packing, target)
+    stats = pack_parts(ranges, store, packing, info, num_workers, progress, selection, cache)
     if stats is None:
         return {'part': str(selection), 'joined': False}
     other = stats['skipped'].pop(IN_OTHER_SPLIT, 0)
@@ -212,15 +240,21 @@ def _pack_split(
             f'for {out.name}, fewer than one row of max_seq_len={max_seq_len}: nothing to train on. Use a '
             'smaller --max-seq-len or more documents.'
         )
-    write_dataset_info(staging, {**info, 'stats': stats})
+    joining = claim_join(staging)
+    if joining is None:
+        logger.info('Another job finished the last part at the same time and is joining the parts into %s.', out)
+        return {'part': str(selection), 'joined': False}
+    join_parts(joining)
+    write_dataset_info(joining, {**info, 'stats': stats})
     if target is not None:
-        target.upload('index.json')
-        target.upload(DATASET_INFO_FILE)
-        shutil.rmtree(staging)
+        published = Remote(remote, joining)
+        published.upload('index.json')
+        published.upload(DATASET_INFO_FILE)
+        shutil.rmtree(joining)
     else:
-        (staging / MEASURES).unlink(missing_ok=True)
+        (joining / MEASURES).unlink(missing_ok=True)
         out.parent.mkdir(parents=True, exist_ok=True)
-        replace_output(out, staging)
+        replace_output(out, joining)
     seconds = time.perf_counter() - started
     logger.info(
         'Packed %d documents (%d skipped: %s) into %d rows of %d slots in %s with %d worker(s), strategy %s, '

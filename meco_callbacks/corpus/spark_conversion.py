@@ -65,6 +65,7 @@ from meco_callbacks.corpus.sources import (
     find_sources,
     plan_units,
 )
+from meco_callbacks.corpus.storage.parts import PartStore
 from meco_callbacks.corpus.tokenization import build_tokenizer_backend
 from meco_callbacks.corpus.unit_conversion import BATCH_CHARS, BATCH_DOCUMENTS, DocumentBatch, write_batch
 from meco_callbacks.formats import DOCUMENT_COLUMNS, DOCUMENT_FORMAT, write_dataset_info
@@ -220,7 +221,7 @@ def convert_documents_on_spark(
     if finished is not None:
         log.info('%s already holds this conversion (%d documents); nothing to do.', output, _written(finished))
         if remote is not None:
-            publish_documents(output, remote, 'part-', PART_STATS_FILE)
+            _publish(output, remote)
         return SparkReport(output, finished, True, finished['conversion']['partitions'], time.perf_counter() - start)
     staging = output.with_name(output.name + '.spark-partial')
     if staging.exists():
@@ -238,6 +239,7 @@ def convert_documents_on_spark(
         backend.name,
     )
     parts = _run(frames, task)
+    PartStore(staging, PART_STATS_FILE).clean()  # attempts of failed or speculative tasks: their parts are finished
     stats, records_per_file = _sum_parts(staging, parts)
     write_joint_index(staging, [staging / name for name in parts])
     info['tokenizer_backend'], info['tokenizer_backend_reason'] = backend.name, backend.reason
@@ -248,7 +250,7 @@ def convert_documents_on_spark(
     claim_document_output(output, info['conversion']['id'], overwrite)
     replace_output(output, staging)
     if remote is not None:
-        publish_documents(output, remote, 'part-', PART_STATS_FILE)
+        _publish(output, remote)
     report = SparkReport(output, info, False, len(parts), time.perf_counter() - start)
     log.info(
         'Wrote %d documents (%d tokens) of %d read in %d Spark partitions; skipped %s. %.1fs wall, %.0f tokens/s.',
@@ -261,6 +263,13 @@ def convert_documents_on_spark(
         report.tokens_per_second,
     )
     return report
+
+
+def _publish(output: Path, remote: str) -> None:
+    """Upload a finished dataset (parts not on the remote yet, then its index and info); a run before this
+    store could leave the attempts of failed tasks in it: they are removed, never uploaded."""
+    PartStore(output, PART_STATS_FILE).clean()
+    publish_documents(output, remote, PART_STATS_FILE)
 
 
 def _written(info: dict[str, Any]) -> int:
@@ -392,9 +401,8 @@ def _convert_partition(task: _PartitionTask, kind: str, batches: Iterator[Any]) 
     os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')  # parallelism comes from Spark's tasks
     context = TaskContext.get()
     name = f'part-{context.partitionId():05d}'
-    final = Path(task.staging) / name
-    attempt = final.with_name(f'{name}.attempt-{context.taskAttemptId()}.tmp')
-    shutil.rmtree(attempt, ignore_errors=True)
+    store = PartStore(Path(task.staging), PART_STATS_FILE)
+    attempt = store.attempt(name, str(context.taskAttemptId()))
     backend, checker = task.backend.value, task.checker
     stats, records_per_file = ConversionStats(), Counter()
     rows = (row for batch in batches for row in batch.to_pylist())
@@ -419,12 +427,7 @@ def _convert_partition(task: _PartitionTask, kind: str, batches: Iterator[Any]) 
                 _write_documents(documents, backend, writer, checker, stats)
                 documents, chars = [], 0
         _write_documents(documents, backend, writer, checker, stats)
-    counts = dict(stats.to_dict(), records_per_file=dict(sorted(records_per_file.items())))
-    (attempt / PART_STATS_FILE).write_text(json.dumps(counts, indent=1, sort_keys=True) + '\n')
-    try:
-        attempt.rename(final)
-    except OSError:  # another attempt of this partition (a retry, a speculative copy) finished first: same rows
-        shutil.rmtree(attempt, ignore_errors=True)
+    store.commit(name, attempt, dict(stats.to_dict(), records_per_file=dict(sorted(records_per_file.items()))))
     yield pa.RecordBatch.from_pylist([{'part': name}], schema=pa.schema([('part', pa.string())]))
 
 
