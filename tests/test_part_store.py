@@ -236,3 +236,74 @@ def test_a_retried_spark_task_s_leftover_attempt_neither_blocks_publishing_nor_d
     dataset = LocalDataset(str(tmp_path / 'bucket'))
     urls = sorted(dataset[i]['url'] for i in range(len(dataset)))
     assert urls == sorted(d['url'] for d in docs)  # each document exactly once
+
+
+@pytest.fixture(scope='module')
+def web_documents(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
+    """3,000 documents of web-like lengths (log-normal around 550 tokens, as bench/pack.py), in 1 MiB shards."""
+    import numpy as np
+    from streaming import MDSWriter
+
+    from meco_callbacks.formats import DOCUMENT_COLUMNS, DOCUMENT_FORMAT, write_dataset_info
+    from meco_callbacks.tokenizer.fingerprint import tokenizer_info
+
+    out = tmp_path_factory.mktemp('web') / 'docs'
+    rng = np.random.default_rng(4)
+    lengths = np.maximum(rng.lognormal(np.log(550), 1.25, 3000), 8).astype(np.int64)
+    with MDSWriter(out=str(out), columns=DOCUMENT_COLUMNS, size_limit=1 << 20) as writer:
+        for i, length in enumerate(lengths.tolist()):
+            ids = rng.integers(0, 300, length, dtype=np.uint32)  # within the test tokenizer's vocabulary
+            writer.write({'input_ids': ids, 'length': length, 'url': f'https://site{i % 37}.example/{i}'})
+    write_dataset_info(out, {'format': DOCUMENT_FORMAT, 'tokenizer': tokenizer_info(tokenizer)})
+    return out
+
+
+@pytest.mark.parametrize('row', [2048, 8192])
+def test_a_held_out_split_of_web_like_documents_pads_under_two_percent(
+    tmp_path: Path, web_documents: Path, row: int
+) -> None:
+    from streaming import LocalDataset
+
+    from meco_callbacks.formats import read_dataset_info
+
+    settings = {'documents_per_task': 100, 'strategy': 'bfd', 'progress': False, 'holdout': 0.2}
+    stats = pack_documents(web_documents, tmp_path / 'split', row, **settings)
+    held = stats['heldout']
+    assert held['padding_tokens'] / held['tokens'] < 0.02
+    sides = {}
+    for name in ('train', 'heldout'):
+        dataset = LocalDataset(str(tmp_path / 'split' / name))
+        sides[name] = [
+            url
+            for i in range(len(dataset))
+            for url, cont in [(dataset[i]['urls'], dataset[i]['continued'])]
+            for url in url[cont:]
+        ]
+    urls = [f'https://site{i % 37}.example/{i}' for i in range(3000)]
+    assert sorted(sides['train'] + sides['heldout']) == sorted(urls)  # each document in exactly one set, once
+    assert 0.15 < len(sides['heldout']) / len(urls) < 0.25
+    assert held['documents_in_other_split'] == len(sides['train']) and held['documents_read'] == 3000
+    shards = json.loads((tmp_path / 'split' / 'heldout' / 'index.json').read_text())['shards']
+    assert len(shards) == 1  # not one per training window (30 windows)
+    assert read_dataset_info(tmp_path / 'split' / 'heldout')['split']['name'] == 'heldout'
+    assert sorted(path.name for path in (tmp_path / 'split').iterdir()) == ['heldout', 'train']
+
+
+def test_a_held_out_split_packed_by_two_machines_into_object_storage_equals_one_local_run(
+    tmp_path: Path, documents: Path
+) -> None:
+    settings = {**SETTINGS, 'holdout': 0.2}
+    local = pack_documents(documents, tmp_path / 'local', **settings)
+    bucket = tmp_path / 'bucket'
+    first = pack_documents(documents, tmp_path / 'machine0', remote=str(bucket), part='0/2', **settings)
+    assert first['train'] == {'part': '0/2', 'joined': False}
+    assert pack_documents(documents, tmp_path / 'machine1', remote=str(bucket), part='1/2', **settings) == local
+    for name in ('train', 'heldout'):
+        assert packed_rows(bucket / name) == packed_rows(tmp_path / 'local' / name)
+
+
+def packed_rows(directory: Path) -> bytes:
+    """The index and shards a reader of the set reads."""
+    index = json.loads((directory / 'index.json').read_text())
+    names = [shard['raw_data']['basename'] for shard in index['shards']]
+    return (directory / 'index.json').read_bytes() + b''.join((directory / name).read_bytes() for name in names)

@@ -28,6 +28,7 @@ from typing import Any
 from tqdm import tqdm
 
 from meco_callbacks.corpus.document_set import DocumentRange, RangeMeasure, describe_range
+from meco_callbacks.corpus.heldout import set_aside
 from meco_callbacks.corpus.joint_index import part_name, write_joint_index
 from meco_callbacks.corpus.remote import Remote
 from meco_callbacks.corpus.reserved_rows import WindowStats, WindowTask, window_stats, write_window
@@ -276,6 +277,8 @@ def _run_part(job: PartJob) -> WindowStats | PartStats:
     written = job.store.attempt(part_name(job.index))
     task = replace(job.task, out=str(written))
     stats = write_window(task) if isinstance(task, WindowTask) else write_part(task)
+    if task.documents.split is not None and not task.documents.split.held_out:
+        set_aside(task.documents, written)  # the window's held-out documents, read once with it
     job.store.commit(part_name(job.index), written, {'packing': job.packing, 'stats': asdict(stats)})
     return stats
 

@@ -35,6 +35,7 @@ from meco_callbacks.corpus.document_set import (
     open_document_dataset,
     plan_ranges,
 )
+from meco_callbacks.corpus.heldout import gather_held_out
 from meco_callbacks.corpus.output import OutputTaken, existing_output, replace_output
 from meco_callbacks.corpus.pack_parts import (
     MEASURES,
@@ -179,24 +180,40 @@ def pack_documents(
         return stats
     if not 0 < holdout < 1:
         raise ValueError(f'holdout must be a fraction in (0, 1), e.g. 0.01; got {holdout}.')
-    stats = {}
-    for name, held_out in (('train', False), ('heldout', True)):
-        split = Split(holdout, held_out)
-        stats[name] = _pack_split(
-            [replace(task, split=split) for task in ranges],
-            documents,
-            out / name,
-            {**info, 'split': {'name': name, 'holdout': holdout, 'by': 'sha256 of the URL'}},
-            num_workers,
-            progress,
-            overwrite,
-            remote and f'{remote.rstrip("/")}/{name}',
-            selection,
-            cache,
-        )
+    split_info = {'holdout': holdout, 'by': 'sha256 of the URL'}
+    gathered = out / 'heldout.documents'  # the held-out documents, set aside by the training parts
+    train = _pack_split(
+        [replace(task, split=Split(holdout, held_out=False)) for task in ranges],
+        documents,
+        out / 'train',
+        {**info, 'split': {'name': 'train', **split_info}},
+        num_workers,
+        progress,
+        overwrite,
+        remote and f'{remote.rstrip("/")}/train',
+        selection,
+        cache,
+        held_out_documents=gathered,
+    )
+    if 'joined' in train:
+        return {'train': train, 'heldout': train}
+    held = open_document_dataset(gathered, list(dataset.metadata_columns))
+    heldout = _pack_split(
+        plan_ranges(held, None, special, tokenizer_entry.get('vocab_size')),  # windows of the usual size
+        gathered,
+        out / 'heldout',
+        {**info, 'split': {'name': 'heldout', **split_info}},
+        num_workers,
+        progress,
+        overwrite,
+        remote and f'{remote.rstrip("/")}/heldout',
+        None,
+        other_side=train['documents_read'] - train['documents_in_other_split'],
+    )
+    shutil.rmtree(gathered)
     if cache is not None:
         cache.log()
-    return stats
+    return {'train': train, 'heldout': heldout}
 
 
 def _pack_split(
@@ -210,6 +227,8 @@ def _pack_split(
     remote: str | None,
     selection: PartSelection | None,
     cache: CacheLimit | None = None,
+    held_out_documents: Path | None = None,
+    other_side: int = 0,
 ) -> dict[str, Any]:
     """Pack the parts of ``selection`` (all when None) into ``out`` (or ``remote``) and join them once all are done.
 
@@ -231,8 +250,9 @@ def _pack_split(
     if stats is None:
         return {'part': str(selection), 'joined': False}
     other = stats['skipped'].pop(IN_OTHER_SPLIT, 0)
-    if 'split' in info:
-        stats['documents_in_other_split'] = other
+    if 'split' in info:  # the held-out set is packed from the held-out documents alone: the rest are counted here
+        stats['documents_in_other_split'] = other + other_side
+        stats['documents_read'] += other_side
     if stats['rows'] == 0:
         shutil.rmtree(staging, ignore_errors=True)
         raise ValueError(
@@ -245,6 +265,8 @@ def _pack_split(
         logger.info('Another job finished the last part at the same time and is joining the parts into %s.', out)
         return {'part': str(selection), 'joined': False}
     join_parts(joining)
+    if held_out_documents is not None:
+        gather_held_out(joining, held_out_documents, info['tokenizer'], target and Remote(target.url, joining))
     write_dataset_info(joining, {**info, 'stats': stats})
     if target is not None:
         published = Remote(remote, joining)

@@ -133,10 +133,13 @@ class Remote:
 def upload_directory(
     remote: Remote, name: str, last: str, reached: Callable[[str], None] = lambda step: None
 ) -> list[str]:
-    """Upload every file of the local directory ``name``, the file ``last`` (its done-marker) last; their names.
+    """Upload every file under the local directory ``name``, the file ``last`` (its done-marker) last; their paths.
 
     ``reached('uploaded <file>')`` is called after each file (the part store's steps)."""
-    files = sorted(path.name for path in (remote.local / name).iterdir() if path.is_file() and path.name != last)
+    root = remote.local / name
+    files = sorted(
+        path.relative_to(root).as_posix() for path in root.rglob('*') if path.is_file() and path.name != last
+    )
     for file in [*files, last]:
         remote.upload(f'{name}/{file}')
         reached(f'uploaded {file}')

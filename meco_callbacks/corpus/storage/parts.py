@@ -171,7 +171,7 @@ class PartStore:
         files = upload_directory(self.remote, name, self.marker, reached)
         if not self.keep_shards:
             for file in files:
-                if file != 'index.json':  # kept for the join
+                if file != 'index.json' and '/' not in file:  # the index is kept for the join, and folders
                     (self.directory / name / file).unlink()
 
     def _download(self, name: str) -> dict[str, Any] | None:
