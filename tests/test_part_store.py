@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, synthetic_documents, write_documents_mds
 
-from meco_callbacks.corpus.documents import convert_documents
-from meco_callbacks.corpus.packing import pack_documents
+from meco_callbacks.corpus.documents.conversion import convert_documents
+from meco_callbacks.corpus.packing.packing import pack_documents
 from meco_callbacks.corpus.storage import parts
 from meco_callbacks.formats import DATASET_INFO_FILE
 
@@ -116,7 +116,7 @@ def test_finished_parts_on_object_storage_are_found_with_one_listing(
     bucket = tmp_path / 'bucket'
     pack_documents(documents, tmp_path / 'machine0', remote=str(bucket), part='0/1', **{**SETTINGS, 'progress': False})
     (bucket / 'index.json').unlink()  # as if the joining run had died: every part is on the bucket, no index
-    from meco_callbacks.corpus import remote
+    from meco_callbacks.corpus.storage import remote
 
     listings, downloads = [], []
     real_list, real_fetch = remote.Remote.list_files, remote.Remote.fetch
@@ -130,7 +130,7 @@ def test_finished_parts_on_object_storage_are_found_with_one_listing(
 
 def test_two_part_jobs_finishing_at_once_join_what_one_job_joins(tmp_path: Path, documents: Path) -> None:
     """Job B finds every part finished; job A joins and renames the set into place; then B joins too."""
-    import meco_callbacks.corpus.packing as packing
+    import meco_callbacks.corpus.packing.packing as packing
 
     whole = tmp_path / 'whole'
     pack_documents(documents, whole, **SETTINGS)
@@ -179,8 +179,8 @@ from pathlib import Path
 
 import numpy
 
-from meco_callbacks.corpus import spark_conversion
-from meco_callbacks.corpus.spark_conversion import convert_documents_on_spark, spark_session
+from meco_callbacks.corpus.documents import spark_conversion
+from meco_callbacks.corpus.documents.spark_conversion import convert_documents_on_spark, spark_session
 
 inputs, root, tokenizer = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 spark = spark_session('local[2,2]')  # a failed task is retried once, as on a cluster

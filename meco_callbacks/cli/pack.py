@@ -1,6 +1,6 @@
 """Pack a document MDS (convert/documents.py, or the MeCo authors' release) into training rows.
 
-A thin command line over ``meco_callbacks.corpus.packing.pack_documents``; run with ``--help`` for the row layout.
+A thin command line over ``meco_callbacks.corpus.packing.packing.pack_documents``; run with ``--help`` for the row layout.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from meco_callbacks.corpus.packing import pack_documents
-from meco_callbacks.corpus.remote import is_remote
-from meco_callbacks.corpus.row_planning import STRATEGIES
+from meco_callbacks.corpus.packing.packing import pack_documents
+from meco_callbacks.corpus.packing.row_planning import STRATEGIES
+from meco_callbacks.corpus.storage.remote import is_remote
 from meco_callbacks.data.metadata import DEFAULT_TEMPLATE
 
 DESCRIPTION = """\

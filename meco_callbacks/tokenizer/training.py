@@ -78,8 +78,14 @@ def train_tokenizer_on_corpus(
     """
     from tokenizers import Tokenizer
 
-    from meco_callbacks.corpus.sources import DEFAULT_UNIT_BYTES, FieldMapping, InputError, find_sources, plan_units
-    from meco_callbacks.corpus.text_sample import sample_texts
+    from meco_callbacks.corpus.documents.sources import (
+        DEFAULT_UNIT_BYTES,
+        FieldMapping,
+        InputError,
+        find_sources,
+        plan_units,
+    )
+    from meco_callbacks.corpus.documents.text_sample import sample_texts
 
     fields = FieldMapping(text=text_field)
     discovery = find_sources(inputs, fields, require_url=False)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meco_callbacks.corpus.remote import Remote, upload_directory
+from meco_callbacks.corpus.storage.remote import Remote, upload_directory
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any
 from streaming.base.storage.download import DOWNLOADER_MAPPINGS, CloudDownloader
 from streaming.base.storage.upload import UPLOADERS, CloudUploader
 
-from meco_callbacks.corpus.errors import ConversionError
+from meco_callbacks.corpus.storage.errors import ConversionError
 
 # What a provider raises for a missing object: the local copy's FileNotFoundError, or a message like S3's.
 _MISSING_MARKERS = ('not found', 'notfound', 'nosuchkey', '404', 'no such file', 'does not exist')

@@ -21,18 +21,17 @@ import numpy as np
 from streaming import MDSWriter
 from tqdm import tqdm
 
-from meco_callbacks.corpus.document_set import (
+from meco_callbacks.corpus.packing.document_set import (
     DocumentChunk,
     DocumentRange,
     RangeMeasure,
     describe_range,
     measure_range,
     read_range,
-    stored_raw,
 )
-from meco_callbacks.corpus.joint_index import part_name
-from meco_callbacks.corpus.shard_cache import CacheLimit
-from meco_callbacks.corpus.workers import ProcessMap
+from meco_callbacks.corpus.packing.shard_cache import CacheLimit, stored_raw
+from meco_callbacks.corpus.storage.joint_index import part_name
+from meco_callbacks.corpus.storage.workers import ProcessMap
 from meco_callbacks.formats import PACKED_COLUMNS
 
 SKIP_DROPPED_TAIL = 'in_dropped_last_partial_row'

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 from streaming import MDSWriter
 
-from meco_callbacks.corpus.document_set import DocumentRange, Split, fetch_shard
-from meco_callbacks.corpus.mds import column_spans, sample_bytes
-from meco_callbacks.corpus.remote import Remote
+from meco_callbacks.corpus.packing.document_set import DocumentRange, Split
+from meco_callbacks.corpus.packing.mds import column_spans, sample_bytes
+from meco_callbacks.corpus.packing.shard_cache import fetch_shard
+from meco_callbacks.corpus.storage.remote import Remote
 from meco_callbacks.formats import DOCUMENT_FORMAT, write_dataset_info
 
 HELD_OUT = 'heldout'  # the directory of a training part holding its window's held-out documents

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -27,7 +26,7 @@ from typing import Any
 
 from streaming.base.util import bytes_to_int
 
-from meco_callbacks.corpus.document_set import (
+from meco_callbacks.corpus.packing.document_set import (
     IN_OTHER_SPLIT,
     DocumentRange,
     SpecialTokens,
@@ -35,9 +34,8 @@ from meco_callbacks.corpus.document_set import (
     open_document_dataset,
     plan_ranges,
 )
-from meco_callbacks.corpus.heldout import gather_held_out
-from meco_callbacks.corpus.output import OutputTaken, existing_output, replace_output
-from meco_callbacks.corpus.pack_parts import (
+from meco_callbacks.corpus.packing.heldout import gather_held_out
+from meco_callbacks.corpus.packing.pack_parts import (
     MEASURES,
     PartSelection,
     claim_join,
@@ -48,10 +46,11 @@ from meco_callbacks.corpus.pack_parts import (
     prepare_staging,
     reclaim_join,
 )
-from meco_callbacks.corpus.remote import Remote
-from meco_callbacks.corpus.reserved_rows import remember_tokenizer
-from meco_callbacks.corpus.row_planning import STRATEGIES
-from meco_callbacks.corpus.shard_cache import CacheLimit
+from meco_callbacks.corpus.packing.reserved_rows import remember_tokenizer
+from meco_callbacks.corpus.packing.row_planning import STRATEGIES
+from meco_callbacks.corpus.packing.shard_cache import CacheLimit
+from meco_callbacks.corpus.storage.output import existing_output, existing_remote_output, replace_output
+from meco_callbacks.corpus.storage.remote import Remote
 from meco_callbacks.data.metadata import DEFAULT_TEMPLATE
 from meco_callbacks.data.prefix import PrefixReservation
 from meco_callbacks.data.quality_bins import packing_bins
@@ -343,12 +342,7 @@ def resolve_tokenizer(
 def _check_output(out: Path, documents: Path, info: dict[str, Any], overwrite: bool, remote: Remote | None) -> None:
     """Refuse an output that is (or contains, or is inside) the input, or that holds a different dataset."""
     if remote is not None:
-        with tempfile.TemporaryDirectory() as scratch:
-            if Remote(remote.url, Path(scratch)).fetch(DATASET_INFO_FILE):
-                try:
-                    existing_output(Path(scratch), info, PACKED_IDENTITY, 'packed dataset', overwrite)
-                except OutputTaken as taken:
-                    raise OutputTaken(str(taken).replace(scratch, remote.url)) from None
+        existing_remote_output(remote, info, PACKED_IDENTITY, 'packed dataset', overwrite)
         return
     if out == documents or documents.is_relative_to(out) or out.is_relative_to(documents):
         raise ValueError(f'the output {out} overlaps the documents {documents}; choose a separate directory.')

@@ -23,21 +23,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meco_callbacks.corpus.conversion_plan import (
+from meco_callbacks.corpus.documents.conversion_plan import (
     partial_dir,
     plan_conversion,
     record_plan,
     recorded_plan,
 )
-from meco_callbacks.corpus.document_checks import ConversionStats, DocumentChecker, DocumentPolicy
-from meco_callbacks.corpus.document_merge import claim_document_output, merge_document_parts, publish_documents
-from meco_callbacks.corpus.errors import ConversionError
-from meco_callbacks.corpus.remote import Remote, check_remote
-from meco_callbacks.corpus.sources import DEFAULT_UNIT_BYTES, FieldMapping, Unit, find_sources, plan_units
-from meco_callbacks.corpus.text_sample import sample_texts
-from meco_callbacks.corpus.tokenization import build_tokenizer_backend
-from meco_callbacks.corpus.unit_conversion import UnitContext, convert_unit, describe_unit
-from meco_callbacks.corpus.workers import ProcessMap, WorkerDied
+from meco_callbacks.corpus.documents.document_checks import ConversionStats, DocumentChecker, DocumentPolicy
+from meco_callbacks.corpus.documents.document_merge import (
+    claim_document_output,
+    merge_document_parts,
+    publish_documents,
+)
+from meco_callbacks.corpus.documents.sources import DEFAULT_UNIT_BYTES, FieldMapping, Unit, find_sources, plan_units
+from meco_callbacks.corpus.documents.text_sample import sample_texts
+from meco_callbacks.corpus.documents.tokenization import build_tokenizer_backend
+from meco_callbacks.corpus.documents.unit_conversion import UnitContext, convert_unit, describe_unit
+from meco_callbacks.corpus.storage.errors import ConversionError
+from meco_callbacks.corpus.storage.remote import Remote, check_remote
+from meco_callbacks.corpus.storage.workers import ProcessMap, WorkerDied
 from meco_callbacks.tokenizer.loading import load_tokenizer
 
 log = logging.getLogger(__name__)

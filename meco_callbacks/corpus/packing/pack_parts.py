@@ -27,15 +27,22 @@ from typing import Any
 
 from tqdm import tqdm
 
-from meco_callbacks.corpus.document_set import DocumentRange, RangeMeasure, describe_range
-from meco_callbacks.corpus.heldout import set_aside
-from meco_callbacks.corpus.joint_index import part_name, write_joint_index
-from meco_callbacks.corpus.remote import Remote
-from meco_callbacks.corpus.reserved_rows import WindowStats, WindowTask, window_stats, write_window
-from meco_callbacks.corpus.shard_cache import CacheLimit
+from meco_callbacks.corpus.packing.document_set import DocumentRange, RangeMeasure, describe_range
+from meco_callbacks.corpus.packing.heldout import set_aside
+from meco_callbacks.corpus.packing.reserved_rows import WindowStats, WindowTask, window_stats, write_window
+from meco_callbacks.corpus.packing.shard_cache import CacheLimit
+from meco_callbacks.corpus.packing.stream_rows import (
+    PartStats,
+    PartTask,
+    measure_ranges,
+    plan_parts,
+    stream_stats,
+    write_part,
+)
+from meco_callbacks.corpus.storage.joint_index import part_name, write_joint_index
 from meco_callbacks.corpus.storage.parts import ATTEMPT, PartStore, attempt_token, is_attempt
-from meco_callbacks.corpus.stream_rows import PartStats, PartTask, measure_ranges, plan_parts, stream_stats, write_part
-from meco_callbacks.corpus.workers import ProcessMap
+from meco_callbacks.corpus.storage.remote import Remote
+from meco_callbacks.corpus.storage.workers import ProcessMap
 from meco_callbacks.data.prefix import PrefixReservation
 
 logger = logging.getLogger(__name__)

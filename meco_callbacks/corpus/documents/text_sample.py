@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from meco_callbacks.corpus.document_checks import DocumentPolicy, text_problem
-from meco_callbacks.corpus.readers import Record, UnitReader
-from meco_callbacks.corpus.sources import FieldMapping, Unit, UnreadableFile
+from meco_callbacks.corpus.documents.document_checks import DocumentPolicy, text_problem
+from meco_callbacks.corpus.documents.readers import Record, UnitReader
+from meco_callbacks.corpus.documents.sources import FieldMapping, Unit, UnreadableFile
 
 
 def sample_texts(

@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 from streaming import MDSWriter
 
-from meco_callbacks.corpus.conversion_plan import UNIT_STATS_FILE, unit_name
-from meco_callbacks.corpus.document_checks import ConversionStats, Document, DocumentChecker
-from meco_callbacks.corpus.readers import Skip, UnitReader
-from meco_callbacks.corpus.remote import Remote
-from meco_callbacks.corpus.sources import FieldMapping, Unit, UnreadableFile
+from meco_callbacks.corpus.documents.conversion_plan import UNIT_STATS_FILE, unit_name
+from meco_callbacks.corpus.documents.document_checks import ConversionStats, Document, DocumentChecker
+from meco_callbacks.corpus.documents.readers import Skip, UnitReader
+from meco_callbacks.corpus.documents.sources import FieldMapping, Unit, UnreadableFile
+from meco_callbacks.corpus.documents.tokenization import TokenizerBackend
 from meco_callbacks.corpus.storage.parts import PartStore
-from meco_callbacks.corpus.tokenization import TokenizerBackend
+from meco_callbacks.corpus.storage.remote import Remote
 from meco_callbacks.formats import DOCUMENT_COLUMNS
 
 BATCH_CHARS = 1 << 20

@@ -1,7 +1,7 @@
 """Bounded local disk when packing a document set read from object storage: shards evicted once no window needs them.
 
 Stage 2 reads a remote document set through a local cache, downloading each shard when a window first needs it
-(``document_set.fetch_shard``). Without a limit every shard stays, so the local disk must hold the whole set. With
+(``fetch_shard``). Without a limit every shard stays, so the local disk must hold the whole set. With
 a limit, each pass over the windows runs with a bounded look-ahead (``ProcessMap(ahead=...)``) and, as the results
 come back in order, deletes the shards that no later job of the pass reads: at most the shards of the jobs in
 flight are on disk at once. A pass that needs them again (stream packing's second pass) downloads them again.
@@ -14,10 +14,40 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from meco_callbacks.corpus.document_set import DocumentRange
+from meco_callbacks.corpus.packing.mds import raw_shard_path
+from meco_callbacks.corpus.storage.remote import Remote
+
+if TYPE_CHECKING:  # document_set reads its shards through this module
+    from meco_callbacks.corpus.packing.document_set import DocumentRange
 
 logger = logging.getLogger(__name__)
+
+
+def stored_raw(directory: str, shard: dict[str, Any], remote: Remote | None) -> bool:
+    """Whether a shard can be read in ranges: its raw file is kept (a remote keeps it only when not compressed)."""
+    if raw_shard_path(directory, shard).is_file():
+        return True
+    return remote is not None and not shard.get('zip_data')
+
+
+def fetch_shard(task: DocumentRange) -> None:
+    """Download the range's shard into the local cache unless a copy of its size is there (raw, or compressed)."""
+    if task.remote is None:
+        return
+    for key in ('raw_data', 'zip_data'):
+        stored = task.shard.get(key)
+        if stored and _has_size(Path(task.directory) / stored['basename'], stored['bytes']):
+            return
+    stored = task.shard.get('zip_data') or task.shard['raw_data']
+    if not task.remote.fetch(stored['basename']):
+        raise FileNotFoundError(f'{task.remote.remote_path(stored["basename"])}, listed in its index.json, is missing.')
+
+
+def _has_size(path: Path, size: int) -> bool:
+    """Whether ``path`` is a file of ``size`` bytes (a cached shard, not one of another dataset by the same name)."""
+    return path.is_file() and path.stat().st_size == size
 
 
 def shard_files(task: DocumentRange) -> tuple[str, ...]:

@@ -14,14 +14,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from meco_callbacks.corpus.conversion_plan import PLAN_FILE, UNIT_STATS_FILE, partial_dir, unit_name
-from meco_callbacks.corpus.document_checks import ConversionStats
-from meco_callbacks.corpus.errors import ConversionError
-from meco_callbacks.corpus.joint_index import write_joint_index
-from meco_callbacks.corpus.output import existing_output, replace_output
-from meco_callbacks.corpus.remote import Remote
+from meco_callbacks.corpus.documents.conversion_plan import PLAN_FILE, UNIT_STATS_FILE, partial_dir, unit_name
+from meco_callbacks.corpus.documents.document_checks import ConversionStats
+from meco_callbacks.corpus.documents.unit_conversion import unit_store
+from meco_callbacks.corpus.storage.errors import ConversionError
+from meco_callbacks.corpus.storage.joint_index import write_joint_index
+from meco_callbacks.corpus.storage.output import existing_output, replace_output
 from meco_callbacks.corpus.storage.parts import PartStore
-from meco_callbacks.corpus.unit_conversion import unit_store
+from meco_callbacks.corpus.storage.remote import Remote
 from meco_callbacks.formats import DATASET_INFO_FILE, DOCUMENT_FORMAT, read_dataset_info, write_dataset_info
 
 log = logging.getLogger(__name__)
