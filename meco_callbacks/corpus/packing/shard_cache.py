@@ -14,13 +14,19 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from meco_callbacks.corpus.packing.mds import raw_shard_path
 from meco_callbacks.corpus.storage.remote import Remote
 
-if TYPE_CHECKING:  # document_set reads its shards through this module
-    from meco_callbacks.corpus.packing.document_set import DocumentRange
+
+class ShardReader(Protocol):
+    """What this module needs of a document range (``document_set.DocumentRange``, which reads through it)."""
+
+    directory: str
+    shard: dict[str, Any]
+    remote: Remote | None
+
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +38,7 @@ def stored_raw(directory: str, shard: dict[str, Any], remote: Remote | None) -> 
     return remote is not None and not shard.get('zip_data')
 
 
-def fetch_shard(task: DocumentRange) -> None:
+def fetch_shard(task: ShardReader) -> None:
     """Download the range's shard into the local cache unless a copy of its size is there (raw, or compressed)."""
     if task.remote is None:
         return
@@ -50,7 +56,7 @@ def _has_size(path: Path, size: int) -> bool:
     return path.is_file() and path.stat().st_size == size
 
 
-def shard_files(task: DocumentRange) -> tuple[str, ...]:
+def shard_files(task: ShardReader) -> tuple[str, ...]:
     """The names a range's shard may have in the cache (raw and compressed)."""
     return tuple(task.shard[key]['basename'] for key in ('raw_data', 'zip_data') if task.shard.get(key))
 
@@ -74,7 +80,7 @@ class CacheLimit:
             )
         return max(1, min(num_workers, self.limit // shard_bytes - 1))
 
-    def pass_over(self, jobs: Sequence[Sequence[DocumentRange]], num_workers: int) -> ShardEviction:
+    def pass_over(self, jobs: Sequence[Sequence[ShardReader]], num_workers: int) -> ShardEviction:
         """The eviction of one pass whose jobs, in order, read the ranges ``jobs[i]``."""
         largest = max((task.shard.get('zip_data') or task.shard['raw_data'])['bytes'] for job in jobs for task in job)
         last: dict[str, int] = {}
