@@ -226,7 +226,7 @@ def test_a_retried_spark_task_s_leftover_attempt_neither_blocks_publishing_nor_d
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,  # a JVM and three conversions: minutes on a loaded machine
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert 'first published' in run.stdout, run.stdout
