@@ -139,7 +139,7 @@ def run_authors_method(paths: list[Path], tokenizer_dir: str, out: Path, workers
     """(b): load the tiktoken encoding, read all lines into memory, split them into N contiguous ranges, a pool of N."""
     from transformers import AutoTokenizer
 
-    from meco_callbacks.corpus.tiktoken_encoding import tiktoken_encoding_for
+    from meco_callbacks.corpus.documents.tiktoken_encoding import tiktoken_encoding_for
 
     encoding, _ = tiktoken_encoding_for(AutoTokenizer.from_pretrained(tokenizer_dir))
     lines = [line for path in paths for line in open(path, encoding='utf-8')]
@@ -152,7 +152,7 @@ def run_authors_method(paths: list[Path], tokenizer_dir: str, out: Path, workers
 
 def run_ours(paths: list[Path], tokenizer_dir: str, out: Path, workers: int, backend: str) -> Any:
     """(c) and (d): MeCo's converter, end to end (verification, conversion, merge)."""
-    from meco_callbacks.corpus.documents import convert_documents
+    from meco_callbacks.corpus.documents.conversion import convert_documents
 
     return convert_documents(
         [str(p) for p in paths], out, tokenizer_dir, tokenizer_backend=backend, num_workers=workers, progress=False
@@ -183,7 +183,7 @@ class SparkRunner:
 def _spark_server(connection: Any, workers: int) -> None:
     """The Spark process: start the session, report how long that took, then convert each request until None."""
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
-    from meco_callbacks.corpus.spark_conversion import convert_documents_on_spark, spark_session
+    from meco_callbacks.corpus.documents.spark_conversion import convert_documents_on_spark, spark_session
 
     began = time.perf_counter()
     spark = spark_session(f'local[{workers}]', app_name='bench-convert')
@@ -254,7 +254,7 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> None:
         )
     from transformers import AutoTokenizer
 
-    from meco_callbacks.corpus.tiktoken_encoding import tiktoken_encoding_for
+    from meco_callbacks.corpus.documents.tiktoken_encoding import tiktoken_encoding_for
 
     encoding, _ = tiktoken_encoding_for(AutoTokenizer.from_pretrained(tokenizer_dir))
     workers = args.num_workers

@@ -51,8 +51,8 @@ def build_packed(
 
     ``reserve_prefix`` packs with prefix room for those metadata kinds, as the README packs for MeCo.
     """
-    from meco_callbacks.corpus.documents import convert_documents
-    from meco_callbacks.corpus.packing import pack_documents
+    from meco_callbacks.corpus.documents.conversion import convert_documents
+    from meco_callbacks.corpus.packing.packing import pack_documents
     from meco_callbacks.tokenizer.training import train_bpe_tokenizer
 
     corpus = synthetic_corpus(work / 'corpus.jsonl', documents)

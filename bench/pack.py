@@ -67,7 +67,7 @@ def dropped_by_injection(packed: Path, tokenizer, max_seq_len: int) -> int:
 
 
 def pack(documents: Path, out: Path, max_seq_len: int, how: str) -> tuple[dict, float]:
-    from meco_callbacks.corpus.packing import pack_documents
+    from meco_callbacks.corpus.packing.packing import pack_documents
 
     options = {'a': {}, 'b': {'reserve_prefix': ['domain']}, 'c': {'reserve_prefix': ['domain'], 'strategy': 'bfd'}}
     start = time.perf_counter()

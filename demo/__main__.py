@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     from demo.corpus import build_demo_corpus
     from demo.report import write_report
     from meco_callbacks.cli.plot import plot_runs
-    from meco_callbacks.corpus.documents import convert_documents
-    from meco_callbacks.corpus.packing import pack_documents
+    from meco_callbacks.corpus.documents.conversion import convert_documents
+    from meco_callbacks.corpus.packing.packing import pack_documents
     from meco_callbacks.formats import read_dataset_info
     from meco_callbacks.tokenizer.training import train_bpe_tokenizer
     from meco_callbacks.training.run_log import read_run_log

@@ -166,7 +166,7 @@ TINY_MODEL = ['model.d_model=64', 'model.n_heads=2', 'model.n_layers=2', 'model.
 @pytest.fixture(scope='session')
 def tiny_packed(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
     """The synthetic corpus packed for training runs as the README packs: rows of 64, prefix room for domains."""
-    from meco_callbacks.corpus.packing import pack_documents
+    from meco_callbacks.corpus.packing.packing import pack_documents
 
     documents = write_documents_mds(tmp_path_factory.mktemp('documents'), synthetic_documents(1500, seed=1), tokenizer)
     out = tmp_path_factory.mktemp('packed') / 'packed'

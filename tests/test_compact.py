@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO_ROOT, TINY_MODEL, TINY_YAML, synthetic_documents, train_tiny, write_documents_mds
 from streaming.base.util import clean_stale_shared_memory
 
-from meco_callbacks.corpus.packing import pack_documents
+from meco_callbacks.corpus.packing.packing import pack_documents
 from meco_callbacks.data.compact import HASH_RULE, bucket_of, build_vocabulary
 from meco_callbacks.data.dataloader import build_meco_loader
 from meco_callbacks.data.metadata import MetadataConfig

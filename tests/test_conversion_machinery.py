@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from meco_callbacks.corpus.errors import ConversionError
-from meco_callbacks.corpus.joint_index import write_joint_index
-from meco_callbacks.corpus.output import OutputTaken, existing_output, replace_output
-from meco_callbacks.corpus.workers import ProcessMap, WorkerDied, WorkerTraceback
+from meco_callbacks.corpus.storage.errors import ConversionError
+from meco_callbacks.corpus.storage.joint_index import write_joint_index
+from meco_callbacks.corpus.storage.output import OutputTaken, existing_output, replace_output
+from meco_callbacks.corpus.storage.workers import ProcessMap, WorkerDied, WorkerTraceback
 from meco_callbacks.formats import write_dataset_info
 
 

@@ -11,9 +11,9 @@ import pytest
 from conftest import synthetic_documents
 from test_tokenization import merges_into_eos_tokenizer
 
-from meco_callbacks.corpus.document_checks import DocumentPolicy
-from meco_callbacks.corpus.documents import convert_documents
-from meco_callbacks.corpus.sources import FieldMapping, InputError
+from meco_callbacks.corpus.documents.conversion import convert_documents
+from meco_callbacks.corpus.documents.document_checks import DocumentPolicy
+from meco_callbacks.corpus.documents.sources import FieldMapping, InputError
 from meco_callbacks.formats import read_dataset_info
 
 GOOD = {'text': 'a page about rivers', 'url': 'https://en.wikipedia.org/wiki/River'}

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import synthetic_documents
 
-from meco_callbacks.corpus.document_checks import DocumentPolicy
-from meco_callbacks.corpus.documents import convert_documents
-from meco_callbacks.corpus.errors import ConversionError
-from meco_callbacks.corpus.sources import FieldMapping, InputError
+from meco_callbacks.corpus.documents.conversion import convert_documents
+from meco_callbacks.corpus.documents.document_checks import DocumentPolicy
+from meco_callbacks.corpus.documents.sources import FieldMapping, InputError
+from meco_callbacks.corpus.storage.errors import ConversionError
 from meco_callbacks.formats import DOCUMENT_FORMAT, read_dataset_info
 from meco_callbacks.tokenizer.fingerprint import tokenizer_info
 

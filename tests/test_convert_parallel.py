@@ -15,9 +15,9 @@ import psutil
 import pytest
 from conftest import REPO_ROOT, synthetic_documents
 
-from meco_callbacks.corpus.document_merge import merge_document_parts
-from meco_callbacks.corpus.documents import convert_documents
-from meco_callbacks.corpus.errors import ConversionError
+from meco_callbacks.corpus.documents.conversion import convert_documents
+from meco_callbacks.corpus.documents.document_merge import merge_document_parts
+from meco_callbacks.corpus.storage.errors import ConversionError
 from meco_callbacks.formats import read_dataset_info
 
 
@@ -100,7 +100,7 @@ def test_a_resumed_run_reports_its_own_work_over_its_whole_wall_time_and_what_it
     units = read_dataset_info(serial)['conversion']['units']
     convert(corpus, tmp_path / 'out', tokenizer, job_index=0, num_jobs=2)
     started = time.perf_counter() - 100  # as if starting the command (imports, loading) had taken 100 s
-    with caplog.at_level(logging.INFO, logger='meco_callbacks.corpus.documents'):
+    with caplog.at_level(logging.INFO, logger='meco_callbacks.corpus.documents.conversion'):
         report = convert(corpus, tmp_path / 'out', tokenizer, started=started)
     per_unit = [json.loads(path.read_text()) for path in sorted((tmp_path / 'out').glob('unit-*/unit.json'))]
     mine, earlier = per_unit[1::2], per_unit[0::2]

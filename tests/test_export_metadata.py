@@ -15,7 +15,7 @@ from conftest import TINY_MODEL, TINY_YAML, synthetic_documents, train_tiny, wri
 from streaming.base.util import clean_stale_shared_memory
 
 from meco_callbacks.cli import generate as generate_cli
-from meco_callbacks.corpus.packing import pack_documents
+from meco_callbacks.corpus.packing.packing import pack_documents
 from meco_callbacks.data.dataloader import build_meco_loader
 from meco_callbacks.data.metadata import MetadataConfig
 from meco_callbacks.data.metadata_record import (

@@ -14,7 +14,7 @@ from streaming import MDSWriter
 from streaming.base.format import reader_from_json
 from streaming.base.format.mds.encodings import get_mds_encoded_size, mds_encode
 
-from meco_callbacks.corpus.packing import pack_documents
+from meco_callbacks.corpus.packing.packing import pack_documents
 from meco_callbacks.formats import (
     DATASET_INFO_FILE,
     DOCUMENT_FORMAT,

@@ -12,8 +12,8 @@ from conftest import synthetic_documents, write_documents_mds
 from llmfoundry.data.dataloader import build_dataloader
 from streaming.base.util import clean_stale_shared_memory
 
-from meco_callbacks.corpus.packing import pack_documents
-from meco_callbacks.corpus.row_planning import Placement, plan_rows
+from meco_callbacks.corpus.packing.packing import pack_documents
+from meco_callbacks.corpus.packing.row_planning import Placement, plan_rows
 from meco_callbacks.data.collator import IGNORE_INDEX
 from meco_callbacks.data.dataset import MeCoPackedDataset
 from meco_callbacks.data.metadata import MetadataConfig

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, synthetic_documents, write_documents_mds
 
-from meco_callbacks.corpus.documents import convert_documents
-from meco_callbacks.corpus.packing import pack_documents
+from meco_callbacks.corpus.documents.conversion import convert_documents
+from meco_callbacks.corpus.packing.packing import pack_documents
 from meco_callbacks.formats import DATASET_INFO_FILE, read_dataset_info
 
 WINDOW = 25  # documents per window: small windows make many parts out of a tiny set
@@ -128,7 +128,7 @@ def test_parts_finished_on_the_remote_by_another_machine_are_reused(
     assert first == {'part': '0/2', 'joined': False}
     assert sorted(path.parent.name for path in remote.glob('*/part.json')) == [f'part.0000{k}' for k in range(4)]
     assert not (remote / 'index.json').exists() and not (remote / DATASET_INFO_FILE).exists()
-    with caplog.at_level(logging.INFO, logger='meco_callbacks.corpus.pack_parts'):
+    with caplog.at_level(logging.INFO, logger='meco_callbacks.corpus.packing.pack_parts'):
         pack_documents(documents, tmp_path / 'machine1', remote=str(remote), **settings)  # no part: the rest, then join
     parts = len(list(whole.glob('part.*')))
     assert f'{parts - 4} parts to pack, 4 already finished, reused; 4 of {parts} parts' in caplog.text
@@ -173,7 +173,7 @@ def test_a_packing_killed_midway_resumes_redoing_only_the_missing_parts(
     pack_documents(docs, tmp_path / 'whole', **settings)
     staging = tmp_path / 'packed.packing'
     script = (
-        'from meco_callbacks.corpus.packing import pack_documents\n'
+        'from meco_callbacks.corpus.packing.packing import pack_documents\n'
         f'pack_documents({str(docs)!r}, {str(tmp_path / "packed")!r}, **{settings!r})\n'
     )
     run = subprocess.Popen([sys.executable, '-c', script], cwd=REPO_ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'))
@@ -186,7 +186,7 @@ def test_a_packing_killed_midway_resumes_redoing_only_the_missing_parts(
     finished = {path.parent.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in markers}
     windows = len(list((tmp_path / 'whole').glob('part.*')))
     assert 3 <= len(finished) < windows and not (tmp_path / 'packed').exists()
-    with caplog.at_level(logging.INFO, logger='meco_callbacks.corpus.pack_parts'):
+    with caplog.at_level(logging.INFO, logger='meco_callbacks.corpus.packing.pack_parts'):
         pack_documents(docs, tmp_path / 'packed', **settings)
     assert f'{windows - len(finished)} parts to pack, {len(finished)} already finished, reused' in caplog.text
     for name, (inode, mtime) in finished.items():
@@ -214,7 +214,7 @@ def test_the_convert_command_asks_for_a_local_output_beside_a_remote(capsys: pyt
 def test_stage_one_jobs_on_machines_sharing_only_the_remote_merge_into_the_one_machine_dataset(
     tmp_path: Path, tokenizer
 ) -> None:
-    from meco_callbacks.corpus.document_merge import merge_document_parts
+    from meco_callbacks.corpus.documents.document_merge import merge_document_parts
 
     source = tmp_path / 'docs.jsonl'
     source.write_text(''.join(json.dumps(doc) + '\n' for doc in synthetic_documents(60, seed=6)))
@@ -236,3 +236,27 @@ def test_stage_one_jobs_on_machines_sharing_only_the_remote_merge_into_the_one_m
     one = {path.relative_to(tmp_path / 'one' / 'docs') for path in (tmp_path / 'one' / 'docs').rglob('*.mds')}
     assert {path.relative_to(remote) for path in remote.rglob('*.mds')} == one
     assert read_dataset_info(remote)['stats'] == read_dataset_info(tmp_path / 'one' / 'docs')['stats']
+
+
+@pytest.mark.parametrize('strategy', ['stream', 'bfd'])
+def test_packing_from_object_storage_with_a_quarter_of_the_set_as_cache_limit_stays_under_it(
+    tmp_path: Path, tokenizer, strategy: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = tmp_path / 'docs.jsonl'
+    source.write_text(''.join(json.dumps(doc) + '\n' for doc in synthetic_documents(400, seed=8)))
+    bucket = tmp_path / 'bucket' / 'docs'  # one shard per unit: many small shards
+    convert_documents([str(source)], tmp_path / 'docs', tokenizer, progress=False, unit_bytes=2048, remote=str(bucket))
+    shards = [path.stat().st_size for path in bucket.rglob('*.mds')]
+    size = sum(path.stat().st_size for path in bucket.rglob('*') if path.is_file())
+    assert len(shards) >= 12 and 2 * max(shards) < size // 4
+    settings = {'max_seq_len': 64, 'strategy': strategy, 'progress': False, 'num_workers': 2}
+    whole = pack_documents(tmp_path / 'docs', tmp_path / 'whole', **settings)
+    with caplog.at_level(logging.INFO, logger='meco_callbacks.corpus.packing.shard_cache'):
+        stats = pack_documents(
+            tmp_path / 'cache', tmp_path / 'packed', documents_remote=str(bucket), cache_limit=size // 4, **settings
+        )
+    assert stats == whole
+    assert packed_bytes(tmp_path / 'packed') == packed_bytes(tmp_path / 'whole')
+    peak = int(caplog.text.split('peak ')[1].split(' bytes')[0])
+    assert 0 < peak <= size // 4
+    assert not list((tmp_path / 'cache').rglob('*.mds'))  # every shard evicted once read

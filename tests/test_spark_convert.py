@@ -17,9 +17,9 @@ import pytest
 import zstandard
 from conftest import REPO_ROOT, synthetic_documents
 
-from meco_callbacks.corpus.document_checks import DocumentPolicy
-from meco_callbacks.corpus.documents import convert_documents
-from meco_callbacks.corpus.sources import FieldMapping
+from meco_callbacks.corpus.documents.conversion import convert_documents
+from meco_callbacks.corpus.documents.document_checks import DocumentPolicy
+from meco_callbacks.corpus.documents.sources import FieldMapping
 from meco_callbacks.formats import read_dataset_info
 from meco_callbacks.tokenizer.fingerprint import tokenizer_fingerprint
 
@@ -81,7 +81,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 @pytest.fixture(scope='module')
 def spark():
     """One local[2] session for the module: no UI, no network."""
-    from meco_callbacks.corpus.spark_conversion import spark_session
+    from meco_callbacks.corpus.documents.spark_conversion import spark_session
 
     session = spark_session('local[2]')
     yield session
@@ -99,7 +99,7 @@ def local_dataset(corpus, tokenizer, tmp_path_factory) -> Path:
 @pytest.fixture(scope='module')
 def spark_dataset(corpus, tokenizer, spark, tmp_path_factory) -> Path:
     """The Spark converter's dataset of the same corpus, in four or more partitions."""
-    from meco_callbacks.corpus.spark_conversion import convert_documents_on_spark
+    from meco_callbacks.corpus.documents.spark_conversion import convert_documents_on_spark
 
     out = tmp_path_factory.mktemp('spark') / 'docs'
     convert_documents_on_spark(corpus, out, tokenizer, spark=spark, fields=FIELDS, policy=POLICY, partitions=4)
@@ -155,7 +155,7 @@ def test_spark_records_the_tokenizer_fingerprint_and_backend(spark_dataset, toke
 
 @pytest.mark.slow  # starts a JVM (10-15 s, once per module)
 def test_a_second_run_finds_the_dataset_done(corpus, tokenizer, spark, spark_dataset):
-    from meco_callbacks.corpus.spark_conversion import convert_documents_on_spark
+    from meco_callbacks.corpus.documents.spark_conversion import convert_documents_on_spark
 
     report = convert_documents_on_spark(corpus, spark_dataset, tokenizer, spark=spark, fields=FIELDS, policy=POLICY)
     assert report.reused
@@ -165,7 +165,7 @@ def test_a_second_run_finds_the_dataset_done(corpus, tokenizer, spark, spark_dat
 def test_a_finished_dataset_is_uploaded_to_object_storage_byte_for_byte(
     corpus, tokenizer, spark, spark_dataset, tmp_path
 ):
-    from meco_callbacks.corpus.spark_conversion import convert_documents_on_spark
+    from meco_callbacks.corpus.documents.spark_conversion import convert_documents_on_spark
 
     bucket = tmp_path / 'bucket'  # a directory stands for the bucket, through Streaming's own uploader
     convert_documents_on_spark(
@@ -181,7 +181,7 @@ def test_a_finished_dataset_is_uploaded_to_object_storage_byte_for_byte(
 
 @pytest.mark.slow  # starts a JVM (10-15 s, once per module)
 def test_a_run_killed_after_its_first_parts_is_redone_whole(tmp_path, tokenizer_dir, tokenizer, spark):
-    from meco_callbacks.corpus.spark_conversion import convert_documents_on_spark
+    from meco_callbacks.corpus.documents.spark_conversion import convert_documents_on_spark
 
     docs = synthetic_documents(8000, seed=3)
     for i in range(8):

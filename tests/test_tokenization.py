@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import synthetic_documents
 
-from meco_callbacks.corpus.tiktoken_encoding import BackendError, tiktoken_encoding_for
-from meco_callbacks.corpus.tokenization import HARD_STRINGS, build_tokenizer_backend, hard_strings_for
+from meco_callbacks.corpus.documents.tiktoken_encoding import BackendError, tiktoken_encoding_for
+from meco_callbacks.corpus.documents.tokenization import HARD_STRINGS, build_tokenizer_backend, hard_strings_for
 
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"

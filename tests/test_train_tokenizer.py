@@ -14,8 +14,8 @@ from pathlib import Path
 from conftest import synthetic_documents
 
 from meco_callbacks.cli.train_tokenizer import main
-from meco_callbacks.corpus.sources import FieldMapping, find_sources, plan_units
-from meco_callbacks.corpus.text_sample import sample_texts
+from meco_callbacks.corpus.documents.sources import FieldMapping, find_sources, plan_units
+from meco_callbacks.corpus.documents.text_sample import sample_texts
 from meco_callbacks.data.metadata import MetadataConfig
 from meco_callbacks.data.prefix import PrefixTokens
 from meco_callbacks.tokenizer.loading import load_tokenizer

@@ -31,7 +31,7 @@ from conftest import (
 )
 from streaming.base.util import clean_stale_shared_memory
 
-from meco_callbacks.corpus.packing import pack_documents
+from meco_callbacks.corpus.packing.packing import pack_documents
 from meco_callbacks.data.collator import IGNORE_INDEX, PackedCollator, PrefixInjector, metadata_dropped
 from meco_callbacks.data.dataloader import build_meco_loader
 from meco_callbacks.data.dataset import MeCoPackedDataset

@@ -1,6 +1,6 @@
 """Convert raw corpora (JSON Lines, Parquet, Hugging Face datasets, MDS) into a MeCo document MDS.
 
-A thin command line over ``meco_callbacks.corpus.documents.convert_documents``; run with ``--help`` for details.
+A thin command line over ``meco_callbacks.corpus.documents.conversion.convert_documents``; run with ``--help`` for details.
 """
 
 from __future__ import annotations
@@ -143,8 +143,8 @@ def add_document_options(parser: argparse.ArgumentParser) -> None:
 
 def fields_and_policy(args: argparse.Namespace) -> tuple[Any, Any]:
     """The ``FieldMapping`` and ``DocumentPolicy`` the options of ``add_document_options`` ask for."""
-    from meco_callbacks.corpus.document_checks import DocumentPolicy
-    from meco_callbacks.corpus.sources import FieldMapping
+    from meco_callbacks.corpus.documents.document_checks import DocumentPolicy
+    from meco_callbacks.corpus.documents.sources import FieldMapping
 
     fields = FieldMapping(
         args.text_field, args.url_field, tuple(name for name in args.metadata_fields.split(',') if name)
@@ -160,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()  # the run's figures count loading the libraries below
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
-    from meco_callbacks.corpus.documents import convert_documents
-    from meco_callbacks.corpus.errors import ConversionError
-    from meco_callbacks.corpus.remote import is_remote
+    from meco_callbacks.corpus.documents.conversion import convert_documents
+    from meco_callbacks.corpus.storage.errors import ConversionError
+    from meco_callbacks.corpus.storage.remote import is_remote
 
     if is_remote(args.output):
         print(

@@ -1,6 +1,6 @@
 """Merge the parts of a document conversion run as several jobs (convert/documents.py --num-jobs N).
 
-A thin command line over ``meco_callbacks.corpus.document_merge.merge_document_parts``.
+A thin command line over ``meco_callbacks.corpus.documents.document_merge.merge_document_parts``.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     """Merge and print the dataset info as JSON; exit 2 with the reason when the merge is refused."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
-    from meco_callbacks.corpus.document_merge import merge_document_parts
-    from meco_callbacks.corpus.errors import ConversionError
+    from meco_callbacks.corpus.documents.document_merge import merge_document_parts
+    from meco_callbacks.corpus.storage.errors import ConversionError
 
     try:
         info = merge_document_parts(args.output, overwrite=args.overwrite, remote=args.remote)

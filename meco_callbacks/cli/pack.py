@@ -1,6 +1,6 @@
 """Pack a document MDS (convert/documents.py, or the MeCo authors' release) into training rows.
 
-A thin command line over ``meco_callbacks.corpus.packing.pack_documents``; run with ``--help`` for the row layout.
+A thin command line over ``meco_callbacks.corpus.packing.packing.pack_documents``; run with ``--help`` for the row layout.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from meco_callbacks.corpus.packing import pack_documents
-from meco_callbacks.corpus.remote import is_remote
-from meco_callbacks.corpus.row_planning import STRATEGIES
+from meco_callbacks.corpus.packing.packing import pack_documents
+from meco_callbacks.corpus.packing.row_planning import STRATEGIES
+from meco_callbacks.corpus.storage.remote import is_remote
 from meco_callbacks.data.metadata import DEFAULT_TEMPLATE
 
 DESCRIPTION = """\
@@ -171,6 +171,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         '(default: a temporary directory, removed at the end)',
     )
     parser.add_argument(
+        '--cache-limit',
+        default=None,
+        help='with DOCUMENTS on object storage: most disk its local cache may use (e.g. 20GB); shards are evicted '
+        'once no later window reads them, and the peak use is logged (default: no limit, every shard kept)',
+    )
+    parser.add_argument(
         '--local-dir',
         default=None,
         help='with OUT on object storage: local directory parts are written under before their upload, kept only '
@@ -211,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             part=args.part,
             bins=args.bins,
             compact_buckets=args.compact_buckets,
+            cache_limit=args.cache_limit,
         )
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f'error: {error}', file=sys.stderr)

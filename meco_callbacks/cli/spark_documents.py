@@ -1,6 +1,6 @@
 """Convert raw corpora (JSON Lines, Parquet) into a MeCo document MDS with Spark, on one machine or a cluster.
 
-A thin command line over ``meco_callbacks.corpus.spark_conversion.convert_documents_on_spark``; run with ``--help``.
+A thin command line over ``meco_callbacks.corpus.documents.spark_conversion.convert_documents_on_spark``; run with ``--help``.
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
-    from meco_callbacks.corpus.errors import ConversionError
-    from meco_callbacks.corpus.spark_conversion import convert_documents_on_spark, require_java, spark_session
+    from meco_callbacks.corpus.documents.spark_conversion import convert_documents_on_spark, require_java, spark_session
+    from meco_callbacks.corpus.storage.errors import ConversionError
 
     try:
         require_java()  # before anything slow: a missing Java is the likeliest first failure

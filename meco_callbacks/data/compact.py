@@ -150,7 +150,7 @@ def packing_vocabulary(
         if buckets is not None:
             raise ValueError('--compact-buckets is given but no --reserve-prefix kind is compact.')
         return None, None
-    from meco_callbacks.corpus.document_set import read_range
+    from meco_callbacks.corpus.packing.document_set import read_range
     from meco_callbacks.data.metadata import url_host
 
     counts: Counter[str] = Counter()

@@ -83,7 +83,7 @@ def parse_bins_spec(spec: str) -> tuple[int | None, tuple[float, ...] | None]:
 
 def column_values(ranges: Sequence[Any], column: str) -> list[float]:
     """Every document's value in ``column`` over the planned document ranges (one read of the set)."""
-    from meco_callbacks.corpus.document_set import read_range
+    from meco_callbacks.corpus.packing.document_set import read_range
 
     values = []
     for task in ranges:

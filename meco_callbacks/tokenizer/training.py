@@ -99,8 +99,14 @@ def train_tokenizer_on_corpus(
     """
     from tokenizers import Tokenizer
 
-    from meco_callbacks.corpus.sources import DEFAULT_UNIT_BYTES, FieldMapping, InputError, find_sources, plan_units
-    from meco_callbacks.corpus.text_sample import sample_records
+    from meco_callbacks.corpus.documents.sources import (
+        DEFAULT_UNIT_BYTES,
+        FieldMapping,
+        InputError,
+        find_sources,
+        plan_units,
+    )
+    from meco_callbacks.corpus.documents.text_sample import sample_records
 
     configs = prefix_configs(prefix_kinds, template)
     columns = tuple(dict.fromkeys(c.kind[len('column:') :] for c in configs if c.kind.startswith('column:')))

@@ -18,9 +18,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from meco_callbacks.corpus.document_checks import DocumentPolicy
-from meco_callbacks.corpus.errors import ConversionError
-from meco_callbacks.corpus.sources import FieldMapping, Source, Unit
+from meco_callbacks.corpus.documents.document_checks import DocumentPolicy
+from meco_callbacks.corpus.documents.sources import FieldMapping, Source, Unit
+from meco_callbacks.corpus.storage.errors import ConversionError
 from meco_callbacks.formats import DOCUMENT_COLUMNS, DOCUMENT_FORMAT
 from meco_callbacks.tokenizer.fingerprint import tokenizer_info
 

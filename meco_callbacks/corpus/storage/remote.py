@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import urllib.parse
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 from streaming.base.storage.download import DOWNLOADER_MAPPINGS, CloudDownloader
 from streaming.base.storage.upload import UPLOADERS, CloudUploader
 
-from meco_callbacks.corpus.errors import ConversionError
+from meco_callbacks.corpus.storage.errors import ConversionError
 
 # What a provider raises for a missing object: the local copy's FileNotFoundError, or a message like S3's.
 _MISSING_MARKERS = ('not found', 'notfound', 'nosuchkey', '404', 'no such file', 'does not exist')
@@ -104,6 +105,18 @@ class Remote:
         os.replace(partial, local)
         return True
 
+    def list_files(self) -> list[str]:
+        """Every file under the remote directory, by its path under it (``part.00003/part.json``): one listing."""
+        parsed = urllib.parse.urlparse(self.url)
+        if (
+            not parsed.scheme
+        ):  # a directory standing for object storage (Streaming's local uploader lists its local side)
+            root = Path(self.url)
+            return sorted(path.relative_to(root).as_posix() for path in root.rglob('*') if path.is_file())
+        prefix = parsed.path.strip('/')
+        objects = self._upload_client().list_objects() or []
+        return sorted(key.removeprefix(prefix).lstrip('/') for key in objects if key.startswith(prefix))
+
     def _upload_client(self) -> Any:
         """Streaming's uploader for ``(local, url)``, made once per process (clients do not survive a fork)."""
         if self._uploader is None or self._pid != os.getpid():
@@ -117,11 +130,19 @@ class Remote:
         return {'url': self.url, 'local': self.local, '_uploader': None, '_pid': 0}
 
 
-def upload_directory(remote: Remote, name: str, last: str) -> list[str]:
-    """Upload every file of the local directory ``name``, the file ``last`` (its done-marker) last; their names."""
-    files = sorted(path.name for path in (remote.local / name).iterdir() if path.is_file() and path.name != last)
+def upload_directory(
+    remote: Remote, name: str, last: str, reached: Callable[[str], None] = lambda step: None
+) -> list[str]:
+    """Upload every file under the local directory ``name``, the file ``last`` (its done-marker) last; their paths.
+
+    ``reached('uploaded <file>')`` is called after each file (the part store's steps)."""
+    root = remote.local / name
+    files = sorted(
+        path.relative_to(root).as_posix() for path in root.rglob('*') if path.is_file() and path.name != last
+    )
     for file in [*files, last]:
         remote.upload(f'{name}/{file}')
+        reached(f'uploaded {file}')
     return files
 
 

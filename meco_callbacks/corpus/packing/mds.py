@@ -143,3 +143,26 @@ def column_texts(blob: bytes, span: Spans, kept: np.ndarray, encoding: str) -> l
     if encoding == 'str':
         return [blob[a : a + b].decode('utf-8') for a, b in zip(starts, sizes)]
     return [str(mds_decode(encoding, blob[a : a + b])) for a, b in zip(starts, sizes)]
+
+
+def check_token_ids(
+    tokens: np.ndarray, lengths: np.ndarray, kept: np.ndarray, first_document: int, directory: str, limit: int | None
+) -> None:
+    """Fail on a token id the tokenizer cannot have: negative (int32 data) or beyond its vocabulary."""
+    if not len(tokens):
+        return
+    low, high = int(tokens.min()), int(tokens.max())
+    if low >= 0 and (limit is None or high < limit):
+        return
+    bad = int(np.flatnonzero((tokens < 0) | (tokens >= (limit if limit is not None else np.iinfo(np.int64).max)))[0])
+    document = first_document + kept[int(np.searchsorted(np.cumsum(lengths), bad, side='right'))]
+    if int(tokens[bad]) < 0:
+        raise ValueError(
+            f'document {document} of {directory} has the negative token id {int(tokens[bad])}: '
+            f'its input_ids are not token ids. Re-convert it with convert/documents.py.'
+        )
+    raise ValueError(
+        f'document {document} of {directory} has token id {int(tokens[bad])}, outside the '
+        f"tokenizer's vocabulary of {limit} ids: the documents were made with another tokenizer. "
+        f'Pass the one that produced them with --tokenizer.'
+    )

@@ -21,17 +21,17 @@ import numpy as np
 from streaming import MDSWriter
 from tqdm import tqdm
 
-from meco_callbacks.corpus.document_set import (
+from meco_callbacks.corpus.packing.document_set import (
     DocumentChunk,
     DocumentRange,
     RangeMeasure,
     describe_range,
     measure_range,
     read_range,
-    stored_raw,
 )
-from meco_callbacks.corpus.joint_index import part_name
-from meco_callbacks.corpus.workers import ProcessMap
+from meco_callbacks.corpus.packing.shard_cache import CacheLimit, stored_raw
+from meco_callbacks.corpus.storage.joint_index import part_name
+from meco_callbacks.corpus.storage.workers import ProcessMap
 from meco_callbacks.formats import PACKED_COLUMNS
 
 SKIP_DROPPED_TAIL = 'in_dropped_last_partial_row'
@@ -197,11 +197,18 @@ def write_part(task: PartTask) -> PartStats:
     return PartStats(rows=packer.rows, segments=packer.segments, continued_segments=packer.continued_segments)
 
 
-def measure_ranges(ranges: list[DocumentRange], num_workers: int, progress: bool) -> list[RangeMeasure]:
-    """Pass 1 over every range (in worker processes when ``num_workers`` > 1): their stream lengths, in order."""
+def measure_ranges(
+    ranges: list[DocumentRange], num_workers: int, progress: bool, cache: CacheLimit | None = None
+) -> list[RangeMeasure]:
+    """Pass 1 over every range (in worker processes when ``num_workers`` > 1): their stream lengths, in order.
+
+    With ``cache``, shards of a remote set are evicted as soon as no later range reads them."""
     measures = []
+    eviction = cache.pass_over([[task] for task in ranges], num_workers) if cache else None
     with (
-        ProcessMap(measure_range, ranges, num_workers, describe=describe_range) as measured,
+        ProcessMap(
+            measure_range, ranges, num_workers, describe=describe_range, ahead=eviction and eviction.ahead
+        ) as measured,
         tqdm(
             total=sum(task.end - task.begin for task in ranges), unit='doc', desc='measuring', disable=not progress
         ) as bar,
@@ -209,6 +216,8 @@ def measure_ranges(ranges: list[DocumentRange], num_workers: int, progress: bool
         for measure in measured:
             measures.append(measure)
             bar.update(measure.documents_read)
+            if eviction is not None:
+                eviction.done(len(measures) - 1)
     return measures
 
 

@@ -15,7 +15,6 @@ worker count and job split gives the same bytes, and a killed run resumes where 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
@@ -24,22 +23,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meco_callbacks.corpus.conversion_plan import (
-    UNIT_STATS_FILE,
+from meco_callbacks.corpus.documents.conversion_plan import (
     partial_dir,
     plan_conversion,
     record_plan,
     recorded_plan,
 )
-from meco_callbacks.corpus.document_checks import ConversionStats, DocumentChecker, DocumentPolicy
-from meco_callbacks.corpus.document_merge import claim_document_output, merge_document_parts, publish_documents
-from meco_callbacks.corpus.errors import ConversionError
-from meco_callbacks.corpus.remote import Remote, check_remote
-from meco_callbacks.corpus.sources import DEFAULT_UNIT_BYTES, FieldMapping, Unit, find_sources, plan_units
-from meco_callbacks.corpus.text_sample import sample_texts
-from meco_callbacks.corpus.tokenization import build_tokenizer_backend
-from meco_callbacks.corpus.unit_conversion import UnitContext, convert_unit, describe_unit
-from meco_callbacks.corpus.workers import ProcessMap, WorkerDied
+from meco_callbacks.corpus.documents.document_checks import ConversionStats, DocumentChecker, DocumentPolicy
+from meco_callbacks.corpus.documents.document_merge import (
+    claim_document_output,
+    merge_document_parts,
+    publish_documents,
+)
+from meco_callbacks.corpus.documents.sources import DEFAULT_UNIT_BYTES, FieldMapping, Unit, find_sources, plan_units
+from meco_callbacks.corpus.documents.text_sample import sample_texts
+from meco_callbacks.corpus.documents.tokenization import build_tokenizer_backend
+from meco_callbacks.corpus.documents.unit_conversion import UnitContext, convert_unit, describe_unit
+from meco_callbacks.corpus.storage.errors import ConversionError
+from meco_callbacks.corpus.storage.remote import Remote, check_remote
+from meco_callbacks.corpus.storage.workers import ProcessMap, WorkerDied
 from meco_callbacks.tokenizer.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -151,13 +153,14 @@ def convert_documents(
         record_plan(partial, dict(plan, tokenizer_backend=backend.name, tokenizer_backend_reason=backend.reason))
     context = UnitContext(fields, checker, backend, partial, len(units), Remote(remote, partial) if remote else None)
     mine = [unit for unit in units if unit.index % num_jobs == job_index]
-    done: list[Unit] = []
-    pending: list[Unit] = []
-    for unit in mine:
-        (done if context.unit_dir(unit).is_dir() else pending).append(unit)
+    store = context.store()
+    store.clean(context.unit_dir(unit).name for unit in mine)  # attempts of this job's units: their writers are gone
+    finished = store.finished(context.unit_dir(unit).name for unit in mine)
+    done = [unit for unit in mine if context.unit_dir(unit).name in finished]
+    pending = [unit for unit in mine if context.unit_dir(unit).name not in finished]
     reused = ConversionStats()
     for unit in done:
-        reused.add(ConversionStats.from_dict(json.loads((context.unit_dir(unit) / UNIT_STATS_FILE).read_text())))
+        reused.add(ConversionStats.from_dict(finished[context.unit_dir(unit).name]))
     log.info(
         'Converting %d inputs: %d units%s, %d already done; %d workers; tokenizer backend %s.',
         len(discovery.sources),

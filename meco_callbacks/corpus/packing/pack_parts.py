@@ -27,12 +27,22 @@ from typing import Any
 
 from tqdm import tqdm
 
-from meco_callbacks.corpus.document_set import DocumentRange, RangeMeasure, describe_range
-from meco_callbacks.corpus.joint_index import part_name, write_joint_index
-from meco_callbacks.corpus.remote import Remote, upload_directory
-from meco_callbacks.corpus.reserved_rows import WindowStats, WindowTask, window_stats, write_window
-from meco_callbacks.corpus.stream_rows import PartStats, PartTask, measure_ranges, plan_parts, stream_stats, write_part
-from meco_callbacks.corpus.workers import ProcessMap
+from meco_callbacks.corpus.packing.document_set import DocumentRange, RangeMeasure, describe_range
+from meco_callbacks.corpus.packing.heldout import set_aside
+from meco_callbacks.corpus.packing.reserved_rows import WindowStats, WindowTask, window_stats, write_window
+from meco_callbacks.corpus.packing.shard_cache import CacheLimit
+from meco_callbacks.corpus.packing.stream_rows import (
+    PartStats,
+    PartTask,
+    measure_ranges,
+    plan_parts,
+    stream_stats,
+    write_part,
+)
+from meco_callbacks.corpus.storage.joint_index import part_name, write_joint_index
+from meco_callbacks.corpus.storage.parts import ATTEMPT, PartStore, attempt_token, is_attempt
+from meco_callbacks.corpus.storage.remote import Remote
+from meco_callbacks.corpus.storage.workers import ProcessMap
 from meco_callbacks.data.prefix import PrefixReservation
 
 logger = logging.getLogger(__name__)
@@ -67,53 +77,19 @@ class PartSelection:
         return f'{self.index}/{self.count}'
 
 
-@dataclass
-class PartStore:
-    """Where the parts of one packing lie: ``staging`` (renamed into place when joined), and ``remote`` if any."""
+@dataclass(frozen=True)
+class SamePacking:
+    """Accepts a part's record when it names this packing: parts of another packing count as not finished."""
 
-    staging: Path
     packing_id: str
-    remote: Remote | None
 
-    def finished(self, index: int) -> dict[str, Any] | None:
-        """Part ``index``'s counts when it is finished for this packing, else None.
+    def __call__(self, record: dict[str, Any]) -> bool:
+        return record.get('packing') == self.packing_id
 
-        With a remote, the remote's ``part.json`` decides; a part renamed here whose upload a killed run left
-        unfinished is uploaded again rather than packed again.
-        """
-        marker = self.staging / part_name(index) / MARKER
-        on_remote = self.remote is not None and self.remote.fetch(f'{part_name(index)}/{MARKER}')
-        record = json.loads(marker.read_text()) if marker.is_file() else None
-        if record is None or record.get('packing') != self.packing_id:
-            return None
-        if self.remote is not None and not on_remote:
-            if not (self.staging / part_name(index) / 'index.json').is_file():
-                return None
-            self._upload(index)
-        return record['stats']
 
-    def commit(self, index: int, written: Path, stats: WindowStats | PartStats) -> None:
-        """Make the complete part in ``written`` part ``index``: its counts, a rename, then the upload."""
-        (written / MARKER).write_text(json.dumps({'packing': self.packing_id, 'stats': asdict(stats)}, sort_keys=True))
-        final = self.staging / part_name(index)
-        shutil.rmtree(final, ignore_errors=True)  # only a marker of another packing can be there
-        written.rename(final)
-        if self.remote is not None:
-            self._upload(index)
-
-    def part_index(self, index: int) -> Path:
-        """The local directory of part ``index`` holding its ``index.json`` (downloaded if the part was made elsewhere)."""
-        if self.remote is not None:
-            self.remote.download(f'{part_name(index)}/index.json')
-        return self.staging / part_name(index)
-
-    def _upload(self, index: int) -> None:
-        """Upload a renamed part, ``part.json`` last; then drop the local shards (the remote holds them)."""
-        assert self.remote is not None
-        name = part_name(index)
-        for file in upload_directory(self.remote, name, MARKER):
-            if file != 'index.json':  # kept for the join
-                (self.staging / name / file).unlink()
+def packing_store(staging: Path, packing: str, remote: Remote | None) -> PartStore:
+    """The parts of packing ``packing`` in ``staging`` (and on ``remote``, which then keeps their shards)."""
+    return PartStore(staging, MARKER, remote, accept=SamePacking(packing), keep_shards=remote is None)
 
 
 @dataclass(frozen=True)
@@ -123,6 +99,7 @@ class PartJob:
     index: int
     task: WindowTask | PartTask
     store: PartStore
+    packing: str
 
 
 def packing_id(info: dict[str, Any], documents_index: bytes, ranges: list[DocumentRange]) -> str:
@@ -137,13 +114,13 @@ def packing_id(info: dict[str, Any], documents_index: bytes, ranges: list[Docume
 
 
 def prepare_staging(staging: Path, windows: int) -> None:
-    """Keep what a run of this packing left in ``staging`` (its parts, its measures) and remove anything else."""
-    keep = {MEASURES} | {name for k in range(windows) for name in (part_name(k), part_name(k) + '.tmp')}
+    """Keep what runs of this packing left in ``staging`` (parts, attempts, measures) and remove anything else."""
+    keep = {MEASURES} | {part_name(k) for k in range(windows)}
     if not staging.is_dir():
-        staging.mkdir(parents=True)
+        staging.mkdir(parents=True, exist_ok=True)
         return
     for entry in staging.iterdir():
-        if entry.name not in keep:
+        if entry.name not in keep and not (is_attempt(entry.name) and entry.name.split(ATTEMPT)[0] in keep):
             logger.warning('Removing %s, which this packing did not write.', entry)
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
@@ -151,27 +128,30 @@ def prepare_staging(staging: Path, windows: int) -> None:
 def pack_parts(
     ranges: list[DocumentRange],
     store: PartStore,
+    packing: str,
     info: dict[str, Any],
     num_workers: int,
     progress: bool,
     selection: PartSelection | None,
+    cache: CacheLimit | None = None,
 ) -> dict[str, Any] | None:
     """Pack the parts of ``selection`` (all when None) not finished yet, and join every part once all are.
 
-    Returns the dataset's stats after joining (``staging/index.json`` written), or None while other machines'
-    parts are still missing.
+    Returns the dataset's stats once every part is finished (the caller joins them, ``join_parts``), or None
+    while other machines' parts are still missing. With ``cache``, document shards read from object storage are
+    evicted once no later part reads them.
     """
     max_seq_len, strategy = info['max_seq_len'], info['strategy']
     reservation = PrefixReservation.from_info(info['reserve_prefix']) if info['reserve_prefix'] else None
     stream = reservation is None and strategy == 'stream'
     if stream:
-        measures = _measures(ranges, store, num_workers, progress)
-        parts = plan_parts(ranges, measures, max_seq_len, store.staging, info['compression'])
+        measures = _measures(ranges, store, packing, num_workers, progress, cache)
+        parts = plan_parts(ranges, measures, max_seq_len, store.directory, info['compression'])
         tasks: dict[int, WindowTask | PartTask] = {task.window: task for task in parts}
     else:
         tasks = {
             k: WindowTask(
-                out=str(store.staging / part_name(k)),
+                out=str(store.directory / part_name(k)),
                 documents=task,
                 max_seq_len=max_seq_len,
                 strategy=strategy,
@@ -183,8 +163,9 @@ def pack_parts(
             for k, task in enumerate(ranges)
         }
     mine = set(selection.windows(len(ranges)) if selection else range(len(ranges)))
-    finished = {k: store.finished(k) for k in tasks}
-    todo = [PartJob(k, task, store) for k, task in tasks.items() if k in mine and finished[k] is None]
+    store.clean(part_name(k) for k in mine)  # attempts of this run's parts: their writers are gone
+    finished = _finished(store, tasks)
+    todo = [PartJob(k, task, store, packing) for k, task in tasks.items() if k in mine and finished[k] is None]
     reused = sum(1 for k in tasks if k in mine and finished[k] is not None)
     scope = f'part {selection}: windows {min(mine, default=0)}-{max(mine, default=-1)}' if selection else 'all windows'
     logger.info(
@@ -195,15 +176,18 @@ def pack_parts(
         sum(record is not None for record in finished.values()),
         len(tasks),
     )
+    eviction = cache.pass_over([_reads(job.task) for job in todo], num_workers) if cache and todo else None
     with (
-        ProcessMap(_run_part, todo, num_workers, describe=_describe) as run,
+        ProcessMap(_run_part, todo, num_workers, describe=_describe, ahead=eviction and eviction.ahead) as run,
         tqdm(total=len(todo), unit='part', desc='packing', disable=not progress) as bar,
     ):
-        for job, stats in zip(todo, run):
+        for position, (job, stats) in enumerate(zip(todo, run)):
             finished[job.index] = asdict(stats)
             bar.update(1)
-    for k in [k for k, record in finished.items() if record is None]:  # other machines may have finished theirs
-        finished[k] = store.finished(k)
+            if eviction is not None:
+                eviction.done(position)
+    if any(record is None for record in finished.values()):  # other machines may have finished theirs
+        finished = _finished(store, tasks)
     missing = [k for k, record in finished.items() if record is None]
     if missing:
         logger.info(
@@ -215,27 +199,80 @@ def pack_parts(
             missing[:5],
         )
         return None
-    with_rows = [k for k in sorted(tasks) if finished[k]['rows']]
-    write_joint_index(store.staging, [store.part_index(k) for k in with_rows])
-    logger.info('Joined %d parts (%d packed by this run, %d reused).', len(tasks), len(todo), len(tasks) - len(todo))
+    logger.info('All %d parts are finished (%d packed by this run).', len(tasks), len(todo))
     if stream:
         return stream_stats(measures, [PartStats(**finished[k]) for k in sorted(tasks)], max_seq_len)
     return window_stats([WindowStats(**finished[k]) for k in sorted(tasks)], max_seq_len)
 
 
-def _measures(ranges: list[DocumentRange], store: PartStore, num_workers: int, progress: bool) -> list[RangeMeasure]:
+def claim_join(staging: Path) -> Path | None:
+    """Take the finished parts in ``staging`` for joining, by renaming it to a name of this job's own.
+
+    Two ``--part`` jobs that finish the last parts at once both find every part finished; the rename lets exactly
+    one of them join (the other gets None), so neither writes into a directory the other has renamed into place.
+    """
+    joining = staging.with_name(f'{staging.name}.join{ATTEMPT}{attempt_token()}.tmp')
+    try:
+        staging.rename(joining)
+    except FileNotFoundError:
+        return None
+    for entry in joining.iterdir():  # attempts of parts finished by another attempt (no writer is left)
+        if is_attempt(entry.name):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    return joining
+
+
+def reclaim_join(staging: Path) -> None:
+    """Give back to ``staging`` the parts a join killed before it finished had taken (``claim_join``)."""
+    for joining in staging.parent.glob(f'{staging.name}.join{ATTEMPT}*.tmp'):
+        if staging.exists():
+            logger.warning('Removing %s, left by an interrupted join.', joining)
+            shutil.rmtree(joining)
+        else:
+            logger.info('Resuming from %s, left by an interrupted join.', joining)
+            joining.rename(staging)
+
+
+def join_parts(directory: Path) -> None:
+    """Write ``directory/index.json`` over the shards of its finished parts that hold rows, in window order."""
+    parts = sorted(
+        path.parent for path in directory.glob(f'{part_name(0)[:5]}*/{MARKER}') if not is_attempt(path.parent.name)
+    )
+    with_rows = [part for part in parts if json.loads((part / MARKER).read_text())['stats']['rows']]
+    write_joint_index(directory, with_rows)
+
+
+def _finished(store: PartStore, tasks: dict[int, Any]) -> dict[int, dict[str, Any] | None]:
+    """Each window's part's counts when it is finished, else None: one listing of the parts (and the remote)."""
+    records = store.finished(part_name(k) for k in tasks)
+    return {k: records[part_name(k)]['stats'] if part_name(k) in records else None for k in tasks}
+
+
+def _reads(task: WindowTask | PartTask) -> list[DocumentRange]:
+    """The document ranges a part's task reads."""
+    return [task.documents, *task.read_ahead] if isinstance(task, PartTask) else [task.documents]
+
+
+def _measures(
+    ranges: list[DocumentRange],
+    store: PartStore,
+    packing: str,
+    num_workers: int,
+    progress: bool,
+    cache: CacheLimit | None,
+) -> list[RangeMeasure]:
     """Every window's pass-1 measure: saved by an earlier run or machine of this packing, else measured and saved."""
-    path = store.staging / MEASURES
+    path = store.directory / MEASURES
     if store.remote is not None:
         store.remote.fetch(MEASURES)
     if path.is_file():
         record = json.loads(path.read_text())
-        if record.get('packing') == store.packing_id:
+        if record.get('packing') == packing:
             logger.info('Reusing the measures of %d windows from %s.', len(ranges), path)
             return [RangeMeasure(**measure) for measure in record['measures']]
-    measures = measure_ranges(ranges, num_workers, progress)
-    written = path.with_name(MEASURES + '.tmp')
-    written.write_text(json.dumps({'packing': store.packing_id, 'measures': [asdict(m) for m in measures]}))
+    measures = measure_ranges(ranges, num_workers, progress, cache)
+    written = path.with_name(f'{MEASURES}{ATTEMPT}{attempt_token()}.tmp')
+    written.write_text(json.dumps({'packing': packing, 'measures': [asdict(m) for m in measures]}))
     written.rename(path)
     if store.remote is not None:
         store.remote.upload(MEASURES)
@@ -243,12 +280,13 @@ def _measures(ranges: list[DocumentRange], store: PartStore, num_workers: int, p
 
 
 def _run_part(job: PartJob) -> WindowStats | PartStats:
-    """Write a part under a temporary name and make it finished."""
-    written = Path(job.task.out + '.tmp')
-    shutil.rmtree(written, ignore_errors=True)  # left by a killed run
+    """Write a part under its attempt's own name and make it finished."""
+    written = job.store.attempt(part_name(job.index))
     task = replace(job.task, out=str(written))
     stats = write_window(task) if isinstance(task, WindowTask) else write_part(task)
-    job.store.commit(job.index, written, stats)
+    if task.documents.split is not None and not task.documents.split.held_out:
+        set_aside(task.documents, written)  # the window's held-out documents, read once with it
+    job.store.commit(part_name(job.index), written, {'packing': job.packing, 'stats': asdict(stats)})
     return stats
 
 

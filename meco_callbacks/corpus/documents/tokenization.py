@@ -19,7 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
-from meco_callbacks.corpus.tiktoken_encoding import BackendError, backend_tokenizer, encoding_from_spec, tokenizer_spec
+from meco_callbacks.corpus.documents.tiktoken_encoding import (
+    BackendError,
+    backend_tokenizer,
+    encoding_from_spec,
+    tokenizer_spec,
+)
 
 log = logging.getLogger(__name__)
 

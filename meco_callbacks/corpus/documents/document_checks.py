@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from meco_callbacks.corpus.readers import MISSING, Record
+from meco_callbacks.corpus.documents.readers import MISSING, Record
 
 URL_SPACES = ('encode', 'skip')
 

@@ -1,8 +1,8 @@
 """Converting one unit of stage 1: read its records, check them, tokenize in batches, write its own MDS part.
 
-A unit is converted whole or not at all: it is written as ``unit-NNNNN.tmp`` with its counts in ``unit.json``
-and renamed into place when complete, so a killed run leaves only finished units behind; with object storage it
-is then uploaded, ``unit.json`` last. Within a unit the
+A unit is converted whole or not at all: it is a part of the part store (``storage.parts``), written under its
+attempt's own name with its counts in ``unit.json`` last and renamed into place when complete, so a killed run
+leaves only finished units behind; with object storage it is then uploaded, ``unit.json`` last. Within a unit the
 stages (read, tokenize, write) run one after another on batches of about a megabyte of text: parallelism comes
 from converting several units at once in worker processes; threads inside a worker measured slower (the
 tokenizers hand the GIL back and forth with parsing and writing).
@@ -11,8 +11,6 @@ tokenizers hand the GIL back and forth with parsing and writing).
 from __future__ import annotations
 
 import array
-import json
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,12 +20,13 @@ from typing import Any
 import numpy as np
 from streaming import MDSWriter
 
-from meco_callbacks.corpus.conversion_plan import UNIT_STATS_FILE, unit_name
-from meco_callbacks.corpus.document_checks import ConversionStats, Document, DocumentChecker
-from meco_callbacks.corpus.readers import Skip, UnitReader
-from meco_callbacks.corpus.remote import Remote, upload_directory
-from meco_callbacks.corpus.sources import FieldMapping, Unit, UnreadableFile
-from meco_callbacks.corpus.tokenization import TokenizerBackend
+from meco_callbacks.corpus.documents.conversion_plan import UNIT_STATS_FILE, unit_name
+from meco_callbacks.corpus.documents.document_checks import ConversionStats, Document, DocumentChecker
+from meco_callbacks.corpus.documents.readers import Skip, UnitReader
+from meco_callbacks.corpus.documents.sources import FieldMapping, Unit, UnreadableFile
+from meco_callbacks.corpus.documents.tokenization import TokenizerBackend
+from meco_callbacks.corpus.storage.parts import PartStore
+from meco_callbacks.corpus.storage.remote import Remote
 from meco_callbacks.formats import DOCUMENT_COLUMNS
 
 BATCH_CHARS = 1 << 20
@@ -51,6 +50,15 @@ class UnitContext:
     def unit_dir(self, unit: Unit) -> Path:
         """Where the finished unit lies."""
         return self.partial / unit_name(unit.index, self.unit_count)
+
+    def store(self) -> PartStore:
+        """The part store the units are written in."""
+        return unit_store(self.partial, self.remote)
+
+
+def unit_store(partial: Path, remote: Remote | None) -> PartStore:
+    """Stage 1's units in ``partial`` (and on ``remote``): parts marked finished by their counts, ``unit.json``."""
+    return PartStore(partial, UNIT_STATS_FILE, remote)
 
 
 @dataclass
@@ -77,9 +85,8 @@ def describe_unit(unit: Unit) -> str:
 
 def convert_unit(context: UnitContext, unit: Unit, progress: Progress) -> UnitResult:
     """Convert one unit into its own MDS directory, renamed into place when complete."""
-    final = context.unit_dir(unit)
-    staging = final.with_name(final.name + '.tmp')
-    shutil.rmtree(staging, ignore_errors=True)
+    store, name = context.store(), context.unit_dir(unit).name
+    staging = store.attempt(name)
     stats = ConversionStats()
     columns = dict(DOCUMENT_COLUMNS, **dict.fromkeys(context.fields.metadata_columns(), 'str'))
     seconds = {'read': 0.0, 'tokenize': 0.0, 'write': 0.0}
@@ -98,10 +105,7 @@ def convert_unit(context: UnitContext, unit: Unit, progress: Progress) -> UnitRe
             seconds['tokenize'] += writing - tokenizing
             write_batch(batch, encoded, writer, context.checker, stats, progress)
             seconds['write'] += time.thread_time() - writing
-    (staging / UNIT_STATS_FILE).write_text(json.dumps(stats.to_dict(), indent=1, sort_keys=True) + '\n')
-    staging.rename(final)
-    if context.remote is not None:
-        upload_directory(context.remote, final.name, UNIT_STATS_FILE)
+    store.commit(name, staging, stats.to_dict())
     return UnitResult(seconds, stats)
 
 

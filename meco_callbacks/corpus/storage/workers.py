@@ -51,7 +51,8 @@ class ProcessMap(Generic[T, R]):
     With ``on_progress``, ``function`` is called as ``function(task, progress)``, and ``progress(*values)`` calls
     ``on_progress(*values)`` in this process while the task runs. A task's exception is raised here with the
     worker's traceback as its cause; a dying worker raises WorkerDied, whose message uses ``describe(task)``
-    (e.g. ``'converting unit 3'``). Use it as a context manager or exhaust it, so that the workers are stopped.
+    (e.g. ``'converting unit 3'``). With ``ahead``, no task starts more than ``ahead`` tasks beyond the next result
+    to be taken (what bounds the document shards a packing from object storage holds at once). Use it as a context manager or exhaust it, so that the workers are stopped.
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class ProcessMap(Generic[T, R]):
         *,
         on_progress: Callable[..., None] | None = None,
         describe: Callable[[T], str] | None = None,
+        ahead: int | None = None,
     ) -> None:
         if num_workers < 1:
             raise ValueError(f'num_workers must be at least 1, got {num_workers}')
@@ -74,6 +76,8 @@ class ProcessMap(Generic[T, R]):
         self._running: dict[Any, int] = {}  # worker process -> index of the task it is running
         self._completed = 0
         self._workers: dict[Any, Connection] = {}  # worker process -> the end of its pipe this process reads
+        self._ahead = len(self._tasks) if ahead is None else max(1, ahead)
+        self._fed = 0  # tasks handed to the workers' queue so far
         workers = min(num_workers, len(self._tasks))
         self._in_process = workers <= 1
         if not self._in_process:
@@ -83,10 +87,8 @@ class ProcessMap(Generic[T, R]):
         method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn'
         context = multiprocessing.get_context(method)
         self._todo = context.Queue()
-        for index in range(len(self._tasks)):
-            self._todo.put(index)
-        for _ in range(workers):
-            self._todo.put(None)
+        self._worker_count = workers
+        self._feed()
         for _ in range(workers):
             receiver, sender = context.Pipe(duplex=False)
             args = (self._function, self._tasks, self._todo, sender, os.getpid(), self._on_progress is not None)
@@ -107,12 +109,23 @@ class ProcessMap(Generic[T, R]):
             while self._next not in self._results:
                 self._receive()
             result = self._results.pop(self._next)
+            self._feed(1)
         elif self._on_progress is not None:
             result = self._function(self._tasks[self._next], self._on_progress)
         else:
             result = self._function(self._tasks[self._next])
         self._next += 1
         return result
+
+    def _feed(self, done: int = 0) -> None:
+        """Queue the tasks up to ``ahead`` beyond the next result (``done`` results were just taken), then the ends."""
+        stop = min(len(self._tasks), self._next + done + self._ahead)
+        while self._fed < stop:
+            self._todo.put(self._fed)
+            self._fed += 1
+            if self._fed == len(self._tasks):
+                for _ in range(self._worker_count):
+                    self._todo.put(None)
 
     def close(self) -> None:
         """Stop the workers: running tasks are abandoned, pending ones never start."""

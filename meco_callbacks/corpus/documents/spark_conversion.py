@@ -5,14 +5,7 @@ Spark reads the inputs (local paths or any filesystem its Hadoop client reaches:
 the project's own reader and checks (``readers.UnitReader``, ``document_checks``), tokenizes with the backend the
 driver chose and verified (``tokenization``), and writes its own MDS part with its counts, as Streaming's
 ``dataframe_to_mds`` does (one ``MDSWriter`` per task), so every skip is counted under the local converter's
-reasons. How each input is read:
-
-  - plain JSON Lines (``.jsonl``, ``.ndjson``): Spark's text source, split across tasks, each line cast to raw
-    bytes (so invalid UTF-8 stays a counted ``invalid_utf8``, not replacement characters);
-  - compressed or ``.json`` files (``.gz``, ``.zst``, a JSON array): whole, with Spark's ``binaryFile`` source,
-    decompressed and read by ``UnitReader`` exactly as locally (Hadoop's zstd codec needs native libraries that
-    pip's pyspark lacks);
-  - Parquet: Spark's Parquet source (row groups split across tasks), only the needed columns.
+reasons. How each input is read: ``spark_inputs``.
 
 Why the building blocks (``MDSWriter`` per task, one joint index) rather than ``dataframe_to_mds`` itself: that
 function names each task's directory by its task attempt id, which restarts at 0 in every Spark application and
@@ -40,33 +33,34 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from meco_callbacks.corpus.document_checks import ConversionStats, DocumentChecker, DocumentPolicy, text_problem
-from meco_callbacks.corpus.document_merge import claim_document_output, publish_documents
-from meco_callbacks.corpus.documents import SAMPLE_BYTES, SAMPLE_TEXT_CHARS, special_token_ids
-from meco_callbacks.corpus.errors import ConversionError
-from meco_callbacks.corpus.joint_index import write_joint_index
-from meco_callbacks.corpus.output import replace_output
-from meco_callbacks.corpus.readers import BYTE_ORDER_MARK, Record, Skip, UnitReader
-from meco_callbacks.corpus.remote import check_remote
-from meco_callbacks.corpus.sources import (
-    COMPRESSIONS,
-    JSON_SUFFIXES,
+from meco_callbacks.corpus.documents.conversion import special_token_ids
+from meco_callbacks.corpus.documents.document_checks import (
+    ConversionStats,
+    DocumentChecker,
+    DocumentPolicy,
+)
+from meco_callbacks.corpus.documents.document_merge import claim_document_output, publish_documents
+from meco_callbacks.corpus.documents.readers import Skip
+from meco_callbacks.corpus.documents.sources import (
     FieldMapping,
     InputError,
     UnreadableFile,
-    find_sources,
-    plan_units,
 )
-from meco_callbacks.corpus.tokenization import build_tokenizer_backend
-from meco_callbacks.corpus.unit_conversion import BATCH_CHARS, BATCH_DOCUMENTS, DocumentBatch, write_batch
+from meco_callbacks.corpus.documents.spark_inputs import file_uri, input_frames, records, sample_texts
+from meco_callbacks.corpus.documents.tokenization import build_tokenizer_backend
+from meco_callbacks.corpus.documents.unit_conversion import BATCH_CHARS, BATCH_DOCUMENTS, DocumentBatch, write_batch
+from meco_callbacks.corpus.storage.errors import ConversionError
+from meco_callbacks.corpus.storage.joint_index import write_joint_index
+from meco_callbacks.corpus.storage.output import replace_output
+from meco_callbacks.corpus.storage.parts import PartStore
+from meco_callbacks.corpus.storage.remote import check_remote
 from meco_callbacks.formats import DOCUMENT_COLUMNS, DOCUMENT_FORMAT, write_dataset_info
 from meco_callbacks.tokenizer.fingerprint import tokenizer_info
 from meco_callbacks.tokenizer.loading import load_tokenizer
@@ -74,7 +68,6 @@ from meco_callbacks.tokenizer.loading import load_tokenizer
 log = logging.getLogger(__name__)
 
 PART_STATS_FILE = 'part.json'
-SAMPLE_ROWS = 256  # lines or rows from the front of the line and Parquet inputs, to verify the backend on
 JAVA_INSTALL = (
     'Install one, e.g. `apt-get install openjdk-17-jre-headless` (Debian/Ubuntu) or `brew install openjdk@17` '
     '(macOS), or point JAVA_HOME at one; convert/documents.py converts without Java.'
@@ -148,23 +141,6 @@ def spark_session(master: str | None = None, app_name: str = 'meco-spark-convert
     return builder.getOrCreate()
 
 
-def input_kind(pattern: str) -> str:
-    """How Spark reads an input named ``pattern``: ``lines`` (plain JSON Lines), ``files`` (whole) or ``parquet``."""
-    name = pattern.rstrip('/').rsplit('/', 1)[-1].lower()
-    compressed = any(name.endswith(suffix) for suffix in COMPRESSIONS)
-    for suffix in COMPRESSIONS:
-        name = name.removesuffix(suffix)
-    if name.endswith('.parquet') and not compressed:
-        return 'parquet'
-    if name.endswith(JSON_SUFFIXES):
-        return 'files' if compressed or name.endswith('.json') else 'lines'
-    raise InputError(
-        f'cannot tell the format of {pattern!r} from its name; the Spark converter reads JSON Lines (.jsonl, '
-        '.ndjson, .json, optionally .gz or .zst) and Parquet (.parquet), so name files or globs with their '
-        'suffix (e.g. "s3a://bucket/dclm/*.jsonl.zst"); Hugging Face and MDS directories: use convert/documents.py'
-    )
-
-
 def convert_documents_on_spark(
     inputs: Sequence[str],
     output: str | Path,
@@ -202,7 +178,7 @@ def convert_documents_on_spark(
         spark.conf.unset('spark.sql.files.minPartitionNum')
     else:
         spark.conf.set('spark.sql.files.minPartitionNum', str(partitions))
-    frames, files = _input_frames(spark, inputs, fields, policy)
+    frames, files = input_frames(spark, inputs, fields, policy)
     info = {
         'format': DOCUMENT_FORMAT,
         'tokenizer': tokenizer_info(tok),
@@ -220,14 +196,14 @@ def convert_documents_on_spark(
     if finished is not None:
         log.info('%s already holds this conversion (%d documents); nothing to do.', output, _written(finished))
         if remote is not None:
-            publish_documents(output, remote, 'part-', PART_STATS_FILE)
+            _publish(output, remote)
         return SparkReport(output, finished, True, finished['conversion']['partitions'], time.perf_counter() - start)
     staging = output.with_name(output.name + '.spark-partial')
     if staging.exists():
         log.info('Discarding %s, left by an interrupted run: Spark conversions restart from the beginning.', staging)
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    sample = _sample_texts(frames, fields, policy)
+    sample = sample_texts(frames, fields, policy)
     backend = build_tokenizer_backend(tok, tokenizer_backend, sample)
     checker = DocumentChecker(policy, info['tokenizer']['vocab_size'], special_token_ids(tok))
     task = _PartitionTask(fields, checker, spark.sparkContext.broadcast(backend), str(staging), columns)
@@ -238,6 +214,7 @@ def convert_documents_on_spark(
         backend.name,
     )
     parts = _run(frames, task)
+    PartStore(staging, PART_STATS_FILE).clean()  # attempts of failed or speculative tasks: their parts are finished
     stats, records_per_file = _sum_parts(staging, parts)
     write_joint_index(staging, [staging / name for name in parts])
     info['tokenizer_backend'], info['tokenizer_backend_reason'] = backend.name, backend.reason
@@ -248,7 +225,7 @@ def convert_documents_on_spark(
     claim_document_output(output, info['conversion']['id'], overwrite)
     replace_output(output, staging)
     if remote is not None:
-        publish_documents(output, remote, 'part-', PART_STATS_FILE)
+        _publish(output, remote)
     report = SparkReport(output, info, False, len(parts), time.perf_counter() - start)
     log.info(
         'Wrote %d documents (%d tokens) of %d read in %d Spark partitions; skipped %s. %.1fs wall, %.0f tokens/s.',
@@ -263,113 +240,15 @@ def convert_documents_on_spark(
     return report
 
 
+def _publish(output: Path, remote: str) -> None:
+    """Upload a finished dataset (parts not on the remote yet, then its index and info); a run before this
+    store could leave the attempts of failed tasks in it: they are removed, never uploaded."""
+    PartStore(output, PART_STATS_FILE).clean()
+    publish_documents(output, remote, PART_STATS_FILE)
+
+
 def _written(info: dict[str, Any]) -> int:
     return info['stats']['documents_written']
-
-
-def _input_frames(
-    spark: Any, inputs: Sequence[str], fields: FieldMapping, policy: DocumentPolicy
-) -> tuple[dict[str, Any], list[str]]:
-    """One DataFrame per input kind (``lines``, ``files``, ``parquet``) over ``inputs``, and every input file."""
-    from pyspark.errors import AnalysisException
-    from pyspark.sql import functions as F
-
-    by_kind: dict[str, list[str]] = {}
-    for pattern in inputs:
-        by_kind.setdefault(input_kind(pattern), []).append(pattern)
-    frames: dict[str, Any] = {}
-    files: list[str] = []
-    try:
-        if 'lines' in by_kind:
-            text = spark.read.option('lineSep', '\n').text(by_kind['lines'])
-            files += text.inputFiles()
-            frames['lines'] = text.select(
-                F.col('value').cast('binary').alias('line'), F.input_file_name().alias('file')
-            )
-        if 'files' in by_kind:
-            whole = spark.read.format('binaryFile').load(by_kind['files'])
-            files += whole.inputFiles()
-            frames['files'] = whole.select('path', 'content')
-        if 'parquet' in by_kind:
-            table = spark.read.parquet(*by_kind['parquet'])
-            files += table.inputFiles()
-            frames['parquet'] = _parquet_columns(table, fields, policy)
-    except AnalysisException as error:
-        raise InputError(f'Spark cannot read the inputs: {error}') from None
-    return frames, sorted({_file_uri(file) for file in files})
-
-
-def _file_uri(path: str) -> str:
-    """One spelling per file: Spark writes local files as ``file:/x`` in some places and ``file:///x`` in others."""
-    return 'file:///' + path.removeprefix('file:').lstrip('/') if path.startswith('file:') else path
-
-
-def _parquet_columns(table: Any, fields: FieldMapping, policy: DocumentPolicy) -> Any:
-    """The Parquet columns that record lookups need (a dotted path's first part), refusing a missing one."""
-    from pyspark.sql import functions as F
-
-    roles = [('text', fields.text), ('url', fields.url)] + [('metadata', path) for path in fields.metadata]
-    needed: dict[str, None] = {}
-    for role, path in roles:
-        name = path if path in table.columns else path.split('.', 1)[0]
-        if name in table.columns:
-            needed[name] = None
-        elif role != 'url' or policy.missing_url == 'skip':
-            flag = {'text': '--text-field', 'url': '--url-field', 'metadata': '--metadata-fields'}[role]
-            raise InputError(
-                f'the Parquet inputs have no {role} column {path!r} (columns: {sorted(table.columns)}); '
-                f'name the right one with {flag}'
-            )
-    return table.select(*[F.col(f'`{name}`') for name in needed], F.input_file_name().alias('__file__'))
-
-
-def _records(kind: str, rows: Iterable[dict[str, Any]], fields: FieldMapping) -> Iterator[tuple[str, Any]]:
-    """``(file, Record | Skip | UnreadableFile)`` for each input record in ``rows`` of a frame of ``kind``.
-
-    Lines and rows are judged by ``UnitReader`` as the local converter judges them; a whole file is written to a
-    temporary file and read by ``UnitReader`` itself (a damaged file yields what it held, then the problem).
-    """
-    reader = UnitReader(None, fields)  # type: ignore[arg-type]  # judging lines and rows needs no unit
-    for row in rows:
-        if kind == 'lines':
-            line = row['line']
-            yield row['file'], reader.line_record(line[3:] if line.startswith(BYTE_ORDER_MARK) else line)
-        elif kind == 'parquet':
-            file = row.pop('__file__')
-            yield file, reader.row_record(row)
-        else:
-            yield from _file_records(row['path'], row['content'], fields)
-
-
-def _file_records(path: str, content: bytes, fields: FieldMapping) -> Iterator[tuple[str, Any]]:
-    """A whole input file's records, read by ``UnitReader`` from a temporary copy named like the input."""
-    with tempfile.TemporaryDirectory(prefix='meco-spark-') as scratch:
-        local = os.path.join(scratch, path.rsplit('/', 1)[-1])
-        Path(local).write_bytes(content)
-        discovery = find_sources([local], fields)
-        for problem in discovery.unreadable.values():
-            yield path, UnreadableFile(problem)
-        try:
-            for unit in plan_units(discovery.sources, max(1, len(content))):
-                for item in UnitReader(unit, fields):
-                    yield path, item
-        except UnreadableFile as problem:
-            yield path, problem
-
-
-def _sample_texts(frames: dict[str, Any], fields: FieldMapping, policy: DocumentPolicy) -> list[str]:
-    """About SAMPLE_BYTES of acceptable texts from the front of the inputs, to verify the tokenizer backend on."""
-    texts: list[str] = []
-    for kind, frame in frames.items():
-        rows = (row.asDict(recursive=True) for row in frame.limit(1 if kind == 'files' else SAMPLE_ROWS).collect())
-        budget = SAMPLE_BYTES // len(frames)
-        for _, item in _records(kind, rows, fields):
-            if isinstance(item, Record) and text_problem(item.text, policy.max_document_chars) is None:
-                texts.append(item.text[:SAMPLE_TEXT_CHARS])
-                budget -= len(texts[-1].encode('utf-8'))
-                if budget <= 0:
-                    break
-    return texts
 
 
 def _run(frames: dict[str, Any], task: _PartitionTask) -> list[str]:
@@ -392,16 +271,15 @@ def _convert_partition(task: _PartitionTask, kind: str, batches: Iterator[Any]) 
     os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')  # parallelism comes from Spark's tasks
     context = TaskContext.get()
     name = f'part-{context.partitionId():05d}'
-    final = Path(task.staging) / name
-    attempt = final.with_name(f'{name}.attempt-{context.taskAttemptId()}.tmp')
-    shutil.rmtree(attempt, ignore_errors=True)
+    store = PartStore(Path(task.staging), PART_STATS_FILE)
+    attempt = store.attempt(name, str(context.taskAttemptId()))
     backend, checker = task.backend.value, task.checker
     stats, records_per_file = ConversionStats(), Counter()
     rows = (row for batch in batches for row in batch.to_pylist())
     with MDSWriter(out=str(attempt), columns=task.columns) as writer:
         documents, chars = [], 0
-        for file, item in _records(kind, rows, task.fields):
-            file = _file_uri(file)
+        for file, item in records(kind, rows, task.fields):
+            file = file_uri(file)
             if isinstance(item, UnreadableFile):
                 stats.files_unreadable[file] = f'{item} (after {records_per_file[file]} records)'
                 continue
@@ -419,12 +297,7 @@ def _convert_partition(task: _PartitionTask, kind: str, batches: Iterator[Any]) 
                 _write_documents(documents, backend, writer, checker, stats)
                 documents, chars = [], 0
         _write_documents(documents, backend, writer, checker, stats)
-    counts = dict(stats.to_dict(), records_per_file=dict(sorted(records_per_file.items())))
-    (attempt / PART_STATS_FILE).write_text(json.dumps(counts, indent=1, sort_keys=True) + '\n')
-    try:
-        attempt.rename(final)
-    except OSError:  # another attempt of this partition (a retry, a speculative copy) finished first: same rows
-        shutil.rmtree(attempt, ignore_errors=True)
+    store.commit(name, attempt, dict(stats.to_dict(), records_per_file=dict(sorted(records_per_file.items()))))
     yield pa.RecordBatch.from_pylist([{'part': name}], schema=pa.schema([('part', pa.string())]))
 
 

@@ -17,18 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from meco_callbacks.corpus.mds import (
+from meco_callbacks.corpus.packing.mds import (
     METADATA_ENCODINGS,
     TOKEN_ENCODINGS,
     Spans,
     array_spans,
+    check_token_ids,
     column_integers,
     column_spans,
     column_texts,
-    raw_shard_path,
     sample_bytes,
 )
-from meco_callbacks.corpus.remote import Remote
+from meco_callbacks.corpus.packing.shard_cache import fetch_shard, stored_raw
+from meco_callbacks.corpus.storage.remote import Remote
 
 SKIP_EMPTY = 'empty_document'
 
@@ -185,31 +186,6 @@ def open_document_dataset(
     )
 
 
-def stored_raw(directory: str, shard: dict[str, Any], remote: Remote | None) -> bool:
-    """Whether a shard can be read in ranges: its raw file is kept (a remote keeps it only when not compressed)."""
-    if raw_shard_path(directory, shard).is_file():
-        return True
-    return remote is not None and not shard.get('zip_data')
-
-
-def fetch_shard(task: DocumentRange) -> None:
-    """Download the range's shard into the local cache unless a copy of its size is there (raw, or compressed)."""
-    if task.remote is None:
-        return
-    for key in ('raw_data', 'zip_data'):
-        stored = task.shard.get(key)
-        if stored and _has_size(Path(task.directory) / stored['basename'], stored['bytes']):
-            return
-    stored = task.shard.get('zip_data') or task.shard['raw_data']
-    if not task.remote.fetch(stored['basename']):
-        raise FileNotFoundError(f'{task.remote.remote_path(stored["basename"])}, listed in its index.json, is missing.')
-
-
-def _has_size(path: Path, size: int) -> bool:
-    """Whether ``path`` is a file of ``size`` bytes (a cached shard, not one of another dataset by the same name)."""
-    return path.is_file() and path.stat().st_size == size
-
-
 def plan_ranges(
     dataset: DocumentDataset, documents_per_task: int | None, special: SpecialTokens, vocab_size: int | None
 ) -> list[DocumentRange]:
@@ -286,7 +262,7 @@ def read_range(task: DocumentRange) -> DocumentChunk:
     tokens[starts + lengths - 1] = task.special.eos
     for source, size, target in zip(layout.token_starts[kept].tolist(), counts.tolist(), (starts + bos).tolist()):
         tokens[target : target + size] = np.frombuffer(blob, dtype, size, source)
-    _check_token_ids(tokens, lengths, kept, task)
+    check_token_ids(tokens, lengths, kept, task.first_document, task.directory, task.vocab_size)
     url_starts, url_sizes = (column[kept].tolist() for column in spans['url'])
     urls = [blob[start : start + size].decode('utf-8') for start, size in zip(url_starts, url_sizes)]
     columns = [column_texts(blob, spans[name], kept, layout.encodings[name]) for name in task.metadata_columns]
@@ -353,26 +329,4 @@ def _decode_layout(task: DocumentRange) -> _RangeLayout:
         kept=np.flatnonzero(lengths_agree & ~empty & ours),
         documents_read=count,
         skipped={reason: n for reason, n in skipped.items() if n},
-    )
-
-
-def _check_token_ids(tokens: np.ndarray, lengths: np.ndarray, kept: np.ndarray, task: DocumentRange) -> None:
-    """Fail on a token id the tokenizer cannot have: negative (int32 data) or beyond its vocabulary."""
-    if not len(tokens):
-        return
-    low, high = int(tokens.min()), int(tokens.max())
-    limit = task.vocab_size
-    if low >= 0 and (limit is None or high < limit):
-        return
-    bad = int(np.flatnonzero((tokens < 0) | (tokens >= (limit if limit is not None else np.iinfo(np.int64).max)))[0])
-    document = task.first_document + kept[int(np.searchsorted(np.cumsum(lengths), bad, side='right'))]
-    if int(tokens[bad]) < 0:
-        raise ValueError(
-            f'document {document} of {task.directory} has the negative token id {int(tokens[bad])}: '
-            f'its input_ids are not token ids. Re-convert it with convert/documents.py.'
-        )
-    raise ValueError(
-        f'document {document} of {task.directory} has token id {int(tokens[bad])}, outside the '
-        f"tokenizer's vocabulary of {limit} ids: the documents were made with another tokenizer. "
-        f'Pass the one that produced them with --tokenizer.'
     )

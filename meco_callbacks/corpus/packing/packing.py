@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from meco_callbacks.corpus.document_set import (
+from streaming.base.util import bytes_to_int
+
+from meco_callbacks.corpus.packing.document_set import (
     IN_OTHER_SPLIT,
     DocumentRange,
     SpecialTokens,
@@ -33,15 +34,26 @@ from meco_callbacks.corpus.document_set import (
     open_document_dataset,
     plan_ranges,
 )
-from meco_callbacks.corpus.output import OutputTaken, existing_output, replace_output
-from meco_callbacks.corpus.pack_parts import MEASURES, PartSelection, PartStore, pack_parts, packing_id, prepare_staging
-from meco_callbacks.corpus.remote import Remote
-from meco_callbacks.corpus.reserved_rows import remember_tokenizer
-from meco_callbacks.corpus.row_planning import STRATEGIES
-from meco_callbacks.data.compact import packing_vocabulary
+from meco_callbacks.corpus.packing.heldout import gather_held_out
+from meco_callbacks.corpus.packing.pack_parts import (
+    MEASURES,
+    PartSelection,
+    claim_join,
+    join_parts,
+    pack_parts,
+    packing_id,
+    packing_store,
+    prepare_staging,
+    reclaim_join,
+)
+from meco_callbacks.corpus.packing.reservation_values import with_document_values
+from meco_callbacks.corpus.packing.reserved_rows import remember_tokenizer
+from meco_callbacks.corpus.packing.row_planning import STRATEGIES
+from meco_callbacks.corpus.packing.shard_cache import CacheLimit
+from meco_callbacks.corpus.storage.output import existing_output, existing_remote_output, replace_output
+from meco_callbacks.corpus.storage.remote import Remote
 from meco_callbacks.data.metadata import DEFAULT_TEMPLATE
 from meco_callbacks.data.prefix import PrefixReservation
-from meco_callbacks.data.quality_bins import packing_bins
 from meco_callbacks.formats import (
     DATASET_INFO_FILE,
     DOCUMENT_FORMAT,
@@ -87,6 +99,7 @@ def pack_documents(
     part: PartSelection | str | None = None,
     bins: str | None = None,
     compact_buckets: int | None = None,
+    cache_limit: int | str | None = None,
 ) -> dict[str, Any]:
     """Pack a document MDS into rows of ``max_seq_len`` slots in ``out_dir``; returns the stats.
 
@@ -105,8 +118,10 @@ def pack_documents(
     shards are downloaded into, and ``out_dir`` the local scratch parts are written in before their upload.
     ``part`` (``'I/N'``) packs only the I-th of N blocks of windows and reuses finished parts; until every part is
     finished the result is ``{'part': 'I/N', 'joined': False}``, and the run that finishes the last one joins. ``bins``
-    (``quantiles:N`` or ``E1,E2,...``) gives the edges of reserved ``bins:<column>`` kinds (``quality_bins``);
-    ``compact_buckets`` the hash buckets of a reserved ``compact`` kind (``data/compact.py``, default there).
+    (``quantiles:N`` or ``E1,E2,...``) gives the edges of reserved ``bins:<column>`` kinds (``quality_bins``).
+    ``cache_limit`` (bytes, or ``'20GB'``) bounds the local cache of a ``documents_remote`` set: shards are evicted
+    once no later window reads them (``shard_cache``), and the peak use is logged.
+    ``compact_buckets``: the hash buckets of a reserved ``compact`` kind (``data/compact.py``, default there).
     """
     if max_seq_len < 1:
         raise ValueError(f'max_seq_len must be at least 1, got {max_seq_len}.')
@@ -120,6 +135,9 @@ def pack_documents(
     documents = Path(documents_dir).resolve()
     out = Path(out_dir).resolve()
     source = Remote(documents_remote, documents) if documents_remote else None
+    if cache_limit is not None and source is None:
+        raise ValueError('cache_limit (--cache-limit) bounds the cache of documents read from object storage only.')
+    cache = CacheLimit(documents, bytes_to_int(cache_limit)) if cache_limit is not None else None
     if source is not None:
         source.fetch(DATASET_INFO_FILE)
     selection = PartSelection.parse(part) if isinstance(part, str) else part
@@ -152,40 +170,48 @@ def pack_documents(
     if reservation is not None and loaded is not None:
         remember_tokenizer(loaded, tokenizer_entry['fingerprint'])
     ranges = plan_ranges(dataset, documents_per_task, special, tokenizer_entry.get('vocab_size'))
-    bin_edges = packing_bins(reservation.kinds if reservation else (), bins, ranges)  # bins:<column> kinds' edges
-    if bin_edges:
-        reservation = replace(reservation, bins=bin_edges)
-        info['reserve_prefix'] = reservation.to_info(tokenizer_entry['fingerprint'])
-    vocabulary, vocabulary_stats = packing_vocabulary(  # the compact kind's tokens, from documents per site
-        reservation.kinds if reservation else (),
-        ranges,
-        loaded,
-        bool(reservation and reservation.strip_www),
-        compact_buckets,
-    )
-    if vocabulary is not None:
-        reservation = replace(reservation, compact=vocabulary)
-        info['reserve_prefix'] = reservation.to_info(tokenizer_entry['fingerprint'])
-        info['reserve_prefix']['compact_stats'] = vocabulary_stats
+    reservation = with_document_values(reservation, info, ranges, loaded, bins, compact_buckets, tokenizer_entry)
     if not holdout:
-        return _pack_split(ranges, documents, out, info, num_workers, progress, overwrite, remote, selection)
+        stats = _pack_split(ranges, documents, out, info, num_workers, progress, overwrite, remote, selection, cache)
+        if cache is not None:
+            cache.log()
+        return stats
     if not 0 < holdout < 1:
         raise ValueError(f'holdout must be a fraction in (0, 1), e.g. 0.01; got {holdout}.')
-    stats = {}
-    for name, held_out in (('train', False), ('heldout', True)):
-        split = Split(holdout, held_out)
-        stats[name] = _pack_split(
-            [replace(task, split=split) for task in ranges],
-            documents,
-            out / name,
-            {**info, 'split': {'name': name, 'holdout': holdout, 'by': 'sha256 of the URL'}},
-            num_workers,
-            progress,
-            overwrite,
-            remote and f'{remote.rstrip("/")}/{name}',
-            selection,
-        )
-    return stats
+    split_info = {'holdout': holdout, 'by': 'sha256 of the URL'}
+    gathered = out / 'heldout.documents'  # the held-out documents, set aside by the training parts
+    train = _pack_split(
+        [replace(task, split=Split(holdout, held_out=False)) for task in ranges],
+        documents,
+        out / 'train',
+        {**info, 'split': {'name': 'train', **split_info}},
+        num_workers,
+        progress,
+        overwrite,
+        remote and f'{remote.rstrip("/")}/train',
+        selection,
+        cache,
+        held_out_documents=gathered,
+    )
+    if 'joined' in train:
+        return {'train': train, 'heldout': train}
+    held = open_document_dataset(gathered, list(dataset.metadata_columns))
+    heldout = _pack_split(
+        plan_ranges(held, None, special, tokenizer_entry.get('vocab_size')),  # windows of the usual size
+        gathered,
+        out / 'heldout',
+        {**info, 'split': {'name': 'heldout', **split_info}},
+        num_workers,
+        progress,
+        overwrite,
+        remote and f'{remote.rstrip("/")}/heldout',
+        None,
+        other_side=train['documents_read'] - train['documents_in_other_split'],
+    )
+    shutil.rmtree(gathered)
+    if cache is not None:
+        cache.log()
+    return {'train': train, 'heldout': heldout}
 
 
 def _pack_split(
@@ -198,6 +224,9 @@ def _pack_split(
     overwrite: bool,
     remote: str | None,
     selection: PartSelection | None,
+    cache: CacheLimit | None = None,
+    held_out_documents: Path | None = None,
+    other_side: int = 0,
 ) -> dict[str, Any]:
     """Pack the parts of ``selection`` (all when None) into ``out`` (or ``remote``) and join them once all are done.
 
@@ -211,14 +240,17 @@ def _pack_split(
     max_seq_len, strategy = info['max_seq_len'], info['strategy']
     reservation = PrefixReservation.from_info(info['reserve_prefix']) if info['reserve_prefix'] else None
     started = time.perf_counter()
+    reclaim_join(staging)
     prepare_staging(staging, len(ranges))
-    store = PartStore(staging, packing_id(info, (documents / 'index.json').read_bytes(), ranges), target)
-    stats = pack_parts(ranges, store, info, num_workers, progress, selection)
+    packing = packing_id(info, (documents / 'index.json').read_bytes(), ranges)
+    store = packing_store(staging, packing, target)
+    stats = pack_parts(ranges, store, packing, info, num_workers, progress, selection, cache)
     if stats is None:
         return {'part': str(selection), 'joined': False}
     other = stats['skipped'].pop(IN_OTHER_SPLIT, 0)
-    if 'split' in info:
-        stats['documents_in_other_split'] = other
+    if 'split' in info:  # the held-out set is packed from the held-out documents alone: the rest are counted here
+        stats['documents_in_other_split'] = other + other_side
+        stats['documents_read'] += other_side
     if stats['rows'] == 0:
         shutil.rmtree(staging, ignore_errors=True)
         raise ValueError(
@@ -226,15 +258,23 @@ def _pack_split(
             f'for {out.name}, fewer than one row of max_seq_len={max_seq_len}: nothing to train on. Use a '
             'smaller --max-seq-len or more documents.'
         )
-    write_dataset_info(staging, {**info, 'stats': stats})
+    joining = claim_join(staging)
+    if joining is None:
+        logger.info('Another job finished the last part at the same time and is joining the parts into %s.', out)
+        return {'part': str(selection), 'joined': False}
+    join_parts(joining)
+    if held_out_documents is not None:
+        gather_held_out(joining, held_out_documents, info['tokenizer'], target and Remote(target.url, joining))
+    write_dataset_info(joining, {**info, 'stats': stats})
     if target is not None:
-        target.upload('index.json')
-        target.upload(DATASET_INFO_FILE)
-        shutil.rmtree(staging)
+        published = Remote(remote, joining)
+        published.upload('index.json')
+        published.upload(DATASET_INFO_FILE)
+        shutil.rmtree(joining)
     else:
-        (staging / MEASURES).unlink(missing_ok=True)
+        (joining / MEASURES).unlink(missing_ok=True)
         out.parent.mkdir(parents=True, exist_ok=True)
-        replace_output(out, staging)
+        replace_output(out, joining)
     seconds = time.perf_counter() - started
     logger.info(
         'Packed %d documents (%d skipped: %s) into %d rows of %d slots in %s with %d worker(s), strategy %s, '
@@ -301,12 +341,7 @@ def resolve_tokenizer(
 def _check_output(out: Path, documents: Path, info: dict[str, Any], overwrite: bool, remote: Remote | None) -> None:
     """Refuse an output that is (or contains, or is inside) the input, or that holds a different dataset."""
     if remote is not None:
-        with tempfile.TemporaryDirectory() as scratch:
-            if Remote(remote.url, Path(scratch)).fetch(DATASET_INFO_FILE):
-                try:
-                    existing_output(Path(scratch), info, PACKED_IDENTITY, 'packed dataset', overwrite)
-                except OutputTaken as taken:
-                    raise OutputTaken(str(taken).replace(scratch, remote.url)) from None
+        existing_remote_output(remote, info, PACKED_IDENTITY, 'packed dataset', overwrite)
         return
     if out == documents or documents.is_relative_to(out) or out.is_relative_to(documents):
         raise ValueError(f'the output {out} overlaps the documents {documents}; choose a separate directory.')

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from streaming import MDSWriter
 
-from meco_callbacks.corpus.document_set import DocumentRange, read_range
-from meco_callbacks.corpus.row_planning import plan_rows
+from meco_callbacks.corpus.packing.document_set import DocumentRange, read_range
+from meco_callbacks.corpus.packing.row_planning import plan_rows
 from meco_callbacks.data.prefix import PrefixReservation, RoomMeasure
 from meco_callbacks.formats import RESERVED_PACKED_COLUMNS
 from meco_callbacks.tokenizer.loading import load_tokenizer

@@ -17,8 +17,8 @@ import numpy as np
 import zstandard
 from streaming.base.format.mds.encodings import mds_decode
 
-from meco_callbacks.corpus import mds
-from meco_callbacks.corpus.sources import FieldMapping, Unit, UnreadableFile, decompressed, mds_index
+from meco_callbacks.corpus.documents.sources import FieldMapping, Unit, UnreadableFile, decompressed, mds_index
+from meco_callbacks.corpus.packing import mds
 
 MISSING: Any = type('Missing', (), {'__repr__': lambda self: 'MISSING'})()
 """What a field lookup returns when the record has no such field (``None`` is a present null)."""

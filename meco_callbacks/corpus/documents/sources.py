@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 import zstandard
 
-from meco_callbacks.corpus.mds import TOKEN_ENCODINGS
+from meco_callbacks.corpus.packing.mds import TOKEN_ENCODINGS
 
 JSON_SUFFIXES = ('.jsonl', '.json', '.ndjson')
 COMPRESSIONS = {'.gz': 'gzip', '.zst': 'zstd', '.zstd': 'zstd'}

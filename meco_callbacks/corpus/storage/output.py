@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from meco_callbacks.corpus.errors import ConversionError
-from meco_callbacks.formats import read_dataset_info
+from meco_callbacks.corpus.storage.errors import ConversionError
+from meco_callbacks.corpus.storage.remote import Remote
+from meco_callbacks.formats import DATASET_INFO_FILE, read_dataset_info
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,19 @@ def existing_output(
         )
     log.warning('%s holds %s: it will be replaced (--overwrite).', out, held)
     return None
+
+
+def existing_remote_output(
+    remote: Remote, info: Mapping[str, Any], identity: Mapping[str, str], what: str, overwrite: bool
+) -> dict[str, Any] | None:
+    """``existing_output`` for a dataset on object storage (its info file fetched into a scratch directory)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        if not Remote(remote.url, Path(scratch)).fetch(DATASET_INFO_FILE):
+            return None
+        try:
+            return existing_output(Path(scratch), info, identity, what, overwrite)
+        except OutputTaken as taken:
+            raise OutputTaken(str(taken).replace(scratch, remote.url)) from None
 
 
 def replace_output(out: Path, staging: Path) -> None:

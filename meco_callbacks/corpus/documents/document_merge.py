@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from meco_callbacks.corpus.conversion_plan import PLAN_FILE, UNIT_STATS_FILE, partial_dir, unit_name
-from meco_callbacks.corpus.document_checks import ConversionStats
-from meco_callbacks.corpus.errors import ConversionError
-from meco_callbacks.corpus.joint_index import write_joint_index
-from meco_callbacks.corpus.output import existing_output, replace_output
-from meco_callbacks.corpus.remote import Remote, upload_directory
+from meco_callbacks.corpus.documents.conversion_plan import PLAN_FILE, UNIT_STATS_FILE, partial_dir, unit_name
+from meco_callbacks.corpus.documents.document_checks import ConversionStats
+from meco_callbacks.corpus.documents.unit_conversion import unit_store
+from meco_callbacks.corpus.storage.errors import ConversionError
+from meco_callbacks.corpus.storage.joint_index import write_joint_index
+from meco_callbacks.corpus.storage.output import existing_output, replace_output
+from meco_callbacks.corpus.storage.parts import PartStore
+from meco_callbacks.corpus.storage.remote import Remote
 from meco_callbacks.formats import DATASET_INFO_FILE, DOCUMENT_FORMAT, read_dataset_info, write_dataset_info
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,8 @@ def merge_document_parts(output: str | Path, overwrite: bool = False, remote: st
     plan = json.loads(plan_path.read_text())
     count = len(plan['units'])
     names = [unit_name(i, count) for i in range(count)]
-    if remote is not None:
-        _fetch_unit_records(Remote(remote, partial), [name for name in names if not (partial / name).is_dir()])
-    missing = [i for i, name in enumerate(names) if not (partial / name).is_dir()]
+    records = unit_store(partial, Remote(remote, partial) if remote is not None else None).finished(names)
+    missing = [i for i, name in enumerate(names) if name not in records]
     if missing:
         raise ConversionError(
             f'{len(missing)} of {count} units are not converted yet (e.g. {missing[:5]}); run the '
@@ -67,7 +67,7 @@ def merge_document_parts(output: str | Path, overwrite: bool = False, remote: st
     stats = ConversionStats(files_unreadable=dict(plan['unreadable_inputs']))
     records_per_source: Counter = Counter()
     for (source, *_), name in zip(plan['units'], names):
-        unit_stats = ConversionStats.from_dict(json.loads((partial / name / UNIT_STATS_FILE).read_text()))
+        unit_stats = ConversionStats.from_dict(records[name])
         stats.add(unit_stats)
         records_per_source[source] += unit_stats.documents_read
     if stats.documents_read != stats.documents_written + sum(stats.skipped.values()):
@@ -93,23 +93,12 @@ def merge_document_parts(output: str | Path, overwrite: bool = False, remote: st
     return info
 
 
-def _fetch_unit_records(remote: Remote, names: list[str]) -> None:
-    """Download the index and counts of the units among ``names`` finished on the remote, each renamed into place."""
-    for name in names:
-        unit = Remote(remote.remote_path(name), remote.local / f'{name}.download')
-        if unit.fetch(UNIT_STATS_FILE) and unit.fetch('index.json'):  # unit.json is uploaded last
-            unit.local.rename(remote.local / name)
-        shutil.rmtree(unit.local, ignore_errors=True)
-
-
-def publish_documents(directory: Path, remote: str, prefix: str = 'unit-', marker: str = UNIT_STATS_FILE) -> None:
-    """Upload a finished set: its ``prefix*`` parts not on ``remote`` yet (each with its ``marker`` last), then
-    index.json, then meco_dataset.json last, so a reader never finds an index naming shards that are not there."""
+def publish_documents(directory: Path, remote: str, marker: str = UNIT_STATS_FILE) -> None:
+    """Upload a finished set: its parts not on ``remote`` yet (each with its ``marker`` last; one listing of the
+    remote finds them), then index.json, then meco_dataset.json last, so a reader never finds an index naming
+    shards that are not there."""
     target = Remote(remote, directory)
-    units = sorted(path.name for path in directory.iterdir() if path.is_dir() and path.name.startswith(prefix))
-    missing = [name for name in units if not target.fetch(f'{name}/{marker}')]
-    for name in missing:
-        upload_directory(target, name, marker)
+    published = PartStore(directory, marker, target).publish()
     target.upload('index.json')
     target.upload(DATASET_INFO_FILE)
-    log.info('Uploaded %s to %s (%d of %d units were not there yet).', directory, remote, len(missing), len(units))
+    log.info('Uploaded %s to %s (%d parts were not there yet).', directory, remote, published)

@@ -11,9 +11,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from meco_callbacks.corpus.document_checks import DocumentPolicy, text_problem
-from meco_callbacks.corpus.readers import MISSING, Record, UnitReader
-from meco_callbacks.corpus.sources import FieldMapping, Unit, UnreadableFile
+from meco_callbacks.corpus.documents.document_checks import DocumentPolicy, text_problem
+from meco_callbacks.corpus.documents.readers import MISSING, Record, UnitReader
+from meco_callbacks.corpus.documents.sources import FieldMapping, Unit, UnreadableFile
 
 
 def sample_texts(
