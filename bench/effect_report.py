@@ -112,6 +112,23 @@ def plot(records: list[dict], experiment: str, out: Path) -> None:
             ax.errorbar(
                 xs, means, yerr=sds, marker='o', capsize=3, color=colour, linestyle=style, label=f'MeCo, {label}'
             )
+    others = paired([r for r in records if r['experiment'] != experiment])
+    markers, colours = iter('s^vD*'), iter(('C2', 'C1', 'C4', 'C5', 'C6'))
+    for (other, arm), runs in sorted(others.items()):
+        if arm.startswith('tag:'):  # one change at a time from a tag arm: a marker beside its curve
+            values = [m['none/recall'] for m, _ in runs]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            x = int(arm.split(':')[1])
+            ax.errorbar(
+                [x],
+                [statistics.mean(values)],
+                yerr=[sd],
+                marker=next(markers, 'o'),
+                color=next(colours, 'C7'),
+                capsize=3,
+                linestyle='none',
+                label=f'MeCo, tag, {other}, scored without it',
+            )
     ax.set_xscale('log', base=2)
     ax.set_xlabel('prefix length (tokens)')
     ax.set_ylabel('fact recall, top-1 among all candidates')
