@@ -37,6 +37,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ DEFAULT_VARIANT = 'compact'
 TAG_LENGTHS = (1, 2, 4, 9, 19)
 BATCH = 8
 METADATA_KEY = 'train_loader.dataset.metadata.'
+SCORING = threading.Lock()
 METADATA_TOKENS = 256  # reserved <|meta_K|> tokens for kind compact (a site each, 64 hash buckets)
 
 
@@ -303,7 +305,8 @@ def train_and_score(r: Run, data: Data, args: argparse.Namespace, work: Path) ->
         key, _, value = override.partition('=')
         if scored_with is not None and key.startswith(METADATA_KEY):
             scored_with[key[len(METADATA_KEY) :]] = OmegaConf.from_dotlist([f'v={value}']).v
-    scores = score_run(run_dir, data.corpus, scored_with, site, data.tags, r.packed)
+    with SCORING:  # transformers' from_pretrained is not thread-safe (two loads at once can leave meta tensors)
+        scores = score_run(run_dir, data.corpus, scored_with, site, data.tags, r.packed)
     scores.update({'steps': steps, 'train_seconds': round(seconds, 1)})
     scores_file.write_text(json.dumps(scores, indent=1) + '\n')
     return scores

@@ -55,6 +55,38 @@ def isolated_registries():
     catalogue.REGISTRY.update(saved)
 
 
+@pytest.fixture(autouse=True)
+def release_streaming_shared_memory(monkeypatch):
+    """Close the shared memory Streaming made during a test when the test ends.
+
+    Streaming 0.12 registers every ``SharedMemory`` it makes with ``atexit``, so each dataset's blocks (and their
+    file descriptors, ~200-400 a dataset) live until the process exits; over the whole suite that passes the
+    machine's 20,000 open files. Datasets do not outlive the test that made them, so their blocks can go.
+    """
+    import atexit
+    import gc
+
+    from streaming.base.shared import memory
+
+    made = []
+    register = atexit.register
+
+    def remember(fn, *args, **kwargs):
+        owner = getattr(fn, '__self__', None)
+        if isinstance(owner, memory.SharedMemory):
+            made.append(owner)
+        return register(fn, *args, **kwargs)
+
+    monkeypatch.setattr(memory.atexit, 'register', remember)
+    yield
+    gc.collect()  # the datasets' numpy views of the blocks must go before the blocks can close
+    for shm in made:
+        try:
+            shm.cleanup()
+        except (BufferError, OSError):  # still viewed by a live object: left to atexit, as before
+            pass
+
+
 @pytest.fixture(scope='session')
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 512-token byte-level BPE (GPT-2 style, ``<|endoftext|>`` as EOS) trained on the synthetic corpus."""

@@ -15,14 +15,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-BENCHES = sorted(p for p in (REPO / 'bench').glob('*.py') if "if __name__ == '__main__':" in p.read_text())
+BENCHES = sorted(  # a script with a __main__ block that takes --smoke; helpers (inputs, effect_report) do not
+    p
+    for p in (REPO / 'bench').glob('*.py')
+    if "if __name__ == '__main__':" in p.read_text() and "'--smoke'" in p.read_text()
+)
 FLOAT = re.compile(r'\d+\.\d+')
 
 
 def test_every_benchmark_with_a_main_block_is_collected():
     names = {p.name for p in BENCHES}
-    assert {'train_step.py', 'loader.py', 'pack.py', 'attention.py', 'convert.py'} <= names
-    assert 'inputs.py' not in names  # a helper module, not a benchmark
+    assert {'train_step.py', 'loader.py', 'pack.py', 'attention.py', 'convert.py', 'effect.py'} <= names
+    assert not {'inputs.py', 'effect_report.py', 'effect_corpus.py'} & names  # helpers, not benchmarks
 
 
 @pytest.mark.slow
