@@ -250,11 +250,19 @@ class Run:
     packed: Path
     metadata: dict | None  # None: the baseline
     overrides: tuple[str, ...]
+    schedule: tuple[tuple[str, float], ...] = ()  # passes and cooldown where they differ from the defaults
 
     @property
     def key(self) -> str:
+        # the schedule joins the key only when set, so the runs cached at the default schedule keep their names
+        extra = [self.schedule] if self.schedule else []
         return key_of(
-            self.arm if self.metadata else 'baseline', self.seed, str(self.packed), self.metadata, self.overrides
+            self.arm if self.metadata else 'baseline',
+            self.seed,
+            str(self.packed),
+            self.metadata,
+            self.overrides,
+            *extra,
         )
 
 
@@ -315,13 +323,15 @@ def train_and_score(r: Run, data: Data, args: argparse.Namespace, work: Path) ->
 def runs_for(variants: list[Variant], data: Data, seeds: list[int], args: argparse.Namespace) -> list[Run]:
     """MeCo per variant and seed, and one baseline per set of rows and seed (deduplicated)."""
     meco_overrides = (*args.override, *args.meco_override)
+    passes = (('passes', args.passes),) if args.passes != 1.0 else ()
+    cooldown = (('cooldown', args.cooldown),) if args.cooldown != 0.1 else ()
     runs: dict[str, Run] = {}
     for seed in seeds:
         for v in variants:
             packed = data.packed[v.rows]
             for r in (
-                Run(v.name, seed, packed, v.metadata, tuple(meco_overrides)),
-                Run('baseline', seed, packed, None, tuple(args.override)),
+                Run(v.name, seed, packed, v.metadata, tuple(meco_overrides), passes + cooldown),
+                Run('baseline', seed, packed, None, tuple(args.override), passes),
             ):
                 runs.setdefault(r.key, r)
     return list(runs.values())
@@ -374,9 +384,11 @@ def main(argv: list[str] | None = None) -> None:
                 per_seed = (time.time() - started) / len(done)
                 if time.time() - started + per_seed > args.budget_minutes * 60:
                     break
-            seed = seeds_left.pop(0)
-            todo = runs_for(variants, data, [seed], args)
-            print(f'[effect] seed {seed}: {len(todo)} runs', flush=True)
+            # with a budget, one seed at a time (the clock decides whether another fits); with --seeds, every
+            # run at once, so that a cached baseline does not leave a worker idle
+            batch = [seeds_left.pop(0)] if budgeted else [seeds_left.pop(0) for _ in range(len(seeds_left))]
+            todo = runs_for(variants, data, batch, args)
+            print(f'[effect] seeds {batch}: {len(todo)} runs', flush=True)
             for r, scores in zip(todo, pool.map(lambda r: train_and_score(r, data, args, work), todo)):
                 rows = next(v.rows for v in variants if data.packed[v.rows] == r.packed)
                 results[(r.arm, r.seed, rows)] = scores
@@ -386,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
                     record.update(overrides=list(r.overrides), passes=args.passes, cooldown=args.cooldown, **scores)
                     with open(args.results, 'a') as f:
                         f.write(json.dumps(record) + '\n')
-            done.append(seed)
+            done.extend(batch)
     info = json.loads((data.corpus / 'corpus.json').read_text())
     print(
         f'\nMeCo against its baseline: {info["people"]} useful people x {info["useful_docs"]} documents, '
