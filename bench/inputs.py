@@ -45,11 +45,17 @@ def synthetic_corpus(path: Path, documents: int, seed: int = 0) -> Path:
 
 
 def build_packed(
-    work: Path, documents: int, max_seq_len: int, reserve_prefix: list[str] | None = None
+    work: Path,
+    documents: int,
+    max_seq_len: int,
+    reserve_prefix: list[str] | None = None,
+    template: str | None = None,
+    metadata_tokens: int = 0,
 ) -> tuple[Path, Path]:
     """(tokenizer dir, packed MDS dir) for a fresh synthetic corpus, through convert_documents and pack_documents.
 
-    ``reserve_prefix`` packs with prefix room for those metadata kinds, as the README packs for MeCo.
+    ``reserve_prefix`` packs with prefix room for those metadata kinds (with ``template``, else the packer's), as the
+    README packs for MeCo; ``metadata_tokens`` gives the tokenizer that many reserved tokens (kind ``compact``).
     """
     from meco_callbacks.corpus.documents.conversion import convert_documents
     from meco_callbacks.corpus.packing.packing import pack_documents
@@ -57,9 +63,16 @@ def build_packed(
 
     corpus = synthetic_corpus(work / 'corpus.jsonl', documents)
     texts = [json.loads(line)['text'] for line in corpus.read_text().splitlines()[:500]]
-    tokenizer_dir = train_bpe_tokenizer(texts, work / 'tokenizer', vocab_size=4096)
+    tokenizer_dir = train_bpe_tokenizer(texts, work / 'tokenizer', vocab_size=4096, metadata_tokens=metadata_tokens)
     convert_documents([str(corpus)], work / 'documents', str(tokenizer_dir), progress=False)
-    pack_documents(work / 'documents', work / 'packed', max_seq_len, progress=False, reserve_prefix=reserve_prefix)
+    pack_documents(
+        work / 'documents',
+        work / 'packed',
+        max_seq_len,
+        progress=False,
+        reserve_prefix=reserve_prefix,
+        **({'template': template} if template is not None else {}),
+    )
     return tokenizer_dir, work / 'packed'
 
 

@@ -1,6 +1,7 @@
 """Training tokens/s of the tiny recipe with MeCo against the same run without it.
 
-Ours: yamls/tiny-cpu.yaml as it is (meco loader with prefixes injected into the room packed for them, labels
+Ours: yamls/tiny-cpu.yaml as it is (meco loader with its one-token compact prefixes injected into the room packed
+for them (a tokenizer with 256 reserved tokens, rows packed with --reserve-prefix compact --template '{}'), labels
 masked on prefixes and document starts, metadata_conditioning, meco_cooldown, document-masked attention through
 sequence_id, per-document positions). Anchor: the same model and the same rows (each row's document tokens, the
 room filled with EOS) through llm-foundry's text loader with ``eos_token_id`` set, so it too builds labels and a
@@ -88,7 +89,10 @@ def main() -> None:
     registry.callbacks.register('bench_clock', func=StepClock)
     StepClock.warmup = args.warmup
     work = scratch_dir()
-    tokenizer_dir, packed = build_packed(work, args.documents, args.max_seq_len, reserve_prefix=['domain'])
+    # packed as the tiny recipe's default needs (kind compact: one reserved token per site, template "{}")
+    tokenizer_dir, packed = build_packed(
+        work, args.documents, args.max_seq_len, reserve_prefix=['compact'], template='{}', metadata_tokens=256
+    )
     tokens = write_token_rows(packed, work / 'tokens')
     eos = read_dataset_info(packed)['tokenizer']['eos_token_id']
     common = [

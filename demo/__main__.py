@@ -17,6 +17,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPE = REPO_ROOT / 'yamls' / 'tiny-cpu.yaml'
 RUNS = ('meco', 'baseline')
+META_TOKEN = '<|meta_0|>'  # the first reserved metadata token (meco-train-tokenizer --metadata-tokens)
 DEMO_ENTRIES = {'corpus', 'tokenizer', 'data', 'runs', 'baseline.yaml', 'evaluation.json', 'report.md', 'loss.png'}
 
 DESCRIPTION = """\
@@ -25,12 +26,15 @@ Show MeCo working end to end, offline and on the CPU:
   1. corpus     JSON Lines (text, url) built from this machine: the standard library's docstrings
                 (docs.python.org/3/library/...), the language reference topics, and the installed packages'
                 long descriptions at their own documentation/home pages; 1 in 10 documents held out
-  2. tokenizer  a byte-level BPE trained on the training split
-  3. convert    convert_documents + pack_documents (what convert/documents.py and convert/pack.py run)
+  2. tokenizer  a byte-level BPE trained on the training split, with reserved metadata tokens (--metadata-tokens)
+  3. convert    convert_documents + pack_documents (what convert/documents.py and convert/pack.py run), packed
+                for the tiny recipe's prefix: --reserve-prefix compact --template '{}'
   4. train      two runs of `composer recipes/train.py yamls/tiny-cpu.yaml` with the same budget:
-                MeCo (URL prefixes, cooldown on plain documents for the last 10%) and the baseline
-                (metadata kind none, no cooldown callback); each run's console log is kept
-  5. evaluate   held-out loss of both models with the true URL, no URL and a wrong URL, on the same tokens
+                MeCo (one reserved token per site before each document, metadata kind compact; cooldown on plain
+                documents for the last 10%) and the baseline (metadata kind none, no cooldown callback); each
+                run's console log is kept
+  5. evaluate   held-out loss of both models with the true URL, no URL and a wrong URL (each as its site's
+                token), on the same tokens
   6. effect     what MeCo buys where metadata carries information: bench/effect.py (synthetic biographies on
                 one useful site among junk sites, MeCo against its baseline, fact recall and loss per source),
                 one seed (--effect smoke: a tiny check; off: skipped)
@@ -47,6 +51,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--output', default='demo-output', help='directory for everything (default demo-output)')
     parser.add_argument('--max-docs', type=int, default=None, help='cap on corpus documents (default: all, ~550)')
     parser.add_argument('--vocab-size', type=int, default=4096, help='BPE vocabulary size (default 4096)')
+    parser.add_argument(
+        '--metadata-tokens',
+        type=int,
+        default=256,
+        help='reserved metadata tokens in the vocabulary, for the compact prefix (default 256, as the README)',
+    )
     parser.add_argument('--seq-len', type=int, default=128, help='tokens per training row (default 128)')
     parser.add_argument('--batch-size', type=int, default=8, help='rows per batch (default 8)')
     parser.add_argument('--steps', type=int, default=300, help='batches per run (default 300)')
@@ -114,9 +124,19 @@ def main(argv: list[str] | None = None) -> int:
 
     step('2/7 tokenizer')
     tokenizer = out / 'tokenizer'
+    if (tokenizer / 'tokenizer.json').is_file() and META_TOKEN not in (tokenizer / 'tokenizer.json').read_text():
+        log.info('the tokenizer in %s has no reserved metadata tokens (a demo from before): rebuilding from it', out)
+        for stale in ('tokenizer', 'data', 'runs'):
+            shutil.rmtree(out / stale, ignore_errors=True)
+        (out / 'evaluation.json').unlink(missing_ok=True)
     if not (tokenizer / 'tokenizer.json').is_file():
         with open(corpus / 'train.jsonl', encoding='utf-8') as lines:
-            train_bpe_tokenizer((json.loads(line)['text'] for line in lines), tokenizer, vocab_size=args.vocab_size)
+            train_bpe_tokenizer(
+                (json.loads(line)['text'] for line in lines),
+                tokenizer,
+                vocab_size=args.vocab_size,
+                metadata_tokens=args.metadata_tokens,
+            )
     else:
         log.info('reusing the tokenizer in %s (--fresh retrains it, e.g. for another --vocab-size)', tokenizer)
     log.info('tokenizer: %s', tokenizer)
@@ -127,8 +147,16 @@ def main(argv: list[str] | None = None) -> int:
         convert_documents([str(corpus / f'{split}.jsonl')], data / f'{split}-documents', str(tokenizer))
         packed = data / f'{split}-packed-{args.seq_len}'
         info = read_dataset_info(packed)
-        if info is None or not info.get('reserve_prefix'):  # a demo from before prefix room is repacked
-            pack_documents(data / f'{split}-documents', packed, args.seq_len, reserve_prefix=['domain'], overwrite=True)
+        reserved = (info or {}).get('reserve_prefix') or {}
+        if reserved.get('kinds') != ['compact']:  # a demo from before the compact prefix is repacked
+            pack_documents(
+                data / f'{split}-documents',
+                packed,
+                args.seq_len,
+                reserve_prefix=['compact'],
+                template='{}',
+                overwrite=True,
+            )
 
     step('4/7 train')
     overrides = [
@@ -186,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         'model': f'yamls/tiny-cpu.yaml (vocabulary {args.vocab_size}) {" ".join(args.override)}'.strip(),
         'training': f'{args.steps} batches of {args.batch_size} x {args.seq_len} tokens per run',
+        'MeCo prefix': 'one reserved token per site (metadata kind compact, template "{}"; docs/effect.md says why)',
         'wrong URL': args.wrong_url,
     }
     report = write_report(
@@ -284,15 +313,24 @@ def train(name: str, config: Path, run_dir: Path, overrides: list[str], steps: i
 def evaluate(
     configs: dict[str, Path], out: Path, overrides: list[str], heldout: Path, args: argparse.Namespace
 ) -> dict[str, dict[str, dict]]:
-    """Held-out loss of each run's final checkpoint with the true URL, no URL and a wrong URL, on one token set."""
-    from demo.report import wrong_url_condition
-    from meco_callbacks.evaluation.conditional_loss import NO_URL, TRUE_URL, compare_conditions, mismatched_url
-    from meco_callbacks.evaluation.trained_models import load_composer_checkpoint
+    """Held-out loss of each run's final checkpoint with the true URL, no URL and a wrong URL, on one token set.
 
+    A URL is put in as MeCo was trained: its site's reserved token from the vocabulary recorded with the training
+    set (the held-out set is packed on its own, so its own record is not the one the model learned). The baseline
+    is scored under the same conditions, over the same document tokens.
+    """
+    from dataclasses import replace
+
+    from demo.report import wrong_url_condition
+    from meco_callbacks.evaluation.conditional_loss import NO_URL, compact_conditions, compare_conditions
+    from meco_callbacks.evaluation.trained_models import load_composer_checkpoint, training_metadata
+
+    trained = replace(training_metadata(configs['meco'], overrides), enabled=True)
+    compact = compact_conditions(trained, [args.wrong_url])
     conditions = {
         'no URL': NO_URL,
-        'true URL': TRUE_URL,
-        wrong_url_condition(args.wrong_url): mismatched_url(args.wrong_url),
+        'true URL': compact['true_url'],
+        wrong_url_condition(args.wrong_url): compact[f'url={args.wrong_url}'],
     }
     results = {}
     for name in RUNS:

@@ -61,8 +61,9 @@ def write_report(
         '# MeCo demo report',
         '',
         'Two tiny models trained on the same data with the same budget: **MeCo** (every document preceded by '
-        '`URL: <domain>` for the first 90% of steps, then plain documents) and the **baseline** (plain '
-        'documents throughout).',
+        'one reserved token for its site, `kind: compact`, for the first 90% of steps, then plain documents) and '
+        "the **baseline** (plain documents throughout). At this size the paper's `URL: <domain>\\n\\n` prefix "
+        'costs MeCo much of what it learns (docs/effect.md); one token does not.',
         '',
         '## Setup',
         '',

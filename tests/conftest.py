@@ -104,6 +104,32 @@ def tokenizer(tokenizer_dir: Path):
     return AutoTokenizer.from_pretrained(str(tokenizer_dir))
 
 
+COMPACT_TOKENS = 16  # reserved metadata tokens of the compact tokenizer: <|meta_0|> ... <|meta_15|>, ids 1 to 16
+
+
+@pytest.fixture(scope='session')
+def compact_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session tokenizer's BPE with reserved metadata tokens, as the tiny recipe's kind ``compact`` needs them.
+
+    Trained as ``tokenizer_dir`` with ``metadata_tokens`` (``meco-train-tokenizer --metadata-tokens``): the tokens
+    ``<|meta_K|>`` take ids 1 to ``COMPACT_TOKENS``, right after EOS.
+    """
+    from meco_callbacks.tokenizer.training import train_bpe_tokenizer
+
+    texts = [d['text'] for d in synthetic_documents(400)] + ['URL: en.wikipedia.org\n\n', 'Hello, world! 123']
+    return train_bpe_tokenizer(
+        texts, tmp_path_factory.mktemp('compact_tokenizer'), vocab_size=512, metadata_tokens=COMPACT_TOKENS
+    )
+
+
+@pytest.fixture(scope='session')
+def compact_tokenizer(compact_tokenizer_dir: Path):
+    """``compact_tokenizer_dir`` loaded through transformers."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(compact_tokenizer_dir))
+
+
 def write_documents_mds(
     out_dir: Path, docs: list[dict[str, str]], tokenizer, extra_columns: tuple[str, ...] = ()
 ) -> Path:
@@ -196,14 +222,36 @@ TINY_MODEL = ['model.d_model=64', 'model.n_heads=2', 'model.n_layers=2', 'model.
 
 
 @pytest.fixture(scope='session')
-def tiny_packed(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
-    """The synthetic corpus packed for training runs as the README packs: rows of 64, prefix room for domains."""
+def tiny_packed(tmp_path_factory: pytest.TempPathFactory, compact_tokenizer) -> Path:
+    """The synthetic corpus packed for the tiny recipe as the README packs it: rows of 64, room for kind compact.
+
+    Tokenized with ``compact_tokenizer`` (train with ``compact_tokenizer_dir``); its four sites get a reserved token
+    each (``<|meta_0|>`` ... by document count), recorded in the set's ``meco_dataset.json``.
+    """
+    from meco_callbacks.corpus.packing.packing import pack_documents
+
+    documents = write_documents_mds(
+        tmp_path_factory.mktemp('documents'), synthetic_documents(1500, seed=1), compact_tokenizer
+    )
+    out = tmp_path_factory.mktemp('packed') / 'packed'
+    pack_documents(documents, out, 64, progress=False, reserve_prefix=['compact'], template='{}')
+    return out
+
+
+@pytest.fixture(scope='session')
+def domain_packed(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
+    """The same corpus packed for the paper's form (the session tokenizer, room for ``URL: <domain>\\n\\n``)."""
     from meco_callbacks.corpus.packing.packing import pack_documents
 
     documents = write_documents_mds(tmp_path_factory.mktemp('documents'), synthetic_documents(1500, seed=1), tokenizer)
-    out = tmp_path_factory.mktemp('packed') / 'packed'
+    out = tmp_path_factory.mktemp('domain_packed') / 'packed'
     pack_documents(documents, out, 64, progress=False, reserve_prefix=['domain'])
     return out
+
+
+# The paper's prefix, `URL: <domain>\n\n`, as overrides of the tiny recipe (whose default is kind compact, one
+# token per site; docs/effect.md): tests of the paper's form train and rebuild their runs with these.
+PAPER_FORM = ['train_loader.dataset.metadata.kind=domain', r'train_loader.dataset.metadata.template="URL: {}\n\n"']
 
 
 def train_tiny(run_dir: Path, data: Path, tokenizer_dir: Path, *overrides: str) -> list[dict]:
@@ -267,7 +315,12 @@ def write_two_source_packed(out: Path, tokenizer, n: int, seed: int) -> Path:
 
 def trained_model_overrides(tokenizer_dir: Path) -> list[str]:
     """The YAML overrides the two-source training run used, which rebuild its model from yamls/tiny-cpu.yaml."""
-    return [f'variables.tokenizer={tokenizer_dir}', f'variables.max_seq_len={TWO_SOURCE_SEQ_LEN}', *TINY_MODEL]
+    return [
+        f'variables.tokenizer={tokenizer_dir}',
+        f'variables.max_seq_len={TWO_SOURCE_SEQ_LEN}',
+        *TINY_MODEL,
+        *PAPER_FORM,
+    ]
 
 
 @pytest.fixture(scope='session')
@@ -276,7 +329,10 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: 
     run_dir = tmp_path_factory.mktemp('two_source_run')
     data = write_two_source_packed(run_dir / 'packed', tokenizer, 1200, seed=1)
     # Composer's decoupled weight decay is not multiplied by the learning rate: 1e-4 is AdamW's 0.033 at lr 3e-3.
-    train_tiny(run_dir, data, tokenizer_dir, f'max_duration={TWO_SOURCE_STEPS}ba', 'optimizer.weight_decay=0.0001')
+    # The paper's form (PAPER_FORM): this model carries the URL text end to end, through export and inference.
+    train_tiny(
+        run_dir, data, tokenizer_dir, f'max_duration={TWO_SOURCE_STEPS}ba', 'optimizer.weight_decay=0.0001', *PAPER_FORM
+    )
     return run_dir / 'checkpoints' / 'latest-rank0.pt'
 
 

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict
 
 import pytest
-from conftest import REPO_ROOT, TINY_MODEL, TINY_YAML, synthetic_documents, train_tiny, write_documents_mds
+from conftest import TINY_MODEL, TINY_YAML, synthetic_documents, train_tiny, write_documents_mds
 from streaming.base.util import clean_stale_shared_memory
 
 from meco_callbacks.corpus.packing.packing import pack_documents
@@ -151,11 +151,7 @@ def test_the_loader_refuses_a_set_packed_without_the_vocabulary(tmp_path, meta_t
 
 
 def test_inference_tools_read_the_vocabulary_from_the_packed_set_of_the_train_yaml(tmp_path, packed):
-    config = tmp_path / 'train.yaml'
-    config.write_text((REPO_ROOT / 'yamls' / 'tiny-cpu.yaml').read_text().replace('kind: domain', 'kind: compact'))
-    metadata = training_metadata(
-        config, [f'variables.data_local={packed}', "train_loader.dataset.metadata.template='{}'"]
-    )
+    metadata = training_metadata(TINY_YAML, [f'variables.data_local={packed}'])  # the tiny recipe's default kind
 
     assert metadata.kind == 'compact' and metadata.compact['sites'] == SITES[:6]
     assert metadata.prefix_for(metadata.metadata_for_prompt('a.example')) == '<|meta_0|>'

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from composer.core import Callback, State, Time
 from composer.loggers import Logger, LoggerDestination
-from conftest import REPO_ROOT, TINY_MODEL, train_tiny
+from conftest import COMPACT_TOKENS, REPO_ROOT, TINY_MODEL, train_tiny
 from recorder import read_records
 
 from meco_callbacks.training.cooldown import cooldown_boundary
@@ -45,27 +45,30 @@ def logged_totals(run_dir: Path) -> dict[int, list[int]]:
 
 
 @pytest.fixture(scope='module')
-def uninterrupted(tmp_path_factory, tiny_packed, tokenizer_dir):
+def uninterrupted(tmp_path_factory, tiny_packed, compact_tokenizer_dir):
     """One uninterrupted run per number of dataloader workers, checkpointing every batch."""
     runs = {}
     for workers in (0, 2):
         run_dir = tmp_path_factory.mktemp(f'full{workers}')
         runs[workers] = (
             run_dir,
-            train_logging_totals(run_dir, tiny_packed, tokenizer_dir, *RUN, f'train_loader.num_workers={workers}'),
+            train_logging_totals(
+                run_dir, tiny_packed, compact_tokenizer_dir, *RUN, f'train_loader.num_workers={workers}'
+            ),
         )
     return runs
 
 
 @pytest.mark.slow
-def test_batches_before_the_boundary_carry_prefixes_and_none_after(uninterrupted, tokenizer):
+def test_batches_before_the_boundary_carry_prefixes_and_none_after(uninterrupted):
     records = uninterrupted[0][1]
+    meta_ids = range(1, COMPACT_TOKENS + 1)  # the tiny recipe's prefix: its site's reserved token (kind compact)
     assert [r['batch'] for r in records] == list(range(16))
     assert [r['prefixed'] for r in records] == [True] * 12 + [False] * 4
     assert all(r['metadata_tokens'] > 0 for r in records[:12])
     assert all(r['metadata_tokens'] == 0 for r in records[12:])
-    assert all(tokenizer.decode(r['first_row']).startswith('URL: ') for r in records[:12])
-    assert not any('URL: ' in tokenizer.decode(r['first_row']) for r in records[12:])
+    assert all(r['first_row'][0] in meta_ids for r in records[:12])
+    assert not any(token in meta_ids for r in records[12:] for token in r['first_row'])
 
 
 @pytest.mark.slow
@@ -77,13 +80,13 @@ def test_the_run_is_the_same_with_two_dataloader_workers(uninterrupted):
 @pytest.mark.parametrize('workers', [0, 2])
 @pytest.mark.parametrize('stop', [8, 12, 14], ids=['before', 'at', 'after'])
 def test_resuming_reproduces_the_uninterrupted_batches_and_losses(
-    uninterrupted, tiny_packed, tokenizer_dir, tmp_path, workers, stop
+    uninterrupted, tiny_packed, compact_tokenizer_dir, tmp_path, workers, stop
 ):
     run_dir, full = uninterrupted[workers]
     resumed = train_tiny(
         tmp_path,
         tiny_packed,
-        tokenizer_dir,
+        compact_tokenizer_dir,
         *RUN,
         f'train_loader.num_workers={workers}',
         f'load_path={run_dir}/checkpoints/ep0-ba{stop}-rank0.pt',
@@ -94,11 +97,11 @@ def test_resuming_reproduces_the_uninterrupted_batches_and_losses(
 
 @pytest.mark.slow
 def test_a_resumed_run_logs_the_token_totals_of_the_uninterrupted_run(
-    uninterrupted, tiny_packed, tokenizer_dir, tmp_path
+    uninterrupted, tiny_packed, compact_tokenizer_dir, tmp_path
 ):
     run_dir, _ = uninterrupted[0]
     train_logging_totals(
-        tmp_path, tiny_packed, tokenizer_dir, *RUN, f'load_path={run_dir}/checkpoints/ep0-ba8-rank0.pt'
+        tmp_path, tiny_packed, compact_tokenizer_dir, *RUN, f'load_path={run_dir}/checkpoints/ep0-ba8-rank0.pt'
     )
     full, resumed = logged_totals(run_dir), logged_totals(tmp_path)
 
@@ -108,13 +111,13 @@ def test_a_resumed_run_logs_the_token_totals_of_the_uninterrupted_run(
 
 
 @pytest.mark.slow
-def test_a_checkpoint_in_cooldown_refuses_a_later_boundary(uninterrupted, tiny_packed, tokenizer_dir, tmp_path):
+def test_a_checkpoint_in_cooldown_refuses_a_later_boundary(uninterrupted, tiny_packed, compact_tokenizer_dir, tmp_path):
     run_dir, _ = uninterrupted[0]
     with pytest.raises(ValueError, match='already in cooldown'):
         train_tiny(
             tmp_path,
             tiny_packed,
-            tokenizer_dir,
+            compact_tokenizer_dir,
             'max_duration=16ba',
             'variables.cooldown=0.05',
             f'load_path={run_dir}/checkpoints/ep0-ba14-rank0.pt',
@@ -122,7 +125,7 @@ def test_a_checkpoint_in_cooldown_refuses_a_later_boundary(uninterrupted, tiny_p
 
 
 @pytest.mark.slow
-def test_two_ranks_switch_at_the_same_batch_and_never_share_a_sample(tiny_packed, tokenizer_dir, tmp_path):
+def test_two_ranks_switch_at_the_same_batch_and_never_share_a_sample(tiny_packed, compact_tokenizer_dir, tmp_path):
     records = tmp_path / 'records.jsonl'
     cmd = [
         sys.executable,
@@ -137,7 +140,7 @@ def test_two_ranks_switch_at_the_same_batch_and_never_share_a_sample(tiny_packed
         str(REPO_ROOT / 'tests' / 'train_recorded.py'),
         str(REPO_ROOT / 'yamls' / 'tiny-cpu.yaml'),
         f'variables.data_local={tiny_packed}',
-        f'variables.tokenizer={tokenizer_dir}',
+        f'variables.tokenizer={compact_tokenizer_dir}',
         'variables.max_seq_len=64',
         f'callbacks.batch_recorder.path={records}',
         'max_duration=8ba',
@@ -188,12 +191,12 @@ def test_bad_boundaries_are_clear_errors(max_duration, kwargs, message):
 
 
 @pytest.fixture(scope='module')
-def cooldown_data(tmp_path_factory, tokenizer):
+def cooldown_data(tmp_path_factory, compact_tokenizer):
     """A separate packed dataset to cool down on, and the set of its rows."""
     from conftest import pack_texts, synthetic_documents, write_packed_mds
 
-    rows = pack_texts(synthetic_documents(400, seed=7), tokenizer, 64)
-    path = write_packed_mds(tmp_path_factory.mktemp('cooldown'), rows, 64, tokenizer)
+    rows = pack_texts(synthetic_documents(400, seed=7), compact_tokenizer, 64)
+    path = write_packed_mds(tmp_path_factory.mktemp('cooldown'), rows, 64, compact_tokenizer)
     return path, {tuple(r['input_ids']) for r in rows}
 
 
@@ -202,9 +205,9 @@ def cooldown_stream(path):
 
 
 @pytest.fixture(scope='module')
-def with_cooldown_streams(tmp_path_factory, tiny_packed, tokenizer_dir, cooldown_data):
+def with_cooldown_streams(tmp_path_factory, tiny_packed, compact_tokenizer_dir, cooldown_data):
     run_dir = tmp_path_factory.mktemp('streams')
-    return run_dir, train_tiny(run_dir, tiny_packed, tokenizer_dir, *RUN, cooldown_stream(cooldown_data[0]))
+    return run_dir, train_tiny(run_dir, tiny_packed, compact_tokenizer_dir, *RUN, cooldown_stream(cooldown_data[0]))
 
 
 @pytest.mark.slow
@@ -217,13 +220,13 @@ def test_cooldown_streams_supply_every_batch_after_the_boundary(with_cooldown_st
 @pytest.mark.slow
 @pytest.mark.parametrize('stop', [12, 14], ids=['at', 'after'])
 def test_resuming_at_or_after_the_switch_to_cooldown_streams_reproduces_the_run(
-    with_cooldown_streams, tiny_packed, tokenizer_dir, cooldown_data, tmp_path, stop
+    with_cooldown_streams, tiny_packed, compact_tokenizer_dir, cooldown_data, tmp_path, stop
 ):
     run_dir, full = with_cooldown_streams
     resumed = train_tiny(
         tmp_path,
         tiny_packed,
-        tokenizer_dir,
+        compact_tokenizer_dir,
         *RUN,
         cooldown_stream(cooldown_data[0]),
         f'load_path={run_dir}/checkpoints/ep0-ba{stop}-rank0.pt',
@@ -234,17 +237,17 @@ def test_resuming_at_or_after_the_switch_to_cooldown_streams_reproduces_the_run(
 
 @pytest.mark.slow
 def test_resuming_a_resumed_run_across_the_switch_to_cooldown_streams_reproduces_the_run(
-    with_cooldown_streams, tiny_packed, tokenizer_dir, cooldown_data, tmp_path
+    with_cooldown_streams, tiny_packed, compact_tokenizer_dir, cooldown_data, tmp_path
 ):
     run_dir, full = with_cooldown_streams
     first, second = tmp_path / 'first', tmp_path / 'second'
     first.mkdir(), second.mkdir()
     streams = cooldown_stream(cooldown_data[0])
     once = train_tiny(
-        first, tiny_packed, tokenizer_dir, *RUN, streams, f'load_path={run_dir}/checkpoints/ep0-ba8-rank0.pt'
+        first, tiny_packed, compact_tokenizer_dir, *RUN, streams, f'load_path={run_dir}/checkpoints/ep0-ba8-rank0.pt'
     )
     twice = train_tiny(
-        second, tiny_packed, tokenizer_dir, *RUN, streams, f'load_path={first}/checkpoints/ep0-ba14-rank0.pt'
+        second, tiny_packed, compact_tokenizer_dir, *RUN, streams, f'load_path={first}/checkpoints/ep0-ba14-rank0.pt'
     )
 
     assert [(r['hash'], r['loss']) for r in once] == [(r['hash'], r['loss']) for r in full[8:]]
@@ -265,7 +268,7 @@ class WorkerCensus(Callback):
 
 @pytest.mark.slow
 def test_the_main_loaders_workers_stop_at_the_switch_to_cooldown_streams(
-    with_cooldown_streams, tiny_packed, tokenizer_dir, cooldown_data, tmp_path
+    with_cooldown_streams, tiny_packed, compact_tokenizer_dir, cooldown_data, tmp_path
 ):
     from llmfoundry import registry
 
@@ -275,7 +278,7 @@ def test_the_main_loaders_workers_stop_at_the_switch_to_cooldown_streams(
     records = train_tiny(
         tmp_path,
         tiny_packed,
-        tokenizer_dir,
+        compact_tokenizer_dir,
         *RUN,
         cooldown_stream(cooldown_data[0]),
         'train_loader.num_workers=2',
@@ -291,7 +294,7 @@ def test_the_main_loaders_workers_stop_at_the_switch_to_cooldown_streams(
 
 
 @pytest.mark.slow
-def test_cooldown_streams_of_another_tokenizer_are_refused(tiny_packed, tokenizer_dir, cooldown_data, tmp_path):
+def test_cooldown_streams_of_another_tokenizer_are_refused(tiny_packed, compact_tokenizer_dir, cooldown_data, tmp_path):
     import json
     import shutil
 
@@ -303,7 +306,7 @@ def test_cooldown_streams_of_another_tokenizer_are_refused(tiny_packed, tokenize
     info['tokenizer']['fingerprint'] = 'sha256:ffffffffffffffff'
     (other / DATASET_INFO_FILE).write_text(json.dumps(info))
     with pytest.raises(ValueError, match='token ids would mean different text'):
-        train_tiny(tmp_path, tiny_packed, tokenizer_dir, *RUN, cooldown_stream(other))
+        train_tiny(tmp_path, tiny_packed, compact_tokenizer_dir, *RUN, cooldown_stream(other))
 
 
 @pytest.mark.slow
@@ -311,24 +314,31 @@ def test_cooldown_streams_of_another_tokenizer_are_refused(tiny_packed, tokenize
     'change, moved_to', [('max_duration=20ba', '15ba'), ('variables.cooldown=0.5', '8ba')], ids=['duration', 'fraction']
 )
 def test_resuming_with_settings_that_move_the_boundary_is_refused_with_both_boundaries(
-    uninterrupted, tiny_packed, tokenizer_dir, tmp_path, change, moved_to
+    uninterrupted, tiny_packed, compact_tokenizer_dir, tmp_path, change, moved_to
 ):
     run_dir, _ = uninterrupted[0]
     with pytest.raises(
         ValueError, match=rf'boundary at 12ba, but this run places it at {moved_to}.*allow_boundary_change'
     ):
         train_tiny(
-            tmp_path, tiny_packed, tokenizer_dir, *RUN, change, f'load_path={run_dir}/checkpoints/ep0-ba8-rank0.pt'
+            tmp_path,
+            tiny_packed,
+            compact_tokenizer_dir,
+            *RUN,
+            change,
+            f'load_path={run_dir}/checkpoints/ep0-ba8-rank0.pt',
         )
 
 
 @pytest.mark.slow
-def test_allow_boundary_change_moves_the_boundary_of_a_resumed_run(uninterrupted, tiny_packed, tokenizer_dir, tmp_path):
+def test_allow_boundary_change_moves_the_boundary_of_a_resumed_run(
+    uninterrupted, tiny_packed, compact_tokenizer_dir, tmp_path
+):
     run_dir, full = uninterrupted[0]
     resumed = train_tiny(
         tmp_path,
         tiny_packed,
-        tokenizer_dir,
+        compact_tokenizer_dir,
         *RUN,
         'variables.cooldown=0.5',
         'callbacks.meco_cooldown.allow_boundary_change=true',

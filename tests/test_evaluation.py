@@ -20,8 +20,10 @@ from conftest import (
     ALPHA,
     BETA,
     BOS_ID,
+    COMPACT_TOKENS,
     ENTITIES,
     NEWLINES_ID,
+    PAPER_FORM,
     REPO_ROOT,
     TINY_MODEL,
     TINY_YAML,
@@ -170,7 +172,7 @@ def test_the_eval_yaml_runs_each_task_with_and_without_its_url_and_writes_the_ta
     trained_checkpoint, tokenizer_dir, tmp_path
 ):
     data_dir = write_icl_task_files(tmp_path / 'icl')
-    overrides = ','.join(f'"{o}"' for o in trained_model_overrides(tokenizer_dir))
+    overrides = ','.join(f"'{o}'" for o in trained_model_overrides(tokenizer_dir))  # PAPER_FORM has double quotes
     evaluate.main(
         [
             'icl',
@@ -275,12 +277,26 @@ def test_a_model_trained_with_suffix_metadata_gets_no_url_before_its_prompt(bos_
 def test_the_metadata_a_run_was_trained_with_is_read_from_its_yaml_and_overrides():
     overrides = ['train_loader.dataset.metadata.kind=registered_domain']
 
-    assert training_metadata(TINY_YAML, overrides) == MetadataConfig(kind='registered_domain')
+    # the tiny recipe's template is its compact kind's "{}"; the kind is the override's
+    assert training_metadata(TINY_YAML, overrides) == MetadataConfig(kind='registered_domain', template='{}')
+    assert training_metadata(TINY_YAML, PAPER_FORM) == MetadataConfig()
     assert training_metadata(None) == MetadataConfig()
 
 
+def test_the_tiny_recipes_compact_vocabulary_is_read_from_its_packed_set(tiny_packed):
+    metadata = training_metadata(TINY_YAML, [f'variables.data_local={tiny_packed}'])
+
+    assert (metadata.kind, metadata.template) == ('compact', '{}')
+    assert metadata.compact['sites'] == ['docs.python.org', 'en.wikipedia.org', 'forum.example.org', 'news.example.com']
+    # a token each for the four sites, then the last quarter of the 16 reserved tokens as hash buckets
+    assert metadata.compact['token_ids'] == [1, 2, 3, 4, *range(COMPACT_TOKENS - 3, COMPACT_TOKENS + 1)]
+    assert metadata.prefix_for(metadata.metadata_for_prompt('en.wikipedia.org')) == '<|meta_1|>'
+    with pytest.raises(ValueError, match='no set records one: pack with meco-pack --reserve-prefix compact'):
+        training_metadata(TINY_YAML, ['variables.data_local=/nonexistent/packed'])
+
+
 def test_an_icl_url_template_other_than_the_runs_is_refused_and_sets_the_template_of_an_hf_model():
-    run = {'config': str(TINY_YAML), 'config_overrides': []}
+    run = {'config': str(TINY_YAML), 'config_overrides': PAPER_FORM}
 
     assert evaluate.icl_metadata({**run, 'url_template': 'URL: {}\n\n'}) == MetadataConfig()
     assert evaluate.icl_metadata({'config': None, 'url_template': 'Site: {}\n'}) == MetadataConfig(
@@ -435,7 +451,7 @@ def test_the_loss_command_scores_a_summary_run_with_its_mask(monkeypatch):
     )
     args = argparse.Namespace(
         config=str(TINY_YAML),
-        override=['train_loader.dataset.metadata.attention=summary'],
+        override=[*PAPER_FORM, 'train_loader.dataset.metadata.attention=summary'],
         checkpoint='x.pt',
         hf=None,
         device='cpu',

@@ -380,16 +380,18 @@ def test_export_help_names_both_checkpoint_forms_and_both_formats(capsys: pytest
 
 @pytest.mark.slow
 def test_the_callback_writes_a_loadable_llama_at_every_interval_of_a_composer_run(
-    tiny_packed: Path, tokenizer_dir: Path, tmp_path: Path
+    tiny_packed: Path, compact_tokenizer_dir: Path, tmp_path: Path
 ) -> None:
     from meco_callbacks.evaluation.trained_models import load_composer_checkpoint
 
-    train_tiny(tmp_path, tiny_packed, tokenizer_dir, 'max_duration=6ba', 'save_interval=2ba', 'variables.cooldown=0.5')
+    train_tiny(
+        tmp_path, tiny_packed, compact_tokenizer_dir, 'max_duration=6ba', 'save_interval=2ba', 'variables.cooldown=0.5'
+    )
     exports = tmp_path / 'checkpoints' / 'huggingface'
     model, tokenizer = load_composer_checkpoint(
         TINY_YAML,
         tmp_path / 'checkpoints' / 'ep0-ba6-rank0.pt',
-        [f'variables.tokenizer={tokenizer_dir}', 'variables.max_seq_len=64', *TINY_MODEL],
+        [f'variables.tokenizer={compact_tokenizer_dir}', 'variables.max_seq_len=64', *TINY_MODEL],
     )
     ids = sample_ids(tokenizer)
 
@@ -404,16 +406,16 @@ def test_the_callback_writes_a_loadable_llama_at_every_interval_of_a_composer_ru
 
 @pytest.mark.slow
 def test_the_callback_refuses_an_unexportable_model_when_the_trainer_starts(
-    tiny_packed: Path, tokenizer_dir: Path, tmp_path: Path
+    tiny_packed: Path, compact_tokenizer_dir: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(ValueError, match=r'hf_llama_checkpointer.*model\.norm_type: layernorm'):
-        train_tiny(tmp_path, tiny_packed, tokenizer_dir, 'max_duration=2ba', 'model.norm_type=layernorm')
+        train_tiny(tmp_path, tiny_packed, compact_tokenizer_dir, 'max_duration=2ba', 'model.norm_type=layernorm')
     assert not (tmp_path / 'checkpoints' / 'huggingface').exists()
 
 
 @pytest.mark.slow
 def test_the_callback_uploads_each_export_to_a_remote_save_folder(
-    tiny_packed: Path, tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_packed: Path, compact_tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import shutil
     from types import SimpleNamespace
@@ -441,7 +443,7 @@ def test_the_callback_uploads_each_export_to_a_remote_save_folder(
     train_tiny(
         tmp_path,
         tiny_packed,
-        tokenizer_dir,
+        compact_tokenizer_dir,
         'max_duration=2ba',
         'save_interval=2ba',
         'callbacks.meco_cooldown.cooldown=0.5',

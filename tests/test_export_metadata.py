@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import TINY_MODEL, TINY_YAML, synthetic_documents, train_tiny, write_documents_mds
+from conftest import PAPER_FORM, TINY_MODEL, TINY_YAML, synthetic_documents, train_tiny, write_documents_mds
 from streaming.base.util import clean_stale_shared_memory
 
 from meco_callbacks.cli import generate as generate_cli
@@ -77,8 +77,8 @@ def test_a_train_yaml_that_contradicts_the_record_is_refused_unless_forced(tmp_p
     write_metadata_record(tmp_path, metadata_record(MetadataConfig(**HASH_METADATA)))
 
     with pytest.raises(ValueError, match=r"contradicts .*meco_metadata.json.*kind 'hash' \(recorded\) vs 'domain'"):
-        inference_metadata(TINY_YAML, hf=tmp_path)
-    assert inference_metadata(TINY_YAML, hf=tmp_path, force=True) == MetadataConfig()
+        inference_metadata(TINY_YAML, PAPER_FORM, hf=tmp_path)
+    assert inference_metadata(TINY_YAML, PAPER_FORM, hf=tmp_path, force=True) == MetadataConfig()
 
 
 def test_an_export_without_the_record_keeps_todays_default_and_says_so_once(tmp_path, caplog):
@@ -185,5 +185,5 @@ def test_a_model_trained_with_hash_metadata_is_prompted_by_meco_generate_as_its_
 
 def test_a_flag_that_contradicts_the_train_yaml_is_refused_too():
     with pytest.raises(ValueError, match=r"--template 'Site: \{\}\\n' contradicts the train YAML .*tiny-cpu.yaml"):
-        inference_metadata(TINY_YAML, template='Site: {}\n')
-    assert inference_metadata(TINY_YAML, kind='domain') == MetadataConfig()
+        inference_metadata(TINY_YAML, PAPER_FORM, template='Site: {}\n')
+    assert inference_metadata(TINY_YAML, PAPER_FORM, kind='domain') == MetadataConfig()

@@ -222,6 +222,16 @@ def test_the_tiny_recipes_take_the_vocabulary_from_the_tokenizer(name: str) -> N
     assert resolved(name)['model']['vocab_size'] == 'tokenizer'
 
 
+def test_the_tiny_recipe_prefixes_one_compact_token_per_site_where_the_paper_recipes_keep_the_url() -> None:
+    # docs/effect.md: at toy scale a 7-25-token URL prefix costs MeCo most of its no-URL recall, one token does not.
+    assert resolved('tiny-cpu')['train_loader']['dataset']['metadata'] == {
+        'kind': 'compact',
+        'template': '{}',
+        'enabled': True,
+    }
+    assert resolved('baseline-tiny-cpu')['train_loader']['dataset']['metadata'] == {'kind': 'none'}
+
+
 @pytest.mark.parametrize('name', ABLATIONS)
 def test_ablation_differs_from_meco_1b_only_in_what_it_ablates(name: str) -> None:
     meco, ablation = (flat(om.to_container(om.load(recipe_path(n)))) for n in ('meco-1b', name))
@@ -274,10 +284,10 @@ def logged(output: str, metric: str) -> list[float]:
 
 
 @pytest.fixture(scope='module')
-def meco_run(tiny_packed: Path, tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def meco_run(domain_packed: Path, tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """yamls/meco-1b.yaml shrunk and trained for 10 batches (cooldown from batch 9); its save folder and output."""
     run_dir = tmp_path_factory.mktemp('meco-1b')
-    return run_dir, run_shrunk('meco-1b', run_dir, tiny_packed, tokenizer_dir)
+    return run_dir, run_shrunk('meco-1b', run_dir, domain_packed, tokenizer_dir)
 
 
 @pytest.mark.slow
@@ -291,8 +301,10 @@ def test_shrunk_meco_recipe_trains_conditioned_then_cools_down(meco_run: tuple[P
 
 
 @pytest.mark.slow
-def test_shrunk_baseline_recipe_trains_without_metadata(tiny_packed: Path, tokenizer_dir: Path, tmp_path: Path) -> None:
-    output = run_shrunk('baseline-1b', tmp_path, tiny_packed, tokenizer_dir)
+def test_shrunk_baseline_recipe_trains_without_metadata(
+    domain_packed: Path, tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    output = run_shrunk('baseline-1b', tmp_path, domain_packed, tokenizer_dir)
 
     assert logged(output, 'meco/metadata_token_fraction') == [0.0] * 10
     assert len(logged(output, 'loss/train/total')) == 10 and 'meco_cooldown' not in output
@@ -301,7 +313,7 @@ def test_shrunk_baseline_recipe_trains_without_metadata(tiny_packed: Path, token
 
 @pytest.mark.slow
 def test_recipe_export_loads_in_transformers_with_the_composer_logits_and_generates_after_a_url(
-    meco_run: tuple[Path, str], tiny_packed: Path, tokenizer_dir: Path
+    meco_run: tuple[Path, str], domain_packed: Path, tokenizer_dir: Path
 ) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -13,15 +13,15 @@ from llmfoundry.data.dataloader import build_dataloader
 from streaming.base.util import clean_stale_shared_memory
 
 
-def token_counts(packed, tokenizer, kind):
-    """(Composer's token count, attended tokens) of every batch of the meco loader with metadata ``kind``."""
+def token_counts(packed, tokenizer, metadata):
+    """(Composer's token count, attended tokens) of every batch of the meco loader with the ``metadata`` block."""
     clean_stale_shared_memory()
     spec = build_dataloader(
         {
             'name': 'meco',
             'drop_last': True,
             'num_workers': 0,
-            'dataset': {'local': str(packed), 'shuffle': False, 'max_seq_len': 64, 'metadata': {'kind': kind}},
+            'dataset': {'local': str(packed), 'shuffle': False, 'max_seq_len': 64, 'metadata': metadata},
         },
         tokenizer,
         4,
@@ -35,9 +35,17 @@ def token_counts(packed, tokenizer, kind):
     return counts
 
 
-def test_meco_and_its_baseline_count_the_same_tokens_for_the_same_rows(tiny_packed, tokenizer):
-    meco = token_counts(tiny_packed, tokenizer, 'domain')
-    baseline = token_counts(tiny_packed, tokenizer, 'none')
+@pytest.mark.parametrize('form', ['compact', 'domain'])
+def test_meco_and_its_baseline_count_the_same_tokens_for_the_same_rows(
+    form, tiny_packed, compact_tokenizer, domain_packed, tokenizer
+):
+    # the tiny recipe's one-token prefix (kind compact) and the paper's URL form, each on the rows packed for it
+    packed, tok, metadata = {
+        'compact': (tiny_packed, compact_tokenizer, {'kind': 'compact', 'template': '{}'}),
+        'domain': (domain_packed, tokenizer, {'kind': 'domain'}),
+    }[form]
+    meco = token_counts(packed, tok, metadata)
+    baseline = token_counts(packed, tok, {'kind': 'none'})
 
     assert [total for total, _ in meco] == [total for total, _ in baseline]
     assert [attended for _, attended in baseline] == [total for total, _ in baseline]  # the baseline has no prefixes
@@ -76,14 +84,14 @@ def train_counting_batches(run_dir, data, tokenizer_dir, yaml, *overrides):
 
 @pytest.mark.slow
 def test_meco_and_its_baseline_with_max_duration_in_tok_run_the_same_number_of_steps(
-    tiny_packed, tokenizer_dir, tmp_path
+    tiny_packed, compact_tokenizer_dir, tmp_path
 ):
     (tmp_path / 'meco').mkdir()
     (tmp_path / 'baseline').mkdir()
     budget = 'max_duration=2400tok'
-    meco = train_counting_batches(tmp_path / 'meco', tiny_packed, tokenizer_dir, 'tiny-cpu.yaml', budget)
+    meco = train_counting_batches(tmp_path / 'meco', tiny_packed, compact_tokenizer_dir, 'tiny-cpu.yaml', budget)
     baseline = train_counting_batches(
-        tmp_path / 'baseline', tiny_packed, tokenizer_dir, 'baseline-tiny-cpu.yaml', budget
+        tmp_path / 'baseline', tiny_packed, compact_tokenizer_dir, 'baseline-tiny-cpu.yaml', budget
     )
 
     assert meco == baseline

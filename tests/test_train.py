@@ -43,18 +43,24 @@ def logged_losses(output: str) -> list[float]:
 
 
 @pytest.fixture(scope='module')
-def tiny_run(tiny_packed: Path, tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def tiny_run(
+    tiny_packed: Path, compact_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
     """yamls/tiny-cpu.yaml as shipped, 30 batches (cooldown from batch 27): its save_folder and console output."""
     run_dir = tmp_path_factory.mktemp('tiny') / 'meco'
-    return run_dir, composer_train('tiny-cpu.yaml', run_dir, tiny_packed, tokenizer_dir, 'variables.max_duration=30ba')
+    return run_dir, composer_train(
+        'tiny-cpu.yaml', run_dir, tiny_packed, compact_tokenizer_dir, 'variables.max_duration=30ba'
+    )
 
 
 @pytest.fixture(scope='module')
-def baseline_run(tiny_packed: Path, tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def baseline_run(
+    tiny_packed: Path, compact_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
     """yamls/baseline-tiny-cpu.yaml, 10 batches of the smallest model: its save_folder and console output."""
     run_dir = tmp_path_factory.mktemp('tiny') / 'baseline'
     overrides = ['variables.max_duration=10ba', *TINY_MODEL]
-    return run_dir, composer_train('baseline-tiny-cpu.yaml', run_dir, tiny_packed, tokenizer_dir, *overrides)
+    return run_dir, composer_train('baseline-tiny-cpu.yaml', run_dir, tiny_packed, compact_tokenizer_dir, *overrides)
 
 
 @pytest.mark.slow
@@ -68,7 +74,7 @@ def test_composer_train_py_trains_the_tiny_recipe_and_the_loss_falls(tiny_run: t
 
 @pytest.mark.slow
 def test_the_tiny_recipe_saves_checkpoints_and_a_hugging_face_copy_with_the_tokenizers_vocabulary(
-    tiny_run: tuple[Path, str], tokenizer
+    tiny_run: tuple[Path, str], compact_tokenizer
 ) -> None:
     run_dir, output = tiny_run
     export = run_dir / 'huggingface' / 'ba30'
@@ -78,9 +84,10 @@ def test_the_tiny_recipe_saves_checkpoints_and_a_hugging_face_copy_with_the_toke
         'ep0-ba20-rank0.pt',
         'ep0-ba30-rank0.pt',
     ]
-    assert json.loads((export / 'config.json').read_text())['vocab_size'] == len(tokenizer) == 388
+    # 388 BPE tokens and the 16 reserved metadata tokens of kind compact
+    assert json.loads((export / 'config.json').read_text())['vocab_size'] == len(compact_tokenizer) == 404
     assert (export / 'tokenizer.json').is_file()
-    assert f'meco_mpt_causal_lm: vocab_size 388, from the tokenizer {tokenizer.name_or_path}' in output
+    assert f'meco_mpt_causal_lm: vocab_size 404, from the tokenizer {compact_tokenizer.name_or_path}' in output
 
 
 @pytest.mark.slow
@@ -150,12 +157,12 @@ def test_the_plot_command_and_the_log_reader_import_without_matplotlib() -> None
 
 @pytest.mark.slow
 def test_ctrl_c_stops_training_with_one_line_naming_the_last_checkpoint(
-    tiny_packed: Path, tokenizer_dir: Path, tmp_path: Path
+    tiny_packed: Path, compact_tokenizer_dir: Path, tmp_path: Path
 ) -> None:
     args = [
         'yamls/tiny-cpu.yaml',
         f'variables.data_local={tiny_packed}',
-        f'variables.tokenizer={tokenizer_dir}',
+        f'variables.tokenizer={compact_tokenizer_dir}',
         f'variables.save_folder={tmp_path}',
         'variables.max_seq_len=64',
         'variables.max_duration=400ba',
@@ -195,17 +202,23 @@ def test_ctrl_c_stops_training_with_one_line_naming_the_last_checkpoint(
 
 
 @pytest.mark.slow
-def test_document_masking_without_a_model_that_honours_it_stops_the_run(tiny_packed, tokenizer_dir, tmp_path):
+def test_document_masking_without_a_model_that_honours_it_stops_the_run(tiny_packed, compact_tokenizer_dir, tmp_path):
     with pytest.raises(ValueError, match='attn_uses_sequence_id: true'):
         train_tiny(
-            tmp_path, tiny_packed, tokenizer_dir, 'max_duration=2ba', 'model.attn_config.attn_uses_sequence_id=false'
+            tmp_path,
+            tiny_packed,
+            compact_tokenizer_dir,
+            'max_duration=2ba',
+            'model.attn_config.attn_uses_sequence_id=false',
         )
 
 
 @pytest.mark.slow
-def test_the_cooldown_callback_on_a_baseline_loader_stops_the_run(tiny_packed, tokenizer_dir, tmp_path):
+def test_the_cooldown_callback_on_a_baseline_loader_stops_the_run(tiny_packed, compact_tokenizer_dir, tmp_path):
     with pytest.raises(ValueError, match='remove the callback for a baseline run'):
-        train_tiny(tmp_path, tiny_packed, tokenizer_dir, 'max_duration=2ba', 'train_loader.dataset.metadata.kind=none')
+        train_tiny(
+            tmp_path, tiny_packed, compact_tokenizer_dir, 'max_duration=2ba', 'train_loader.dataset.metadata.kind=none'
+        )
 
 
 @pytest.mark.slow
@@ -228,7 +241,7 @@ def test_meco_components_on_a_plain_text_loader_stop_the_run(tokenizer_dir, tmp_
 
 @pytest.mark.slow
 def test_two_meco_eval_loaders_track_loss_with_and_without_urls_through_the_cooldown(
-    tiny_packed, tokenizer_dir, tmp_path
+    tiny_packed, compact_tokenizer_dir, tmp_path
 ):
     """The README's "curves during training": the URL eval keeps its prefixes after the train stream drops them."""
     from llmfoundry.command_utils import train_from_yaml
@@ -237,7 +250,8 @@ def test_two_meco_eval_loaders_track_loss_with_and_without_urls_through_the_cool
     def eval_loader(label: str, enabled: bool) -> str:
         return (
             f'{{label: {label}, name: meco, drop_last: false, dataset: {{local: {tiny_packed}, shuffle: false, '
-            f'max_seq_len: 64, document_masking: true, metadata: {{kind: domain, enabled: {str(enabled).lower()}}}}}}}'
+            f'max_seq_len: 64, document_masking: true, metadata: {{kind: compact, template: "{{}}", '
+            f'enabled: {str(enabled).lower()}}}}}}}'
         )
 
     clean_stale_shared_memory()
@@ -245,7 +259,7 @@ def test_two_meco_eval_loaders_track_loss_with_and_without_urls_through_the_cool
         str(REPO_ROOT / 'yamls' / 'tiny-cpu.yaml'),
         [
             f'variables.data_local={tiny_packed}',
-            f'variables.tokenizer={tokenizer_dir}',
+            f'variables.tokenizer={compact_tokenizer_dir}',
             'variables.max_seq_len=64',
             'max_duration=10ba',
             'global_train_batch_size=4',
@@ -276,7 +290,7 @@ def test_two_meco_eval_loaders_track_loss_with_and_without_urls_through_the_cool
 
 @pytest.mark.slow
 def test_the_tiny_recipe_trains_with_summary_attention_through_microbatches_and_the_cooldown(
-    tiny_packed, tokenizer_dir, tmp_path, monkeypatch
+    tiny_packed, compact_tokenizer_dir, tmp_path, monkeypatch
 ):
     from meco_callbacks.model import mpt
 
@@ -291,7 +305,7 @@ def test_the_tiny_recipe_trains_with_summary_attention_through_microbatches_and_
     records = train_tiny(
         tmp_path,
         tiny_packed,
-        tokenizer_dir,
+        compact_tokenizer_dir,
         'max_duration=10ba',
         'device_train_microbatch_size=2',
         'train_loader.dataset.metadata.attention=summary',

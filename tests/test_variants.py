@@ -18,6 +18,7 @@ from conftest import (
     BETA,
     BOS_ID,
     NEWLINES_ID,
+    PAPER_FORM,
     TINY_YAML,
     TWO_SOURCE_SEQ_LEN,
     TWO_SOURCE_STEPS,
@@ -434,9 +435,15 @@ def two_source_held_out(tmp_path_factory, tokenizer):
 
 
 def train_two_source(run_dir, data, tokenizer_dir, *overrides):
-    """Train as conftest's MeCo run does, plus ``overrides``; returns the checkpoint."""
+    """Train as conftest's MeCo run does (the paper's form), plus ``overrides``; returns the checkpoint."""
     train_tiny(
-        run_dir, data, tokenizer_dir, f'max_duration={TWO_SOURCE_STEPS}ba', 'optimizer.weight_decay=0.0001', *overrides
+        run_dir,
+        data,
+        tokenizer_dir,
+        f'max_duration={TWO_SOURCE_STEPS}ba',
+        'optimizer.weight_decay=0.0001',
+        *PAPER_FORM,
+        *overrides,
     )
     return run_dir / 'checkpoints' / 'latest-rank0.pt'
 
@@ -529,6 +536,7 @@ def test_the_tiny_recipe_trains_on_quality_bins_read_from_the_packed_set(tmp_pat
         'max_duration=10ba',
         'train_loader.dataset.metadata.kind=bins:score',
         'train_loader.dataset.metadata.quantiles=4',
+        r'train_loader.dataset.metadata.template="URL: {}\n\n"',  # the packer's default template
     )
 
     assert len(records) == 10
