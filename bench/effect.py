@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -127,11 +128,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# Streaming picks a free shared-memory prefix by probing, then creating, its name: two trainings that start at
+# the same moment can both pick one name, and the second stops with this error before its first step.
+SHM_RACE = re.compile(r"FileExistsError: .*File exists: '/\d+_locals'")
+
+
 def run(cmd: list[str], log: Path) -> None:
-    """Run one of the project's commands, its output kept in ``log``; a failure shows the log's end."""
+    """Run one of the project's commands, its output kept in ``log``; a failure shows the log's end.
+
+    A start lost to Streaming's shared-memory race (``SHM_RACE``) is retried, up to twice, after a pause.
+    """
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'TOKENIZERS_PARALLELISM': 'false', 'HF_HUB_OFFLINE': '1'}
-    with log.open('w') as out:
-        code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    for attempt in range(3):
+        with log.open('w') as out:
+            code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        if not code or not SHM_RACE.search(log.read_text(errors='replace')):
+            break
+        print(f'[effect] {log.parent.name}: lost a start to Streaming shared-memory naming; retrying', flush=True)
+        time.sleep(5 + 10 * attempt)
     if code:
         tail = ''.join(log.read_text().splitlines(keepends=True)[-30:])
         raise SystemExit(f'error: {" ".join(map(str, cmd[:3]))} ... exited {code}; the end of {log}:\n{tail}')
