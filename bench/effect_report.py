@@ -2,7 +2,7 @@
 
 Each MeCo run is paired with the baseline of the same experiment, rows and seed (same rows, seed and steps);
 a row of the table gives both arms' means ± sd over seeds and the paired difference of MeCo minus baseline.
-  python bench/effect_report.py results.jsonl [--plot docs/effect-prefix-length.png]
+  python bench/effect_report.py results.jsonl [--plot docs/effect-prefix-length.png] [--delta-plot docs/effect-deltas.png]
 """
 
 from __future__ import annotations
@@ -139,17 +139,47 @@ def plot(records: list[dict], experiment: str, out: Path) -> None:
     fig.savefig(out, dpi=120)
 
 
+def delta_plot(records: list[dict], out: Path) -> None:
+    """Every row's paired no-URL recall difference, MeCo minus its baseline: one dot per seed, mean ± sd, zero line."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    rows = sorted(paired(records).items(), key=lambda kv: (kv[0][0], order(kv[0][1])))
+    fig, ax = plt.subplots(figsize=(8.0, 0.38 * len(rows) + 1.6))
+    for y, ((experiment, arm), runs) in enumerate(rows):
+        diffs = [m['none/recall'] - b['none/recall'] for m, b in runs]
+        mean = statistics.mean(diffs)
+        sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+        colour = 'C2' if mean - sd > 0 else 'C3' if mean + sd < 0 else 'C7'
+        ax.errorbar([mean], [y], xerr=[sd], marker='D', color=colour, capsize=3, linestyle='none')
+        ax.scatter(diffs, [y] * len(diffs), s=12, color=colour, alpha=0.5, zorder=3)
+    ax.axvline(0.0, color='black', linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [f'{experiment}: {arm} ({len(runs)} seeds)' for (experiment, arm), runs in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel('no-URL fact recall, MeCo minus its baseline\n(paired: same rows, seed and steps)')
+    ax.set_title('MeCo against its baseline (dots: seeds, bar: mean ± sd)')
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('results', help='JSON lines from bench/effect.py --results')
     parser.add_argument('--plot', default=None, help='write the prefix-length plot here (PNG)')
     parser.add_argument('--plot-experiment', default='length', help='experiment whose tag/const arms are plotted')
+    parser.add_argument('--delta-plot', default=None, help="write every row's paired no-URL difference here (PNG)")
     args = parser.parse_args(argv)
     records = load(Path(args.results))
     print('\n'.join(table(records)))
     if args.plot:
         plot(records, args.plot_experiment, Path(args.plot))
         print(f'plot: {args.plot}')
+    if args.delta_plot:
+        delta_plot(records, Path(args.delta_plot))
+        print(f'plot: {args.delta_plot}')
 
 
 if __name__ == '__main__':
