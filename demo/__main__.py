@@ -148,13 +148,16 @@ def main(argv: list[str] | None = None) -> int:
         packed = data / f'{split}-packed-{args.seq_len}'
         info = read_dataset_info(packed)
         reserved = (info or {}).get('reserve_prefix') or {}
-        if reserved.get('kinds') != ['compact']:  # a demo from before the compact prefix is repacked
+        # best-fit rows (docs/effect.md: stream cuts documents and costs MeCo more); a demo packed before the
+        # compact prefix or with stream rows is repacked
+        if reserved.get('kinds') != ['compact'] or (info or {}).get('strategy') != 'bfd':
             pack_documents(
                 data / f'{split}-documents',
                 packed,
                 args.seq_len,
                 reserve_prefix=['compact'],
                 template='{}',
+                strategy='bfd',
                 overwrite=True,
             )
 
