@@ -132,9 +132,10 @@ def convert_documents_on_spark(
 ) -> SparkReport:
     """Convert ``inputs`` (files and globs Spark can read) into a document MDS at ``output`` with ``spark``.
 
-    ``partitions`` asks Spark for at least that many tasks over splittable inputs (plain JSON Lines, Parquet row
-    groups). The dataset is the one ``convert_documents`` writes for the same inputs, settings and tokenizer, as
-    a set of rows: same rows, same counts; its order is Spark's partition order (see the module docstring).
+    Inputs on the local filesystem are converted in the local converter's units, one task each; ``partitions``
+    asks Spark for at least that many tasks over the splittable inputs it reads itself (plain JSON Lines, Parquet
+    row groups). The dataset is the one ``convert_documents`` writes for the same inputs, settings and tokenizer:
+    same rows, same counts, in its order for local inputs (see the module docstring).
     With ``remote`` (an object-storage URL), the finished dataset is uploaded there through Streaming's uploader,
     each part with its counts last, then ``index.json``, then ``meco_dataset.json``; a rerun uploads what is missing.
     """
