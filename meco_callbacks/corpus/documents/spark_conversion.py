@@ -18,10 +18,8 @@ place only when complete (``storage.parts``), with its counts beside it, so a re
 duplicates a document, and the dataset's counts are summed from the finished parts (not from accumulators, which
 retries inflate). Parts are joined by ``joint_index`` (the project's one joiner), in part order.
 
-Order: the units' parts come first, in input order; the partitions of Spark-read inputs follow as Spark plans
-them (plain JSON Lines first, then whole files, then Parquet; within each, Spark packs file splits into
-partitions largest first, by ``spark.sql.files.maxPartitionBytes`` and ``minPartitionNum``), so their order is
-the same for the same inputs and settings but not the order given.
+Order: the units' parts first, in input order; then the partitions of Spark-read inputs as Spark plans them
+(``spark_inputs``): the same for the same inputs and settings, but not the order given.
 
 A run writes under ``<output>.spark-partial`` and renames it to ``<output>`` when complete; a killed run is
 redone from the start by the next one (a part is only valid within the run that planned the partitions). The
@@ -60,20 +58,27 @@ from meco_callbacks.corpus.documents.sources import (
     find_sources,
     plan_units,
 )
-from meco_callbacks.corpus.documents.spark_inputs import file_uri, input_frames, input_kind, records, sample_texts
+from meco_callbacks.corpus.documents.spark_inputs import (
+    file_uri,
+    input_frames,
+    input_kind,
+    local_uri,
+    records,
+    sample_texts,
+)
 from meco_callbacks.corpus.documents.spark_setup import (  # noqa: F401  (callers start Spark from here)
     require_java,
     spark_session,
     task_readable,
 )
-from meco_callbacks.corpus.documents.unit_conversion import (
-    BATCH_CHARS,
-    BATCH_DOCUMENTS,
-    DocumentBatch,
-    UnitContext,
-    write_batch,
-    write_unit,
+from meco_callbacks.corpus.documents.spark_units import (
+    PART_STATS_FILE,
+    TASKS_PER_CORE,
+    balanced_groups,
+    convert_units,
+    part_name,
 )
+from meco_callbacks.corpus.documents.unit_conversion import BATCH_CHARS, BATCH_DOCUMENTS, DocumentBatch, write_batch
 from meco_callbacks.corpus.storage.errors import ConversionError
 from meco_callbacks.corpus.storage.joint_index import write_joint_index
 from meco_callbacks.corpus.storage.output import replace_output
@@ -84,8 +89,6 @@ from meco_callbacks.tokenizer.fingerprint import tokenizer_info
 from meco_callbacks.tokenizer.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
-
-PART_STATS_FILE = 'part.json'
 
 
 @dataclass
@@ -239,15 +242,15 @@ def _written(info: dict[str, Any]) -> int:
 
 
 def _run(spark: Any, units: Sequence[Unit], frames: dict[str, Any], task: _PartitionTask) -> list[str]:
-    """Convert every unit (one Spark task each, largest first), then every partition of ``frames`` (one job); the
-    names of the finished parts, in part order: the units' in input order, then the partitions'."""
+    """Convert every unit (in a few balanced Spark tasks), then every partition of ``frames`` (one job); the names
+    of the finished parts, in part order: the units' in input order, then the partitions'."""
     import functools
 
     parts = []
     if units:
-        largest_first = sorted(units, key=lambda unit: -unit.size)
-        jobs = spark.sparkContext.parallelize(largest_first, len(units))
-        parts += jobs.mapPartitions(functools.partial(_convert_units, task)).collect()
+        groups = balanced_groups(units, TASKS_PER_CORE * spark.sparkContext.defaultParallelism)
+        jobs = spark.sparkContext.parallelize(groups, len(groups)).flatMap(lambda group: group)
+        parts += jobs.mapPartitions(functools.partial(convert_units, task)).collect()
     results = None
     for kind, frame in frames.items():
         converted = frame.mapInArrow(functools.partial(_convert_partition, task, kind), 'part string')
@@ -255,39 +258,6 @@ def _run(spark: Any, units: Sequence[Unit], frames: dict[str, Any], task: _Parti
     if results is not None:
         parts += [row['part'] for row in results.collect()]
     return sorted(parts)
-
-
-def part_name(number: int) -> str:
-    """The directory name of part ``number``: sorted names follow the part order."""
-    return f'part-{number:05d}'
-
-
-def local_uri(path: str) -> str:
-    """A local file's name as Spark spells it (``file:///...``), so task-read and Spark-read inputs count alike."""
-    return file_uri('file:' + os.path.abspath(path))
-
-
-def _convert_units(task: _PartitionTask, units: Iterator[Unit]) -> Iterator[str]:
-    """Runs in a Spark task: convert its units as the local converter does (``unit_conversion.write_unit``), each
-    read by the task itself from the input, into a part named by the unit, with its counts beside it."""
-    from pyspark import TaskContext
-
-    os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')  # parallelism comes from Spark's tasks
-    store = PartStore(Path(task.staging), PART_STATS_FILE)
-    context = UnitContext(task.fields, task.checker, task.backend.value, store.directory, task.first_part)
-    for unit in units:
-        if not os.path.isfile(unit.source.path) or os.path.getsize(unit.source.path) != unit.source.size:
-            raise ConversionError(
-                f'{unit.source.path} is not on this executor as the driver found it: a path that every task '
-                'reads itself must be on a filesystem every executor mounts; name a cluster filesystem by its URL'
-            )
-        name = part_name(unit.index)
-        attempt = store.attempt(name, str(TaskContext.get().taskAttemptId()))
-        stats = write_unit(context, unit, attempt, lambda *_: None).stats
-        stats.files_unreadable = {local_uri(path): problem for path, problem in stats.files_unreadable.items()}
-        read = {local_uri(unit.source.path): stats.documents_read} if stats.documents_read else {}
-        store.commit(name, attempt, dict(stats.to_dict(), records_per_file=read))
-        yield name
 
 
 def _convert_partition(task: _PartitionTask, kind: str, batches: Iterator[Any]) -> Iterator[Any]:
