@@ -35,6 +35,7 @@ import argparse
 import glob
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import sysconfig
@@ -146,8 +147,18 @@ def run_authors_method(paths: list[Path], tokenizer_dir: str, out: Path, workers
     _AUTHORS_STATE.update(lines=lines, encoding=encoding, out=str(out))
     per_worker = len(lines) // workers
     jobs = [(i, i * per_worker, len(lines) if i == workers - 1 else (i + 1) * per_worker) for i in range(workers)]
+    # a forked worker can inherit a lock some thread of this process held at the fork and wait on it forever
+    # (seen once in several smoke runs on a loaded machine: both workers stuck before their first write)
+    limit = 120 + 5 * sum(p.stat().st_size for p in paths) / 1e6
     with get_context('fork').Pool(workers) as pool:
-        pool.map(_authors_worker, jobs)
+        try:
+            pool.map_async(_authors_worker, jobs).get(timeout=limit)
+        except multiprocessing.TimeoutError:
+            raise HungPool(f'(b) made no progress in {limit:.0f}s') from None
+
+
+class HungPool(RuntimeError):
+    """(b)'s fork pool deadlocked at the fork: the attempt is discarded and timed again from the start."""
 
 
 def run_ours(paths: list[Path], tokenizer_dir: str, out: Path, workers: int, backend: str) -> Any:
@@ -273,8 +284,16 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> None:
     for round_ in range(args.repeats):
         for label, run in methods.items():
             out = work / f'{label[1]}-{round_}'
-            began = time.perf_counter()
-            result = run(out)
+            for attempt in range(3):
+                began = time.perf_counter()
+                try:
+                    result = run(out)
+                    break
+                except HungPool as hung:
+                    if attempt == 2:
+                        raise
+                    log.warning('%s; its attempt is discarded and %s is timed again', hung, label)
+                    shutil.rmtree(out, ignore_errors=True)
             spent = time.perf_counter() - began
             log.info('%s: %.2fs', label, spent)
             if spent < seconds.get(label, float('inf')):
