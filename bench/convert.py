@@ -149,7 +149,7 @@ def run_authors_method(paths: list[Path], tokenizer_dir: str, out: Path, workers
     jobs = [(i, i * per_worker, len(lines) if i == workers - 1 else (i + 1) * per_worker) for i in range(workers)]
     # a forked worker can inherit a lock some thread of this process held at the fork and wait on it forever
     # (seen once in several smoke runs on a loaded machine: both workers stuck before their first write)
-    limit = 120 + 5 * sum(p.stat().st_size for p in paths) / 1e6
+    limit = 60 + 2 * sum(p.stat().st_size for p in paths) / 1e6
     with get_context('fork').Pool(workers) as pool:
         try:
             pool.map_async(_authors_worker, jobs).get(timeout=limit)
