@@ -15,8 +15,8 @@ baseline is trained once for all variants that share its rows):
   domain       the paper's form, "URL: <domain>\\n\\n" (kind domain)
   tag:K        an informative K-token tag per site (a carried column, template {}), K in 1 2 4 9 19
   const:K      the same K-token text before every document: the length without the information
-Rows are packed once per template: the tag and const variants share rows with room for the longest tag, so
-their comparison changes the prefix alone.
+Rows are packed once per template: the tag and const variants share one set that reserves room for every
+length (the longest decides it), so their comparison changes the prefix alone and a new length reuses the rows.
 
 With no arguments: the default variant, as many seeds as fit in --budget-minutes (30), and the table. The last
 line is MeCo's no-URL fact recall over the baseline's (means over seeds). --results appends every run's
@@ -77,7 +77,10 @@ def variant(
     name: str, tags: dict[int, dict[str, str]] | None = None, constants: dict[int, str] | None = None
 ) -> Variant:
     """The named prefix form (see the module docstring)."""
-    longest = f'column:tag{max(TAG_LENGTHS)}'  # every tag and const variant shares rows with room for the longest
+    # every tag and const variant shares one packed set that reserves for every length (the longest sets the room),
+    # so adding a length to an experiment reuses its rows and baselines
+    shared = tuple(f'column:tag{k}' for k in TAG_LENGTHS)
+    shared += tuple(f'constant:{text}' for _, text in sorted((constants or {}).items()))
     if name == 'domain':
         return Variant(name, {'kind': 'domain', 'template': 'URL: {}\n\n'}, 'URL: {}\n\n', ('domain',), 'domain')
     if name == 'compact':
@@ -85,13 +88,9 @@ def variant(
     kind, _, k = name.partition(':')
     if kind in ('tag', 'const') and k.isdigit() and int(k) in TAG_LENGTHS:
         if kind == 'tag':
-            return Variant(
-                name, {'kind': f'column:tag{k}', 'template': '{}'}, '{}', (f'column:tag{k}', longest), 'tags'
-            )
+            return Variant(name, {'kind': f'column:tag{k}', 'template': '{}'}, '{}', shared, 'tags')
         text = (constants or {}).get(int(k), 'pending')
-        return Variant(
-            name, {'kind': f'constant:{text}', 'template': '{}'}, '{}', (f'constant:{text}', longest), 'tags'
-        )
+        return Variant(name, {'kind': f'constant:{text}', 'template': '{}'}, '{}', shared, 'tags')
     raise SystemExit(
         f'error: unknown --variant {name!r}; use compact, domain, tag:K or const:K with K in {TAG_LENGTHS}.'
     )
