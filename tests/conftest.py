@@ -15,6 +15,7 @@ os.environ.setdefault('WANDB_MODE', 'disabled')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ['hang_guard']  # a hung test fails with its stacks instead of holding the run
 
 WORDS = (
     'the model reads a page about rivers mountains cities music code python data training loss '
