@@ -4,8 +4,8 @@ On the same JSON Lines input, tokenizer and number of workers, side by side in o
 
   (a) llm-foundry 0.22 ``convert_dataset_json`` (it has no tokenize-without-concatenation mode, so
       ``concat_tokens=2048`` with ``<|endoftext|>`` between documents; it ignores ``num_workers``),
-  (b) the MeCo authors' method: tiktoken ``encode`` one document at a time in a process pool of N, each
-      process writing its own MDS (their ``mds_tokenize_per_document.py``, without Llama-3's character loop),
+  (b) the MeCo authors' method: tiktoken ``encode`` one document at a time in N forked processes (their
+      pool), each writing its own MDS (their ``mds_tokenize_per_document.py``, without Llama-3's character loop),
   (c) ours, ``convert/documents.py`` with the Hugging Face backend,
   (d) ours with ``auto`` (the verified tiktoken backend here),
   (e) the raw limit: tiktoken batch encoding of the same texts in memory with N threads, no reading or writing,
@@ -35,7 +35,6 @@ import argparse
 import glob
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import sysconfig
@@ -118,7 +117,7 @@ def run_llm_foundry(paths: list[Path], tokenizer_dir: str, out: Path, workers: i
 _AUTHORS_STATE: dict[str, Any] = {}
 
 
-def _authors_worker(job: tuple[int, int, int]) -> int:
+def _authors_worker(job: tuple[int, int, int]) -> None:
     """One process of the authors' method: parse, encode one document at a time, write its own MDS."""
     import numpy as np
     from streaming import MDSWriter
@@ -126,18 +125,15 @@ def _authors_worker(job: tuple[int, int, int]) -> int:
     worker, start, stop = job
     lines, encoding, out = _AUTHORS_STATE['lines'], _AUTHORS_STATE['encoding'], _AUTHORS_STATE['out']
     columns = {'input_ids': 'ndarray:uint32', 'length': 'uint32', 'url': 'str'}
-    tokens = 0
     with MDSWriter(columns=columns, out=os.path.join(out, f'0-{worker}'), compression=None) as writer:
         for line in lines[start:stop]:
             item = json.loads(line)
             ids = encoding.encode(item['text'], allowed_special=set(), disallowed_special=())
             writer.write({'input_ids': np.array(ids, dtype=np.uint32), 'length': len(ids), 'url': item['url']})
-            tokens += len(ids)
-    return tokens
 
 
 def run_authors_method(paths: list[Path], tokenizer_dir: str, out: Path, workers: int) -> None:
-    """(b): load the tiktoken encoding, read all lines into memory, split them into N contiguous ranges, a pool of N."""
+    """(b): load the tiktoken encoding, read all lines into memory, split them into N contiguous ranges, N processes."""
     from transformers import AutoTokenizer
 
     from meco_callbacks.corpus.documents.tiktoken_encoding import tiktoken_encoding_for
@@ -147,18 +143,29 @@ def run_authors_method(paths: list[Path], tokenizer_dir: str, out: Path, workers
     _AUTHORS_STATE.update(lines=lines, encoding=encoding, out=str(out))
     per_worker = len(lines) // workers
     jobs = [(i, i * per_worker, len(lines) if i == workers - 1 else (i + 1) * per_worker) for i in range(workers)]
-    # a forked worker can inherit a lock some thread of this process held at the fork and wait on it forever
-    # (seen once in several smoke runs on a loaded machine: both workers stuck before their first write)
+    # One forked process per range, as the authors' pool of N, but joined with a time limit: a worker that
+    # deadlocks on a lock inherited at the fork (seen once in several smoke runs on a loaded machine) is killed,
+    # and a worker that dies says how, where a Pool would wait for its lost task forever.
     limit = 60 + 2 * sum(p.stat().st_size for p in paths) / 1e6
-    with get_context('fork').Pool(workers) as pool:
-        try:
-            pool.map_async(_authors_worker, jobs).get(timeout=limit)
-        except multiprocessing.TimeoutError:
-            raise HungPool(f'(b) made no progress in {limit:.0f}s') from None
+    context = get_context('fork')
+    processes = [context.Process(target=_authors_worker, args=(job,), daemon=True) for job in jobs]
+    for process in processes:
+        process.start()
+    deadline = time.monotonic() + limit
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    if any(process.is_alive() for process in processes):
+        for process in processes:
+            process.kill()
+            process.join()
+        raise HungPool(f'(b) made no progress in {limit:.0f}s')
+    failed = [process.exitcode for process in processes if process.exitcode]
+    if failed:
+        raise SystemExit(f'error: (b) worker(s) exited with {failed} (a negative code is the signal that ended it)')
 
 
 class HungPool(RuntimeError):
-    """(b)'s fork pool deadlocked at the fork: the attempt is discarded and timed again from the start."""
+    """(b)'s forked workers deadlocked at the fork: the attempt is discarded and timed again from the start."""
 
 
 def run_ours(paths: list[Path], tokenizer_dir: str, out: Path, workers: int, backend: str) -> Any:

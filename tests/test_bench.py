@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,16 +36,25 @@ def test_benchmark_smoke_run_ends_with_a_ratio(script, tmp_path):
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))}
     env.setdefault('OMP_NUM_THREADS', '1')
     env['TMPDIR'] = str(tmp_path)
-    done = subprocess.run(
+    # its own session, so that a benchmark that hangs is killed with every process it started (a forked worker
+    # left behind would keep the output pipes open)
+    process = subprocess.Popen(
         [sys.executable, str(script), '--smoke'],
         cwd=tmp_path,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
+        start_new_session=True,
     )
-    assert done.returncode == 0, f'{script.name} --smoke failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}'
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    try:
+        stdout, stderr = process.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f'{script.name} --smoke ran past 600s:\n{stdout[-3000:]}\n{stderr[-3000:]}')
+    assert process.returncode == 0, f'{script.name} --smoke failed:\n{stdout[-3000:]}\n{stderr[-3000:]}'
+    lines = [line for line in stdout.splitlines() if line.strip()]
     assert lines, f'{script.name} printed nothing'
     assert 'ratio' in lines[-1] or '/' in lines[-1], lines[-1]
     assert FLOAT.search(lines[-1]), f'{script.name} does not end with a ratio: {lines[-1]!r}'

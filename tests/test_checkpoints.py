@@ -8,6 +8,7 @@ tensor (DTensor shards), as FSDP ranks do; the reader reassembles them without a
 from __future__ import annotations
 
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,9 @@ def _save_half_per_rank(rank: int, port: int, out: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=2)
+    dist.init_process_group(  # a rendezvous that fails (the port taken meanwhile) fails in a minute, not 30
+        'gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=2, timeout=timedelta(seconds=60)
+    )
     try:
         mesh = init_device_mesh('cpu', (2,))
         state = composer_state()
