@@ -185,24 +185,25 @@ from meco_callbacks.corpus.documents.spark_conversion import convert_documents_o
 inputs, root, tokenizer = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 spark = spark_session('local[2,2]')  # a failed task is retried once, as on a cluster
 convert_documents_on_spark([inputs], root / 'undisturbed', tokenizer, spark=spark, partitions=4)
-convert = spark_conversion._convert_partition
+convert = spark_conversion.convert_units
 
 
-def killed_once(task, kind, batches):
+def killed_once(task, units):
     from pyspark import TaskContext
     from streaming import MDSWriter
 
+    units = list(units)
     context = TaskContext.get()
-    if context.partitionId() == 1 and context.attemptNumber() == 0:  # writes its shard, dies before its marker
+    if 1 in [unit.index for unit in units] and context.attemptNumber() == 0:  # its shard, not its marker
         attempt = Path(task.staging) / f'part-00001.attempt-{context.taskAttemptId()}.tmp'
         with MDSWriter(out=str(attempt), columns=task.columns) as writer:
             for _ in range(3):
                 writer.write({'input_ids': numpy.arange(3, dtype='uint32'), 'length': 3, 'url': 'x'})
         raise RuntimeError('killed after its shard, before its marker')
-    yield from convert(task, kind, batches)
+    yield from convert(task, iter(units))
 
 
-spark_conversion._convert_partition = killed_once
+spark_conversion.convert_units = killed_once
 for run in ('first', 'rerun'):
     try:
         convert_documents_on_spark([inputs], root / 'retried', tokenizer, spark=spark, partitions=4, remote=str(root / 'bucket'))
@@ -210,7 +211,7 @@ for run in ('first', 'rerun'):
         break
     except Exception as error:
         print(run, 'failed:', type(error).__name__, error)
-        spark_conversion._convert_partition = convert
+        spark_conversion.convert_units = convert
 """
 
 

@@ -106,6 +106,20 @@ def spark_dataset(corpus, tokenizer, spark, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope='module')
+def spark_read_dataset(corpus, tokenizer, spark, tmp_path_factory) -> Path:
+    """The same corpus read by Spark and handed to the tasks as rows, as inputs on s3a:// or HDFS are."""
+    from meco_callbacks.corpus.documents import spark_conversion
+
+    out = tmp_path_factory.mktemp('spark-read') / 'docs'
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(spark_conversion, 'task_readable', lambda spark, pattern: None)
+        spark_conversion.convert_documents_on_spark(
+            corpus, out, tokenizer, spark=spark, fields=FIELDS, policy=POLICY, partitions=4
+        )
+    return out
+
+
 def rows(directory: Path) -> list[tuple]:
     """Every row as (url, input_ids, source), read with Streaming's own reader."""
     from streaming import LocalDataset
@@ -120,7 +134,15 @@ def rows(directory: Path) -> list[tuple]:
 def test_spark_writes_the_local_converters_rows(local_dataset, spark_dataset):
     local = rows(local_dataset)
     assert len(local) == 2 * (30 + 3) + 12  # a.jsonl, then b and c between them: 30 good and 3 kept oddities each
-    assert sorted(rows(spark_dataset)) == sorted(local)
+    assert rows(spark_dataset) == local  # each task converts one of the local converter's units: its order too
+
+
+@pytest.mark.slow  # starts a JVM (10-15 s, once per module)
+def test_inputs_spark_reads_give_the_same_rows_and_counts(local_dataset, spark_read_dataset):
+    assert sorted(rows(spark_read_dataset)) == sorted(rows(local_dataset))
+    local, spark = read_dataset_info(local_dataset)['stats'], read_dataset_info(spark_read_dataset)['stats']
+    assert {key: spark[key] for key in COUNTED} == {key: local[key] for key in COUNTED}
+    assert [Path(path).name for path in spark['inputs_empty']] == ['d.jsonl']
 
 
 @pytest.mark.slow  # starts a JVM (10-15 s, once per module)

@@ -25,13 +25,15 @@ abfss://, dbfs:/):
   .parquet                           Parquet, split by row groups
 Hugging Face save_to_disk and MDS directories: use convert/documents.py.
 
-Each Spark task checks and tokenizes its partition with the backend verified on the driver (--tokenizer-backend)
-and writes its own MDS part under OUTPUT.spark-partial; the parts are joined in partition order and renamed to
-OUTPUT when all are done. A killed run starts over when run again. OUTPUT must be a path the driver and every
+Inputs on the local filesystem (paths on a local[N] master, file:, mounts such as /dbfs/...) are cut into
+convert/documents.py's units, and each Spark task reads and converts one unit itself, as a local worker does
+(no record crosses from the JVM); inputs only Spark reaches are read by Spark and handed to the tasks. Each task
+checks and tokenizes with the backend verified on the driver (--tokenizer-backend) and writes its own MDS part
+under OUTPUT.spark-partial; the parts are joined in order and renamed to OUTPUT when all are done. A killed run starts over when run again. OUTPUT must be a path the driver and every
 executor see (a local disk with local[N]; /dbfs/..., /Volumes/... or another shared mount on a cluster);
 --remote s3://... then uploads the finished dataset through Streaming's uploader, each part's counts, the index
 and meco_dataset.json last (a rerun uploads only what is missing).
-Rows are the same as convert/documents.py's as a set; their order is Spark's partition order.
+Rows are convert/documents.py's, in its order for local inputs; Spark-read ones follow in Spark's partition order.
 
 Needs a Java runtime (8, 11 or 17): apt-get install openjdk-17-jre-headless.
 """
@@ -66,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         '--partitions',
         type=int,
         default=None,
-        help='ask Spark for at least this many tasks over splittable inputs (plain JSON Lines, Parquet row groups)',
+        help='ask Spark for at least this many tasks over the splittable inputs it reads (JSON Lines, Parquet)',
     )
     parser.add_argument(
         '--overwrite', action='store_true', help='replace a different dataset at --output once the new one is complete'

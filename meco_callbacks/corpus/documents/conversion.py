@@ -37,7 +37,7 @@ from meco_callbacks.corpus.documents.document_merge import (
 )
 from meco_callbacks.corpus.documents.sources import DEFAULT_UNIT_BYTES, FieldMapping, Unit, find_sources, plan_units
 from meco_callbacks.corpus.documents.text_sample import sample_texts
-from meco_callbacks.corpus.documents.tokenization import build_tokenizer_backend
+from meco_callbacks.corpus.documents.tokenization import TokenizerBackend, build_tokenizer_backend
 from meco_callbacks.corpus.documents.unit_conversion import UnitContext, convert_unit, describe_unit
 from meco_callbacks.corpus.storage.errors import ConversionError
 from meco_callbacks.corpus.storage.remote import Remote, check_remote
@@ -140,15 +140,7 @@ def convert_documents(
     recorded = recorded_plan(partial, plan['id'], overwrite)
     checker = DocumentChecker(policy, plan['tokenizer']['vocab_size'], special_token_ids(tok))
     requested = recorded['tokenizer_backend'] if recorded else tokenizer_backend
-    sample = sample_texts(
-        units,
-        fields,
-        SAMPLE_BYTES,
-        max_units=SAMPLE_UNITS,
-        text_chars=SAMPLE_TEXT_CHARS,
-        max_document_chars=policy.max_document_chars,
-    )
-    backend = build_tokenizer_backend(tok, requested, sample, num_threads=num_workers)
+    backend = verified_backend(units, fields, policy, tok, requested, num_workers)
     if recorded is None:
         record_plan(partial, dict(plan, tokenizer_backend=backend.name, tokenizer_backend_reason=backend.reason))
     context = UnitContext(fields, checker, backend, partial, len(units), Remote(remote, partial) if remote else None)
@@ -197,6 +189,27 @@ def convert_documents(
     report.wall_seconds = time.perf_counter() - start
     _log_summary(report)
     return report
+
+
+def verified_backend(
+    units: Sequence[Unit],
+    fields: FieldMapping,
+    policy: DocumentPolicy,
+    tokenizer: Any,
+    requested: str,
+    num_threads: int,
+    extra_sample: Sequence[str] = (),
+) -> TokenizerBackend:
+    """The tokenizer backend, verified on a sample of the units' texts (and ``extra_sample``, read elsewhere)."""
+    sample = sample_texts(
+        units,
+        fields,
+        SAMPLE_BYTES,
+        max_units=SAMPLE_UNITS,
+        text_chars=SAMPLE_TEXT_CHARS,
+        max_document_chars=policy.max_document_chars,
+    )
+    return build_tokenizer_backend(tokenizer, requested, [*sample, *extra_sample], num_threads=num_threads)
 
 
 def _run_units(

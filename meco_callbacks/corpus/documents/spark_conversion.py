@@ -1,23 +1,25 @@
 """Stage 1 on Spark: the same document MDS as ``documents.convert_documents``, with Spark scheduling the work.
 
-Spark reads the inputs (local paths or any filesystem its Hadoop client reaches: ``s3a://``, ``gs://``,
-``abfss://``, ``dbfs:/``) and hands each task its partition as Arrow batches; the task judges every record with
-the project's own reader and checks (``readers.UnitReader``, ``document_checks``), tokenizes with the backend the
-driver chose and verified (``tokenization``), and writes its own MDS part with its counts, as Streaming's
-``dataframe_to_mds`` does (one ``MDSWriter`` per task), so every skip is counted under the local converter's
-reasons. How each input is read: ``spark_inputs``.
+Inputs that Spark would read from the local filesystem (paths on a ``local[N]`` master or wherever the default
+filesystem is local, ``file:`` URLs, mounts such as ``/dbfs/...``) are cut into the local converter's own units
+(``sources.plan_units``), and each unit is one Spark task that reads its input itself and converts it exactly as
+a local worker does (``unit_conversion.write_unit``): Spark only schedules, no record crosses from the JVM to
+Python, and the rows are the local converter's, in its order. Inputs only Spark's Hadoop client reaches
+(``s3a://``, ``gs://``, ``abfss://``, ``dbfs:/``, a cluster's HDFS) are read by Spark instead and handed to each
+task as Arrow batches, judged by the project's own reader and checks (``readers.UnitReader``,
+``document_checks``); how each is read: ``spark_inputs``. Either way every skip is counted under the local
+converter's reasons, the backend is the one the driver chose and verified (``tokenization``), and each task
+writes its own MDS part with its counts, as Streaming's ``dataframe_to_mds`` does (one ``MDSWriter`` per task).
 
 Why the building blocks (``MDSWriter`` per task, one joint index) rather than ``dataframe_to_mds`` itself: that
 function names each task's directory by its task attempt id, which restarts at 0 in every Spark application and
-changes on retry, and it returns no counts. Here each part is named by its partition and renamed into place only
-when complete, with its counts beside it, so a retried or speculative task never duplicates a document, and the
-dataset's counts are summed from the finished parts (not from accumulators, which retries inflate). Parts are
-joined by ``joint_index`` (the project's one joiner), in partition order.
+changes on retry, and it returns no counts. Here each part is named by its unit or partition and renamed into
+place only when complete (``storage.parts``), with its counts beside it, so a retried or speculative task never
+duplicates a document, and the dataset's counts are summed from the finished parts (not from accumulators, which
+retries inflate). Parts are joined by ``joint_index`` (the project's one joiner), in part order.
 
-Order: the rows are the local converter's as a set, not in its order. A part keeps its partition's input order;
-partitions come as Spark plans them (plain JSON Lines first, then whole files, then Parquet; within each, Spark
-packs file splits into partitions largest first, by ``spark.sql.files.maxPartitionBytes`` and
-``minPartitionNum``), so the order is the same for the same inputs and settings but not the order given.
+Order: the units' parts first, in input order; then the partitions of Spark-read inputs as Spark plans them
+(``spark_inputs``): the same for the same inputs and settings, but not the order given.
 
 A run writes under ``<output>.spark-partial`` and renames it to ``<output>`` when complete; a killed run is
 redone from the start by the next one (a part is only valid within the run that planned the partitions). The
@@ -32,7 +34,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -40,7 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from meco_callbacks.corpus.documents.conversion import special_token_ids
+from meco_callbacks.corpus.documents.conversion import special_token_ids, verified_backend
 from meco_callbacks.corpus.documents.document_checks import (
     ConversionStats,
     DocumentChecker,
@@ -49,12 +50,34 @@ from meco_callbacks.corpus.documents.document_checks import (
 from meco_callbacks.corpus.documents.document_merge import claim_document_output, publish_documents
 from meco_callbacks.corpus.documents.readers import Skip
 from meco_callbacks.corpus.documents.sources import (
+    DEFAULT_UNIT_BYTES,
     FieldMapping,
     InputError,
+    Unit,
     UnreadableFile,
+    find_sources,
+    plan_units,
 )
-from meco_callbacks.corpus.documents.spark_inputs import file_uri, input_frames, records, sample_texts
-from meco_callbacks.corpus.documents.tokenization import build_tokenizer_backend
+from meco_callbacks.corpus.documents.spark_inputs import (
+    file_uri,
+    input_frames,
+    input_kind,
+    local_uri,
+    records,
+    sample_texts,
+)
+from meco_callbacks.corpus.documents.spark_setup import (  # noqa: F401  (callers start Spark from here)
+    require_java,
+    spark_session,
+    task_readable,
+)
+from meco_callbacks.corpus.documents.spark_units import (
+    PART_STATS_FILE,
+    TASKS_PER_CORE,
+    balanced_groups,
+    convert_units,
+    part_name,
+)
 from meco_callbacks.corpus.documents.unit_conversion import BATCH_CHARS, BATCH_DOCUMENTS, DocumentBatch, write_batch
 from meco_callbacks.corpus.storage.errors import ConversionError
 from meco_callbacks.corpus.storage.joint_index import write_joint_index
@@ -66,12 +89,6 @@ from meco_callbacks.tokenizer.fingerprint import tokenizer_info
 from meco_callbacks.tokenizer.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
-
-PART_STATS_FILE = 'part.json'
-JAVA_INSTALL = (
-    'Install one, e.g. `apt-get install openjdk-17-jre-headless` (Debian/Ubuntu) or `brew install openjdk@17` '
-    '(macOS), or point JAVA_HOME at one; convert/documents.py converts without Java.'
-)
 
 
 @dataclass
@@ -99,46 +116,7 @@ class _PartitionTask:
     backend: Any  # a Spark broadcast of the TokenizerBackend
     staging: str
     columns: dict[str, str]
-
-
-def require_java() -> str:
-    """The ``java`` that Spark will start, or a ConversionError saying how to install one."""
-    home = os.environ.get('JAVA_HOME')
-    if home:
-        candidate, missing = os.path.join(home, 'bin', 'java'), f'JAVA_HOME={home} holds no bin/java'
-    else:
-        candidate, missing = shutil.which('java'), '`java` is not on PATH and JAVA_HOME is not set'
-    if not candidate or not os.access(candidate, os.X_OK):
-        raise ConversionError(
-            f'Spark needs a Java runtime (Java 8, 11 or 17) and none was found: {missing}. {JAVA_INSTALL}'
-        )
-    return candidate
-
-
-def spark_session(master: str | None = None, app_name: str = 'meco-spark-convert') -> Any:
-    """The active Spark session, or a new one on ``master`` (default: spark-submit's, else ``local[*]``).
-
-    A local master gets a session that needs no network: no UI, the driver on 127.0.0.1, few shuffle partitions,
-    and this Python for the workers (so they import this package). Under spark-submit (which starts the JVM and
-    says so in ``PYSPARK_GATEWAY_PORT``) its master and settings are kept.
-    """
-    require_java()
-    from pyspark.sql import SparkSession
-
-    builder = SparkSession.builder.appName(app_name)
-    if master is None and 'PYSPARK_GATEWAY_PORT' in os.environ:
-        return builder.getOrCreate()
-    master = master or 'local[*]'
-    builder = builder.master(master)
-    if master.startswith('local'):
-        os.environ.setdefault('PYSPARK_PYTHON', sys.executable)
-        builder = (
-            builder.config('spark.ui.enabled', 'false')
-            .config('spark.driver.host', '127.0.0.1')
-            .config('spark.driver.bindAddress', '127.0.0.1')
-            .config('spark.sql.shuffle.partitions', '4')
-        )
-    return builder.getOrCreate()
+    first_part: int = 0  # the number of the part of partition 0 (row partitions come after the units)
 
 
 def convert_documents_on_spark(
@@ -157,9 +135,10 @@ def convert_documents_on_spark(
 ) -> SparkReport:
     """Convert ``inputs`` (files and globs Spark can read) into a document MDS at ``output`` with ``spark``.
 
-    ``partitions`` asks Spark for at least that many tasks over splittable inputs (plain JSON Lines, Parquet row
-    groups). The dataset is the one ``convert_documents`` writes for the same inputs, settings and tokenizer, as
-    a set of rows: same rows, same counts; its order is Spark's partition order (see the module docstring).
+    Inputs on the local filesystem are converted in the local converter's units, one task each; ``partitions``
+    asks Spark for at least that many tasks over the splittable inputs it reads itself (plain JSON Lines, Parquet
+    row groups). The dataset is the one ``convert_documents`` writes for the same inputs, settings and tokenizer:
+    same rows, same counts, in its order for local inputs (see the module docstring).
     With ``remote`` (an object-storage URL), the finished dataset is uploaded there through Streaming's uploader,
     each part with its counts last, then ``index.json``, then ``meco_dataset.json``; a rerun uploads what is missing.
     """
@@ -178,7 +157,16 @@ def convert_documents_on_spark(
         spark.conf.unset('spark.sql.files.minPartitionNum')
     else:
         spark.conf.set('spark.sql.files.minPartitionNum', str(partitions))
-    frames, files = input_frames(spark, inputs, fields, policy)
+    for pattern in inputs:
+        input_kind(pattern)  # the formats Spark reads, refused alike wherever they are
+    local = {pattern: task_readable(spark, pattern) for pattern in inputs}
+    discovery = find_sources([path for path in local.values() if path], fields, policy.missing_url == 'skip')
+    units = plan_units(discovery.sources, DEFAULT_UNIT_BYTES)
+    remote_inputs = [pattern for pattern, path in local.items() if path is None]
+    frames, files = input_frames(spark, remote_inputs, fields, policy) if remote_inputs else ({}, [])
+    files = sorted(
+        {*files, *(local_uri(path) for path in [*(s.path for s in discovery.sources), *discovery.unreadable])}
+    )
     info = {
         'format': DOCUMENT_FORMAT,
         'tokenizer': tokenizer_info(tok),
@@ -203,19 +191,21 @@ def convert_documents_on_spark(
         log.info('Discarding %s, left by an interrupted run: Spark conversions restart from the beginning.', staging)
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    sample = sample_texts(frames, fields, policy)
-    backend = build_tokenizer_backend(tok, tokenizer_backend, sample)
+    threads = spark.sparkContext.defaultParallelism
+    sample = sample_texts(frames, fields, policy) if frames else []
+    backend = verified_backend(units, fields, policy, tok, tokenizer_backend, threads, extra_sample=sample)
     checker = DocumentChecker(policy, info['tokenizer']['vocab_size'], special_token_ids(tok))
-    task = _PartitionTask(fields, checker, spark.sparkContext.broadcast(backend), str(staging), columns)
+    task = _PartitionTask(fields, checker, spark.sparkContext.broadcast(backend), str(staging), columns, len(units))
     log.info(
         'Converting %d input files with Spark (%s); tokenizer backend %s.',
         len(files),
         spark.sparkContext.master,
         backend.name,
     )
-    parts = _run(frames, task)
+    parts = _run(spark, units, frames, task)
     PartStore(staging, PART_STATS_FILE).clean()  # attempts of failed or speculative tasks: their parts are finished
     stats, records_per_file = _sum_parts(staging, parts)
+    stats.files_unreadable.update({local_uri(path): problem for path, problem in discovery.unreadable.items()})
     write_joint_index(staging, [staging / name for name in parts])
     info['tokenizer_backend'], info['tokenizer_backend_reason'] = backend.name, backend.reason
     info['conversion']['partitions'] = len(parts)
@@ -251,15 +241,23 @@ def _written(info: dict[str, Any]) -> int:
     return info['stats']['documents_written']
 
 
-def _run(frames: dict[str, Any], task: _PartitionTask) -> list[str]:
-    """Convert every partition of ``frames`` in one Spark job; the names of the finished parts, in partition order."""
+def _run(spark: Any, units: Sequence[Unit], frames: dict[str, Any], task: _PartitionTask) -> list[str]:
+    """Convert every unit (in a few balanced Spark tasks), then every partition of ``frames`` (one job); the names
+    of the finished parts, in part order: the units' in input order, then the partitions'."""
     import functools
 
+    parts = []
+    if units:
+        groups = balanced_groups(units, TASKS_PER_CORE * spark.sparkContext.defaultParallelism)
+        jobs = spark.sparkContext.parallelize(groups, len(groups)).flatMap(lambda group: group)
+        parts += jobs.mapPartitions(functools.partial(convert_units, task)).collect()
     results = None
     for kind, frame in frames.items():
         converted = frame.mapInArrow(functools.partial(_convert_partition, task, kind), 'part string')
         results = converted if results is None else results.union(converted)
-    return sorted(row['part'] for row in results.collect())
+    if results is not None:
+        parts += [row['part'] for row in results.collect()]
+    return sorted(parts)
 
 
 def _convert_partition(task: _PartitionTask, kind: str, batches: Iterator[Any]) -> Iterator[Any]:
@@ -270,7 +268,7 @@ def _convert_partition(task: _PartitionTask, kind: str, batches: Iterator[Any]) 
 
     os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')  # parallelism comes from Spark's tasks
     context = TaskContext.get()
-    name = f'part-{context.partitionId():05d}'
+    name = part_name(task.first_part + context.partitionId())
     store = PartStore(Path(task.staging), PART_STATS_FILE)
     attempt = store.attempt(name, str(context.taskAttemptId()))
     backend, checker = task.backend.value, task.checker

@@ -7,7 +7,9 @@
     pip's pyspark lacks);
   - Parquet: Spark's Parquet source (row groups split across tasks), only the needed columns.
 
-Every record is then judged by ``readers.UnitReader`` exactly as the local converter judges it.
+Every record is then judged by ``readers.UnitReader`` exactly as the local converter judges it. Spark packs
+file splits into partitions plain JSON Lines first, then whole files, then Parquet, and within each largest
+first, by ``spark.sql.files.maxPartitionBytes`` and ``minPartitionNum``.
 """
 
 from __future__ import annotations
@@ -86,6 +88,11 @@ def input_frames(
 def file_uri(path: str) -> str:
     """One spelling per file: Spark writes local files as ``file:/x`` in some places and ``file:///x`` in others."""
     return 'file:///' + path.removeprefix('file:').lstrip('/') if path.startswith('file:') else path
+
+
+def local_uri(path: str) -> str:
+    """A local file's name as Spark spells it (``file:///...``), so task-read and Spark-read inputs count alike."""
+    return file_uri('file:' + os.path.abspath(path))
 
 
 def _parquet_columns(table: Any, fields: FieldMapping, policy: DocumentPolicy) -> Any:

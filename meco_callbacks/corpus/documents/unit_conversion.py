@@ -87,10 +87,17 @@ def convert_unit(context: UnitContext, unit: Unit, progress: Progress) -> UnitRe
     """Convert one unit into its own MDS directory, renamed into place when complete."""
     store, name = context.store(), context.unit_dir(unit).name
     staging = store.attempt(name)
+    result = write_unit(context, unit, staging, progress)
+    store.commit(name, staging, result.stats.to_dict())
+    return result
+
+
+def write_unit(context: UnitContext, unit: Unit, out: Path, progress: Progress) -> UnitResult:
+    """Read, check, tokenize and write one unit's documents as an MDS directory at ``out`` (an attempt's)."""
     stats = ConversionStats()
     columns = dict(DOCUMENT_COLUMNS, **dict.fromkeys(context.fields.metadata_columns(), 'str'))
     seconds = {'read': 0.0, 'tokenize': 0.0, 'write': 0.0}
-    with MDSWriter(out=str(staging), columns=columns) as writer:
+    with MDSWriter(out=str(out), columns=columns) as writer:
         batches = _read_batches(unit, context, stats)
         while True:
             began = time.thread_time()
@@ -105,7 +112,6 @@ def convert_unit(context: UnitContext, unit: Unit, progress: Progress) -> UnitRe
             seconds['tokenize'] += writing - tokenizing
             write_batch(batch, encoded, writer, context.checker, stats, progress)
             seconds['write'] += time.thread_time() - writing
-    store.commit(name, staging, stats.to_dict())
     return UnitResult(seconds, stats)
 
 
