@@ -206,8 +206,8 @@ def test_a_run_killed_after_its_first_parts_is_redone_whole(tmp_path, tokenizer_
     from meco_callbacks.corpus.documents.spark_conversion import convert_documents_on_spark
 
     docs = synthetic_documents(8000, seed=3)
-    for i in range(8):
-        (tmp_path / f'in-{i}.jsonl').write_text(''.join(json.dumps(d) + '\n' for d in docs[i::8]))
+    for i in range(32):  # a unit and a part per file: the job is still running when its first part appears
+        (tmp_path / f'in-{i:02d}.jsonl').write_text(''.join(json.dumps(d) + '\n' for d in docs[i::32]))
     inputs, out = [str(tmp_path / 'in-*.jsonl')], tmp_path / 'docs'
     command = [sys.executable, str(REPO_ROOT / 'convert/spark_documents.py'), *inputs, '--output', str(out)]
     command += ['--tokenizer', str(tokenizer_dir), '--master', 'local[1]', '--partitions', '16']
