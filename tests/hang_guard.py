@@ -26,7 +26,9 @@ def _limit_s() -> int:
 
 def _hung(signum: int, frame: object) -> None:
     faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-    raise PhaseHung(f"this test phase ran past {_limit_s()}s (MECO_TEST_TIMEOUT); every thread's stack is in its stderr")
+    raise PhaseHung(
+        f"this test phase ran past {_limit_s()}s (MECO_TEST_TIMEOUT); every thread's stack is in its stderr"
+    )
 
 
 def _limited() -> Iterator[None]:
