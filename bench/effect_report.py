@@ -89,7 +89,7 @@ def plot(records: list[dict], experiment: str, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     pairs = paired([r for r in records if r['experiment'] == experiment])
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(10.0, 4.2))
     bases = list({b['seed']: b['none/recall'] for runs in pairs.values() for _, b in runs}.values())
     if bases:
         mean, sd = statistics.mean(bases), statistics.stdev(bases) if len(bases) > 1 else 0.0
@@ -133,7 +133,7 @@ def plot(records: list[dict], experiment: str, out: Path) -> None:
     ax.set_xlabel('prefix length (tokens)')
     ax.set_ylabel('fact recall, top-1 among all candidates')
     ax.set_title('Prefix length against what MeCo learns (mean ± sd over seeds)')
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.02, 1.0))  # beside the axes: points fill them
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
