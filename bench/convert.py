@@ -10,9 +10,10 @@ On the same JSON Lines input, tokenizer and number of workers, side by side in o
   (d) ours with ``auto`` (the verified tiktoken backend here),
   (e) the raw limit: tiktoken batch encoding of the same texts in memory with N threads, no reading or writing,
   (f) ours on Spark, ``convert/spark_documents.py`` on a ``local[N]`` session (the auto backend): the same rows
-      as (d), in its order, each of (d)'s units converted by one Spark task that reads it itself. The session lives in its own spawned process, started once
-      before the rounds (the JVM's start is reported apart from (f)'s time): forking (b), (c) and (d)'s
-      workers from a process that holds Spark's gateway threads can deadlock on a lock held at the fork.
+      as (d), in its order, (d)'s units converted in 2N balanced Spark tasks that read them themselves. The
+      session lives in its own spawned process, started once before the rounds (the JVM's start is reported
+      apart from (f)'s time): forking (b), (c) and (d)'s workers from a process that holds Spark's gateway
+      threads can deadlock on a lock held at the fork.
 
 Every tokens/s figure is the corpus's document tokens over the method's wall time (the best of --repeats
 rounds, each round running every method once, so that load from other processes hits all of them), so
