@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO_ROOT, TINY_MODEL, train_tiny
 
 
@@ -199,6 +200,59 @@ def test_ctrl_c_stops_training_with_one_line_naming_the_last_checkpoint(
         f'Training interrupted; last checkpoint {checkpoint}. Resume with: composer recipes/train.py '
         f'{shlex.join(args)} load_path={checkpoint}',
     ]
+
+
+# Training as recipes/train.py runs it, with a Ctrl-C sent as the second checkpoint (batch 10) starts to be written.
+CTRL_C_DURING_A_CHECKPOINT = """
+import os, signal, sys
+import composer.utils.checkpoint as checkpoint
+from meco_callbacks.cli import train
+
+write, files = checkpoint._write_checkpoint_file, []
+
+
+def write_after_a_ctrl_c(state_dict, filename):
+    files.append(filename)
+    if len(files) == 2:
+        os.kill(os.getpid(), signal.SIGINT)
+    write(state_dict, filename)
+
+
+checkpoint._write_checkpoint_file = write_after_a_ctrl_c
+sys.argv[0] = 'recipes/train.py'
+train.main()
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_checkpoint_write_stops_after_the_write_with_that_checkpoint_named(
+    tiny_packed: Path, compact_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    args = [
+        'yamls/tiny-cpu.yaml',
+        f'variables.data_local={tiny_packed}',
+        f'variables.tokenizer={compact_tokenizer_dir}',
+        f'variables.save_folder={tmp_path}',
+        'variables.max_seq_len=64',
+        'variables.max_duration=400ba',
+        'variables.save_interval=5ba',
+        *TINY_MODEL,
+    ]
+    done = subprocess.run(
+        [sys.executable, '-c', CTRL_C_DURING_A_CHECKPOINT, *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    checkpoint = tmp_path / 'ep0-ba10-rank0.pt'
+
+    assert done.returncode == 130, done.stderr[-4000:]
+    assert (tmp_path / 'latest-rank0.pt').resolve() == checkpoint
+    assert torch.load(checkpoint, weights_only=False)['state']['timestamp']['Timestamp']['batch'] == 10
+    assert not list(tmp_path.glob('ep0-ba15-*'))
+    assert 'Traceback' not in done.stdout + done.stderr
+    assert done.stderr.splitlines()[-1].startswith(f'Training interrupted; last checkpoint {checkpoint}. Resume with:')
 
 
 @pytest.mark.slow

@@ -8,16 +8,18 @@ takes them, e.g. ``max_duration=100ba train_loader.dataset.local=/data/packed va
 
 With a local ``save_folder``, everything the run prints is also appended to ``<save_folder>/train.log`` (rank 0),
 which ``recipes/plot.py`` reads. Ctrl-C stops the run with one line naming the last checkpoint and the command
-that resumes from it.
+that resumes from it (after the checkpoint being written, if one is).
 """
 
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import shlex
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     log_file = save_folder / TRAIN_LOG if save_folder is not None and os.environ.get('RANK', '0') == '0' else None
     # Composer (imported above) turns SIGINT into sys.exit(130) wherever it lands; a KeyboardInterrupt instead
     # unwinds the trainer to the handler below.
-    signal.signal(signal.SIGINT, _interrupt_once)
+    signal.signal(signal.SIGINT, CtrlC())
     with console_copied_to(log_file):
         try:
             train_from_yaml(argv[0], argv[1:])
@@ -49,15 +51,49 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(130) from None  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
-def _interrupt_once(signum: int, frame: Any) -> None:
-    """First Ctrl-C: stop training through KeyboardInterrupt; a second one ends the process at once.
+class CtrlC:
+    """SIGINT handler: the first Ctrl-C stops training through KeyboardInterrupt; a second one ends the process.
 
-    The ``composer`` launcher answers the same Ctrl-C with a SIGTERM to this process; it is ignored from now on,
-    so that it cannot cut the clean stop short.
+    A Ctrl-C that lands while Composer writes a checkpoint waits for the write (looked at again every
+    ``RECHECK_SECONDS``): an exception raised inside ``torch.save`` would leave a truncated file under a
+    checkpoint's name and end the run in a traceback. The ``composer`` launcher answers the same Ctrl-C with a
+    SIGTERM to this process; it is ignored from the first Ctrl-C on, so that it cannot cut the clean stop short.
     """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
+
+    RECHECK_SECONDS = 0.1
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.rechecking = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.rechecking:  # this process's own look, scheduled while a checkpoint was being written
+            self.rechecking = False
+        elif self.requested:  # a second Ctrl-C while the first waits for a checkpoint: end now
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+            return
+        self.requested = True
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if writing_checkpoint(frame):
+            self.rechecking = True
+            threading.Timer(self.RECHECK_SECONDS, _thread.interrupt_main, (signal.SIGINT,)).start()
+            return
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        raise KeyboardInterrupt
+
+
+def writing_checkpoint(frame: Any) -> bool:
+    """Whether ``frame`` or a frame that called it is Composer's checkpoint saving (the file, the links, uploads)."""
+    from composer.callbacks.checkpoint_saver import CheckpointSaver
+    from composer.utils import checkpoint
+
+    saving = {CheckpointSaver._save_checkpoint.__code__, checkpoint.save_checkpoint.__code__}
+    while frame is not None:
+        if frame.f_code in saving:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def local_save_folder(yaml_path: str, overrides: list[str]) -> Path | None:
