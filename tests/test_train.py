@@ -202,49 +202,60 @@ def test_ctrl_c_stops_training_with_one_line_naming_the_last_checkpoint(
     ]
 
 
-# Training as recipes/train.py runs it, with a Ctrl-C sent as the second checkpoint (batch 10) starts to be written.
+# Training as recipes/train.py runs it, with CTRL_C_PRESSES Ctrl-Cs sent as the second checkpoint (batch 10) starts
+# to be written.
 CTRL_C_DURING_A_CHECKPOINT = """
-import os, signal, sys
+import os, signal, sys, threading, time
 import composer.utils.checkpoint as checkpoint
 from meco_callbacks.cli import train
 
 write, files = checkpoint._write_checkpoint_file, []
 
 
-def write_after_a_ctrl_c(state_dict, filename):
+def write_after_ctrl_c(state_dict, filename):
     files.append(filename)
     if len(files) == 2:
-        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(int(os.environ['CTRL_C_PRESSES'])):
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            time.sleep(0.01)  # the handler has run before the next press
     write(state_dict, filename)
 
 
-checkpoint._write_checkpoint_file = write_after_a_ctrl_c
+checkpoint._write_checkpoint_file = write_after_ctrl_c
 sys.argv[0] = 'recipes/train.py'
 train.main()
 """
+
+
+def train_with_ctrl_c_during_the_second_checkpoint(
+    presses: int, tiny_packed: Path, tokenizer_dir: Path, save_folder: Path
+) -> subprocess.CompletedProcess:
+    """Run CTRL_C_DURING_A_CHECKPOINT (checkpoints every 5 batches, at most 400) into ``save_folder``."""
+    args = [
+        'yamls/tiny-cpu.yaml',
+        f'variables.data_local={tiny_packed}',
+        f'variables.tokenizer={tokenizer_dir}',
+        f'variables.save_folder={save_folder}',
+        'variables.max_seq_len=64',
+        'variables.max_duration=400ba',
+        'variables.save_interval=5ba',
+        *TINY_MODEL,
+    ]
+    return subprocess.run(
+        [sys.executable, '-c', CTRL_C_DURING_A_CHECKPOINT, *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, 'CTRL_C_PRESSES': str(presses)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
 def test_ctrl_c_during_a_checkpoint_write_stops_after_the_write_with_that_checkpoint_named(
     tiny_packed: Path, compact_tokenizer_dir: Path, tmp_path: Path
 ) -> None:
-    args = [
-        'yamls/tiny-cpu.yaml',
-        f'variables.data_local={tiny_packed}',
-        f'variables.tokenizer={compact_tokenizer_dir}',
-        f'variables.save_folder={tmp_path}',
-        'variables.max_seq_len=64',
-        'variables.max_duration=400ba',
-        'variables.save_interval=5ba',
-        *TINY_MODEL,
-    ]
-    done = subprocess.run(
-        [sys.executable, '-c', CTRL_C_DURING_A_CHECKPOINT, *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = train_with_ctrl_c_during_the_second_checkpoint(1, tiny_packed, compact_tokenizer_dir, tmp_path)
     checkpoint = tmp_path / 'ep0-ba10-rank0.pt'
 
     assert done.returncode == 130, done.stderr[-4000:]
@@ -253,6 +264,16 @@ def test_ctrl_c_during_a_checkpoint_write_stops_after_the_write_with_that_checkp
     assert not list(tmp_path.glob('ep0-ba15-*'))
     assert 'Traceback' not in done.stdout + done.stderr
     assert done.stderr.splitlines()[-1].startswith(f'Training interrupted; last checkpoint {checkpoint}. Resume with:')
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_during_a_checkpoint_write_ends_the_process_at_once(
+    tiny_packed: Path, compact_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    done = train_with_ctrl_c_during_the_second_checkpoint(2, tiny_packed, compact_tokenizer_dir, tmp_path)
+
+    assert done.returncode == -signal.SIGINT, done.stderr[-4000:]
+    assert (tmp_path / 'latest-rank0.pt').resolve() == tmp_path / 'ep0-ba5-rank0.pt'
 
 
 @pytest.mark.slow

@@ -64,11 +64,11 @@ class CtrlC:
 
     def __init__(self) -> None:
         self.requested = False
-        self.rechecking = False
+        self.looks_due = 0  # SIGINTs this process sent itself to look again, not yet handled
 
     def __call__(self, signum: int, frame: Any) -> None:
-        if self.rechecking:  # this process's own look, scheduled while a checkpoint was being written
-            self.rechecking = False
+        if self.looks_due:  # this process's own look, scheduled while a checkpoint was being written
+            self.looks_due -= 1
         elif self.requested:  # a second Ctrl-C while the first waits for a checkpoint: end now
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGINT)
@@ -76,11 +76,17 @@ class CtrlC:
         self.requested = True
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if writing_checkpoint(frame):
-            self.rechecking = True
-            threading.Timer(self.RECHECK_SECONDS, _thread.interrupt_main, (signal.SIGINT,)).start()
+            look_again = threading.Timer(self.RECHECK_SECONDS, self._look_again)
+            look_again.daemon = True
+            look_again.start()
             return
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         raise KeyboardInterrupt
+
+    def _look_again(self) -> None:
+        """Send this process a SIGINT marked as its own (from a timer thread)."""
+        self.looks_due += 1
+        _thread.interrupt_main(signal.SIGINT)
 
 
 def writing_checkpoint(frame: Any) -> bool:
